@@ -1,0 +1,251 @@
+//! cgroup placement and limits behind one [`Manager`] trait.
+//!
+//! The layout of the host (cgroup v1, hybrid, or unified v2) is read from
+//! /proc/self/mountinfo once; [`open`] returns the manager for a container's
+//! cgroup path on that layout. Both backends (namespaces and, later, the microVM's
+//! guest agent) use this crate.
+
+mod layout;
+mod v1;
+mod v2;
+
+use std::path::{Path, PathBuf};
+
+use nix::unistd::Pid;
+use oci_spec::runtime::LinuxResources;
+use serde::{Deserialize, Serialize};
+
+pub use layout::{Hierarchy, Layout};
+
+/// Errors of cgroup management.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("writing {value:?} to {path}")]
+    Write {
+        path: PathBuf,
+        value: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("creating cgroup {path}")]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("removing cgroup {path}")]
+    Remove {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no cgroup hierarchy is mounted")]
+    NoCgroups,
+    #[error("cgroup path {0:?} escapes the hierarchy")]
+    BadPath(String),
+    #[error("resource {0} is not supported on this cgroup layout")]
+    Unsupported(&'static str),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// What a container's state records of its cgroups: enough to reopen the manager
+/// in a later `rt` command and to remove exactly the directories rt made.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Record {
+    /// The container's path inside every hierarchy (absolute, like `/default/id`).
+    pub path: String,
+    /// Directories rt created, in creation order (parents first).
+    #[serde(default)]
+    pub created: Vec<PathBuf>,
+}
+
+/// One container's cgroup, on whatever layout the host has.
+pub trait Manager: std::fmt::Debug {
+    /// Creates the cgroup directories (recording them) and moves `pid` into them.
+    fn apply(&mut self, pid: Pid) -> Result<()>;
+    /// Writes the limits of `resources` that this layout supports.
+    fn set(&self, resources: &LinuxResources) -> Result<()>;
+    /// Host pids of every process in the cgroup.
+    fn pids(&self) -> Result<Vec<Pid>>;
+    /// Removes the directories rt created (leaf first); parents still in use by
+    /// other containers are left alone.
+    fn destroy(&self) -> Result<()>;
+    /// What the container state keeps.
+    fn record(&self) -> Record;
+}
+
+/// The absolute path of a container's cgroup inside each hierarchy.
+///
+/// A relative `cgroupsPath` (and the default, the container id) is taken relative
+/// to the hierarchy root, not to rt's own cgroup: the runtime-spec leaves the base
+/// to the runtime, and nesting under the caller's cgroup would place containers
+/// inside cgroups rt does not own.
+pub fn container_path(cgroups_path: Option<&Path>, id: &str) -> Result<String> {
+    let raw = match cgroups_path {
+        Some(p) if !p.as_os_str().is_empty() => p.to_string_lossy().into_owned(),
+        _ => id.to_string(),
+    };
+    if raw.contains(':') {
+        // systemd's slice:prefix:name form.
+        return Err(Error::BadPath(raw));
+    }
+    let mut out = String::new();
+    for part in raw.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => return Err(Error::BadPath(raw)),
+            p => {
+                out.push('/');
+                out.push_str(p);
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::BadPath(raw));
+    }
+    Ok(out)
+}
+
+/// Opens the manager for `record.path` on the host's layout.
+pub fn open(layout: &Layout, record: Record) -> Box<dyn Manager> {
+    match layout {
+        Layout::Unified(root) => Box::new(v2::V2::new(root.clone(), record)),
+        Layout::V1 {
+            hierarchies,
+            unified,
+        } => Box::new(v1::V1::new(hierarchies.clone(), unified.clone(), record)),
+    }
+}
+
+/// The manager of `--cgroup-manager disabled`: no cgroup at all. Limits
+/// cannot be applied without one, so asking for them is an error.
+pub fn disabled() -> Box<dyn Manager> {
+    Box::new(Disabled)
+}
+
+#[derive(Debug)]
+struct Disabled;
+
+impl Manager for Disabled {
+    fn apply(&mut self, _pid: Pid) -> Result<()> {
+        Ok(())
+    }
+    fn set(&self, r: &LinuxResources) -> Result<()> {
+        let limits = r.memory().is_some() || r.cpu().is_some() || r.pids().is_some() || r.block_io().is_some()
+            || r.hugepage_limits().as_ref().is_some_and(|h| !h.is_empty())
+            || r.unified().as_ref().is_some_and(|u| !u.is_empty());
+        if limits {
+            return Err(Error::Unsupported("linux.resources with --cgroup-manager disabled"));
+        }
+        Ok(())
+    }
+    fn pids(&self) -> Result<Vec<Pid>> {
+        Ok(Vec::new())
+    }
+    fn destroy(&self) -> Result<()> {
+        Ok(())
+    }
+    fn record(&self) -> Record {
+        Record::default()
+    }
+}
+
+pub(crate) fn write(path: &Path, value: &str) -> Result<()> {
+    std::fs::write(path, value).map_err(|source| Error::Write {
+        path: path.to_path_buf(),
+        value: value.to_string(),
+        source,
+    })
+}
+
+pub(crate) fn read(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|source| Error::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Creates `leaf` and any missing parents below `root`, appending what it made
+/// to `created`.
+pub(crate) fn create_dirs(root: &Path, inner: &str, created: &mut Vec<PathBuf>) -> Result<PathBuf> {
+    let mut dir = root.to_path_buf();
+    for part in inner.split('/').filter(|p| !p.is_empty()) {
+        dir.push(part);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => created.push(dir.clone()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(source) => return Err(Error::Create { path: dir, source }),
+        }
+    }
+    Ok(dir)
+}
+
+/// Removes the directories in `created`, deepest first. A directory another
+/// container still uses (EBUSY, ENOTEMPTY) is kept unless it is `leaf`.
+pub(crate) fn remove_dirs(created: &[PathBuf], leaves: &[PathBuf]) -> Result<()> {
+    let mut first_err = None;
+    // The leaves first, even if not recorded as created (an rt killed between
+    // mkdir and saving its state), then the parents rt made, deepest first.
+    let order = leaves.iter().chain(created.iter().rev().filter(|d| !leaves.contains(d)));
+    for dir in order {
+        let is_leaf = leaves.contains(dir);
+        match remove_dir_retrying(dir, is_leaf) {
+            Ok(()) => {}
+            Err(e) if is_leaf => {
+                first_err.get_or_insert(Error::Remove {
+                    path: dir.clone(),
+                    source: e,
+                });
+            }
+            Err(_) => {}
+        }
+    }
+    first_err.map_or(Ok(()), Err)
+}
+
+fn remove_dir_retrying(dir: &Path, retry: bool) -> std::io::Result<()> {
+    // A killed task leaves the cgroup a moment after its exit is visible; rmdir
+    // answers EBUSY meanwhile. Bounded: at most ~1 s.
+    let mut delay = std::time::Duration::from_millis(1);
+    for _ in 0..10 {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if retry && e.raw_os_error() == Some(libc::EBUSY) => {
+                std::thread::sleep(delay);
+                delay *= 2;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    std::fs::remove_dir(dir)
+}
+
+pub(crate) fn parse_pids(text: &str) -> Vec<Pid> {
+    text.lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .map(Pid::from_raw)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_paths() {
+        assert_eq!(container_path(None, "abc").unwrap(), "/abc");
+        assert_eq!(container_path(Some(Path::new("/a/b")), "x").unwrap(), "/a/b");
+        assert_eq!(container_path(Some(Path::new("a//b/")), "x").unwrap(), "/a/b");
+        assert!(container_path(Some(Path::new("/a/../../etc")), "x").is_err());
+        assert!(container_path(Some(Path::new("system.slice:rt:x")), "x").is_err());
+        assert!(container_path(Some(Path::new("/")), "x").is_err());
+    }
+}

@@ -1,0 +1,136 @@
+//! Normalises argv before clap sees it, for the quirks of real callers
+//! (see shared/contract.md): Go-style single-dash long flags (`-no-subreaper`),
+//! flags after the container id (`create ID --bundle B`), and `exec`'s command
+//! line, which must reach the container untouched.
+
+/// Long flags of each subcommand that take a value (others are booleans).
+fn value_flags(sub: &str) -> &'static [&'static str] {
+    match sub {
+        "create" => &["bundle", "console-socket", "pid-file", "preserve-fds", "isolation"],
+        "run" => &["bundle", "console-socket", "pid-file", "preserve-fds", "isolation"],
+        "list" => &["format"],
+        "spec" => &["bundle"],
+        "" => &["root", "log", "log-format", "cgroup-manager", "rootless"],
+        _ => &[],
+    }
+}
+
+fn bool_flags(sub: &str) -> &'static [&'static str] {
+    match sub {
+        "create" => &["no-pivot", "no-new-keyring"],
+        "run" => &["detach", "keep", "no-pivot", "no-new-keyring", "no-subreaper"],
+        "kill" => &["all"],
+        "delete" => &["force"],
+        "list" => &["quiet"],
+        "spec" => &["rootless"],
+        "" => &["debug", "systemd-cgroup", "help", "version"],
+        _ => &["help"],
+    }
+}
+
+/// Turns `-name`, `-name=v` into `--name`, `--name=v` when `name` is a known
+/// long flag of the subcommand.
+fn long_form(arg: &str, sub: &str) -> Option<String> {
+    let body = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-'))?;
+    let name = body.split_once('=').map_or(body, |(n, _)| n);
+    let known = value_flags(sub).contains(&name) || bool_flags(sub).contains(&name);
+    (known && name.len() > 1).then(|| format!("--{body}"))
+}
+
+fn takes_value(arg: &str, sub: &str) -> bool {
+    let Some(body) = arg.strip_prefix("--") else {
+        // Short flags with values: -b (bundle), -f (list format).
+        return matches!((sub, arg), ("create" | "run" | "spec", "-b") | ("list", "-f"));
+    };
+    !body.contains('=') && value_flags(sub).contains(&body)
+}
+
+/// Rewrites `args` (without argv[0]) into the canonical order:
+/// global flags, subcommand, its flags, `--`, positionals.
+pub fn normalise(args: Vec<String>) -> Vec<String> {
+    let mut out = Vec::with_capacity(args.len() + 1);
+    let mut it = args.into_iter().peekable();
+    // Global flags up to the subcommand.
+    while let Some(a) = it.next() {
+        if a.starts_with('-') && a.len() > 1 {
+            let a = long_form(&a, "").unwrap_or(a);
+            let needs = takes_value(&a, "");
+            out.push(a);
+            if needs {
+                if let Some(v) = it.next() {
+                    out.push(v);
+                }
+            }
+            continue;
+        }
+        out.push(a.clone());
+        let sub = a;
+        let mut flags = Vec::new();
+        let mut positional = Vec::new();
+        while let Some(a) = it.next() {
+            if a == "--" {
+                positional.extend(it.by_ref());
+                break;
+            }
+            // exec (and ps) take a command line after the id: stop at it.
+            if matches!(sub.as_str(), "exec" | "ps") && !positional.is_empty() {
+                positional.push(a);
+                positional.extend(it.by_ref());
+                break;
+            }
+            if a.starts_with('-') && a.len() > 1 && !(sub == "kill" && positional.len() == 1) {
+                let a = long_form(&a, &sub).unwrap_or(a);
+                let needs = takes_value(&a, &sub);
+                flags.push(a);
+                if needs {
+                    if let Some(v) = it.next() {
+                        flags.push(v);
+                    }
+                }
+            } else {
+                positional.push(a);
+            }
+        }
+        out.extend(flags);
+        if !positional.is_empty() {
+            out.push("--".into());
+            out.extend(positional);
+        }
+        break;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(s: &str) -> String {
+        normalise(s.split_whitespace().map(String::from).collect()).join(" ")
+    }
+
+    #[test]
+    fn single_dash_and_trailing_flags() {
+        assert_eq!(n("-root /r create ID --bundle B"), "--root /r create --bundle B -- ID");
+        assert_eq!(n("--root=/r create -bundle=B -pid-file P ID"), "--root=/r create --bundle=B --pid-file P -- ID");
+        assert_eq!(n("delete -force x"), "delete --force -- x");
+        assert_eq!(n("run -d -b B x"), "run -d -b B -- x");
+    }
+
+    #[test]
+    fn kill_signal_may_look_like_a_flag() {
+        assert_eq!(n("kill x -9"), "kill -- x -9");
+        assert_eq!(n("kill --all x KILL"), "kill --all -- x KILL");
+    }
+
+    #[test]
+    fn exec_command_untouched() {
+        assert_eq!(n("exec --tty x ls -la --color"), "exec --tty -- x ls -la --color");
+    }
+
+    #[test]
+    fn global_only() {
+        assert_eq!(n("--version"), "--version");
+        assert_eq!(n("-debug -log /l -log-format json state x"), "--debug --log /l --log-format json state -- x");
+    }
+}

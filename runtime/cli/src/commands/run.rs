@@ -1,0 +1,57 @@
+//! `rt run`: create and start; in the foreground (the default) wait for the
+//! container, forward signals to it, relay its terminal, delete it afterwards
+//! (unless --keep), and exit with its status (128+N when killed by signal N).
+
+use rt_container::process::foreground;
+use rt_container::Runtime;
+
+use super::create::CreateFlags;
+use crate::Global;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Return once the container runs.
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Keep the container's state after it exits.
+    #[arg(long)]
+    pub keep: bool,
+    /// Accepted for runc compatibility (rt never makes itself a subreaper for
+    /// the caller's sake beyond create).
+    #[arg(long)]
+    pub no_subreaper: bool,
+    #[command(flatten)]
+    pub flags: CreateFlags,
+}
+
+pub fn run(g: &Global, a: Args) -> anyhow::Result<i32> {
+    let rt = Runtime::new(&g.root).with_cgroups(g.cgroups);
+    let id = a.flags.id.clone();
+    let created = rt.create(&a.flags.request(!a.detach))?;
+    if a.detach {
+        if let Err(e) = rt.start(&id) {
+            let _ = rt.delete(&id, true);
+            return Err(e.into());
+        }
+        return Ok(0);
+    }
+    // Signals are taken over before start so that none meant for the
+    // container is lost; the init already has its own (default) mask.
+    let waiter = match foreground::Waiter::new(created) {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = rt.delete(&id, true);
+            return Err(e.into());
+        }
+    };
+    if let Err(e) = rt.start(&id) {
+        drop(waiter);
+        let _ = rt.delete(&id, true);
+        return Err(e.into());
+    }
+    let status = waiter.wait();
+    if !a.keep {
+        rt.delete(&id, true)?;
+    }
+    Ok(status?)
+}

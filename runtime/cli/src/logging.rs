@@ -1,0 +1,93 @@
+//! The one place runc-style log lines come from: `--log FILE` (or stderr) in
+//! `--log-format text|json`, error level only unless `--debug`.
+
+use std::fmt::Write as _;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Mutex;
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::Layer;
+
+struct Line {
+    sink: Mutex<Box<dyn Write + Send>>,
+    json: bool,
+    max: Level,
+}
+
+#[derive(Default)]
+struct Message(String);
+
+impl Visit for Message {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            let _ = write!(self.0, "{value:?}");
+        } else {
+            let _ = write!(self.0, " {}={value:?}", field.name());
+        }
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.0.push_str(value);
+        } else {
+            let _ = write!(self.0, " {}={value:?}", field.name());
+        }
+    }
+}
+
+impl<S: Subscriber> Layer<S> for Line {
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        let level = *event.metadata().level();
+        if level > self.max {
+            return;
+        }
+        let mut msg = Message::default();
+        event.record(&mut msg);
+        let time = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        let lvl = level.as_str().to_ascii_lowercase();
+        let line = if self.json {
+            let v = serde_json::json!({"level": lvl, "msg": msg.0, "time": time});
+            format!("{v}\n")
+        } else {
+            format!("time={time:?} level={lvl} msg={:?}\n", msg.0)
+        };
+        if let Ok(mut sink) = self.sink.lock() {
+            let _ = sink.write_all(line.as_bytes());
+            let _ = sink.flush();
+        }
+    }
+}
+
+/// Installs the logger. Returns whether log lines go to a file (errors are
+/// then also printed to stderr by main).
+pub fn init(log: Option<&Path>, json: bool, debug: bool) -> anyhow::Result<bool> {
+    let (sink, to_file): (Box<dyn Write + Send>, bool) = match log {
+        Some(path) if !path.as_os_str().is_empty() => {
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| anyhow::anyhow!("opening log file {}: {e}", path.display()))?;
+            (Box::new(f), true)
+        }
+        _ => (Box::new(std::io::stderr()), false),
+    };
+    let max = if debug {
+        Level::DEBUG
+    } else if to_file {
+        Level::ERROR
+    } else {
+        Level::WARN
+    };
+    let layer = Line {
+        sink: Mutex::new(sink),
+        json,
+        max,
+    };
+    let subscriber = tracing_subscriber::registry().with(layer);
+    tracing::subscriber::set_global_default(subscriber)?;
+    Ok(to_file)
+}

@@ -1,0 +1,132 @@
+//! `rt`: a runc-compatible OCI runtime.
+
+mod argv;
+mod commands;
+mod logging;
+mod signal;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "rt", version, about = "An OCI container runtime", disable_help_subcommand = true)]
+struct Cli {
+    /// Directory for container state.
+    #[arg(long, global = false, default_value = "/run/rt")]
+    root: PathBuf,
+    /// Log file (default: stderr).
+    #[arg(long)]
+    log: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Debug logging.
+    #[arg(long)]
+    debug: bool,
+    /// Use the systemd cgroup driver (not supported: there is no systemd driver).
+    #[arg(long)]
+    systemd_cgroup: bool,
+    /// cgroup manager: cgroupfs, systemd (not supported) or disabled.
+    #[arg(long, value_enum)]
+    cgroup_manager: Option<CgroupManager>,
+    /// Rootless mode: auto, true or false.
+    #[arg(long, default_value = "auto")]
+    rootless: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum CgroupManager {
+    Cgroupfs,
+    Systemd,
+    Disabled,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a container (its init waits for `start`).
+    Create(commands::create::Args),
+    /// Start a created container.
+    Start(commands::start::Args),
+    /// Create and start a container; wait for it unless --detach.
+    Run(commands::run::Args),
+    /// Print a container's state as JSON.
+    State(commands::state::Args),
+    /// Send a signal to a container's init (or, with --all, every process).
+    Kill(commands::kill::Args),
+    /// Delete a container and everything rt made for it.
+    Delete(commands::delete::Args),
+    /// List containers.
+    #[command(alias = "ls")]
+    List(commands::list::Args),
+    /// Write a default config.json.
+    Spec(commands::spec::Args),
+    /// Print the runtime features JSON.
+    Features,
+}
+
+/// Global options every command gets.
+#[derive(Debug)]
+pub struct Global {
+    pub root: PathBuf,
+    pub cgroups: bool,
+}
+
+fn main() {
+    let args = argv::normalise(std::env::args().skip(1).collect());
+    let cli = Cli::parse_from(std::iter::once("rt".to_string()).chain(args));
+    let to_file = match logging::init(cli.log.as_deref(), matches!(cli.log_format, LogFormat::Json), cli.debug) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("rt: {e:#}");
+            std::process::exit(1);
+        }
+    };
+    let code = match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            let msg = format!("{e:#}");
+            tracing::error!("{msg}");
+            if to_file {
+                eprintln!("{msg}");
+            }
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run(cli: Cli) -> anyhow::Result<i32> {
+    if cli.systemd_cgroup || cli.cgroup_manager == Some(CgroupManager::Systemd) {
+        anyhow::bail!("the systemd cgroup driver is not supported: use --cgroup-manager cgroupfs");
+    }
+    match cli.rootless.as_str() {
+        "auto" | "false" => {}
+        "true" if nix::unistd::geteuid().is_root() => {}
+        "true" => anyhow::bail!("rootless mode (--rootless true) is not supported yet"),
+        other => anyhow::bail!("invalid --rootless value {other:?}: use auto, true or false"),
+    }
+    let global = Global {
+        root: cli.root,
+        cgroups: cli.cgroup_manager != Some(CgroupManager::Disabled),
+    };
+    match cli.command {
+        Command::Create(a) => commands::create::run(&global, a).map(|()| 0),
+        Command::Start(a) => commands::start::run(&global, a).map(|()| 0),
+        Command::Run(a) => commands::run::run(&global, a),
+        Command::State(a) => commands::state::run(&global, a).map(|()| 0),
+        Command::Kill(a) => commands::kill::run(&global, a).map(|()| 0),
+        Command::Delete(a) => commands::delete::run(&global, a).map(|()| 0),
+        Command::List(a) => commands::list::run(&global, a).map(|()| 0),
+        Command::Spec(a) => commands::spec::run(a).map(|()| 0),
+        Command::Features => commands::features::run().map(|()| 0),
+    }
+}

@@ -1,0 +1,178 @@
+//! Typed messages between rt's processes over a SOCK_SEQPACKET socketpair.
+//!
+//! Each datagram is one JSON-encoded message, optionally carrying one file
+//! descriptor (SCM_RIGHTS). End of file means the peer died.
+
+use std::io::{IoSlice, IoSliceMut};
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::cmsg_space;
+use nix::sys::socket::{
+    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
+    SockFlag, SockType,
+};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// Errors of the channel.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("creating socketpair")]
+    Socketpair(#[source] nix::errno::Errno),
+    #[error("sending message")]
+    Send(#[source] nix::errno::Errno),
+    #[error("receiving message")]
+    Recv(#[source] nix::errno::Errno),
+    #[error("peer closed the channel")]
+    Closed,
+    #[error("malformed message")]
+    Decode(#[source] serde_json::Error),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Messages from the stage and init processes to the parent.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum ToParent {
+    /// The stage has unshared its user namespace: write its uid/gid maps.
+    UserNamespaceReady,
+    /// The stage forked the init: its host pid.
+    InitPid(i32),
+    /// The init has mounted the rootfs: run the prestart and createRuntime hooks.
+    RuntimeHooks,
+    /// The pty master rides along with this message.
+    Terminal,
+    /// The init waits for `start`.
+    Ready,
+    /// A step failed; the text is the whole error chain.
+    Failed(String),
+}
+
+/// Messages from the parent to the stage and init processes.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum ToChild {
+    /// The stage is in its cgroups: go on.
+    Placed,
+    /// The user namespace maps are written.
+    MapsWritten,
+    /// The prestart and createRuntime hooks succeeded.
+    HooksDone,
+}
+
+/// One end of a typed channel: sends `S`, receives `R`.
+#[derive(Debug)]
+pub struct Channel<S, R> {
+    fd: OwnedFd,
+    _types: PhantomData<fn(S) -> R>,
+}
+
+/// The parent's end and the children's end.
+pub type ParentEnd = Channel<ToChild, ToParent>;
+pub type ChildEnd = Channel<ToParent, ToChild>;
+
+/// A connected pair: (parent's end, children's end), both close-on-exec.
+pub fn pair() -> Result<(ParentEnd, ChildEnd)> {
+    let (a, b) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(Error::Socketpair)?;
+    Ok((Channel::new(a), Channel::new(b)))
+}
+
+impl<S: Serialize, R: DeserializeOwned> Channel<S, R> {
+    fn new(fd: OwnedFd) -> Self {
+        Channel {
+            fd,
+            _types: PhantomData,
+        }
+    }
+
+    pub fn send(&self, msg: &S) -> Result<()> {
+        self.send_with_fd(msg, None)
+    }
+
+    pub fn send_with_fd(&self, msg: &S, fd: Option<BorrowedFd<'_>>) -> Result<()> {
+        let buf = serde_json::to_vec(msg).map_err(Error::Decode)?;
+        let iov = [IoSlice::new(&buf)];
+        let fds: Vec<RawFd> = fd.iter().map(|f| f.as_raw_fd()).collect();
+        let cmsgs: Vec<ControlMessage<'_>> = if fds.is_empty() {
+            Vec::new()
+        } else {
+            vec![ControlMessage::ScmRights(&fds)]
+        };
+        sendmsg::<()>(self.fd.as_raw_fd(), &iov, &cmsgs, MsgFlags::empty(), None)
+            .map_err(Error::Send)?;
+        Ok(())
+    }
+
+    pub fn recv(&self) -> Result<R> {
+        self.recv_with_fd().map(|(m, _)| m)
+    }
+
+    pub fn recv_with_fd(&self) -> Result<(R, Option<OwnedFd>)> {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut cmsg = cmsg_space!([RawFd; 1]);
+        let (len, fd) = {
+            let mut iov = [IoSliceMut::new(&mut buf)];
+            let msg = loop {
+                match recvmsg::<()>(
+                    self.fd.as_raw_fd(),
+                    &mut iov,
+                    Some(&mut cmsg),
+                    MsgFlags::MSG_CMSG_CLOEXEC,
+                ) {
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    other => break other.map_err(Error::Recv)?,
+                }
+            };
+            let mut fd = None;
+            for c in msg.cmsgs().map_err(Error::Recv)? {
+                if let ControlMessageOwned::ScmRights(fds) = c {
+                    for raw in fds {
+                        // SAFETY: the kernel installed this descriptor in our table
+                        // for this message; nothing else owns it.
+                        let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+                        fd.get_or_insert(owned);
+                    }
+                }
+            }
+            (msg.bytes, fd)
+        };
+        if len == 0 {
+            return Err(Error::Closed);
+        }
+        let msg = serde_json::from_slice(&buf[..len]).map_err(Error::Decode)?;
+        Ok((msg, fd))
+    }
+}
+
+impl<S, R> AsFd for Channel<S, R> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip_with_fd() {
+        let (parent, child) = pair().unwrap();
+        child.send(&ToParent::InitPid(42)).unwrap();
+        assert_eq!(parent.recv().unwrap(), ToParent::InitPid(42));
+        let f = std::fs::File::open("/dev/null").unwrap();
+        child.send_with_fd(&ToParent::Terminal, Some(f.as_fd())).unwrap();
+        let (m, fd) = parent.recv_with_fd().unwrap();
+        assert_eq!(m, ToParent::Terminal);
+        assert!(fd.is_some());
+        parent.send(&ToChild::Placed).unwrap();
+        assert_eq!(child.recv().unwrap(), ToChild::Placed);
+        drop(parent);
+        assert!(matches!(child.recv(), Err(Error::Closed)));
+    }
+}

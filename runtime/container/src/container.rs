@@ -1,0 +1,331 @@
+//! The container operations behind the CLI (and, later, the shim): create,
+//! start, state, kill, delete, list.
+
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+use crate::backend::{self, Isolation};
+use crate::hooks::{self, Kind};
+use crate::process::parent::{self, Created, Options};
+use crate::spec::{self, Bundle};
+use crate::state::{self, ContainerDir, State, Status, Store};
+
+/// Errors of container operations.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Spec(#[from] spec::Error),
+    #[error(transparent)]
+    State(#[from] state::Error),
+    #[error(transparent)]
+    Backend(#[from] backend::Error),
+    #[error(transparent)]
+    Create(#[from] parent::Error),
+    #[error(transparent)]
+    Cgroups(#[from] rt_cgroups::Error),
+    #[error(transparent)]
+    Hooks(#[from] hooks::Error),
+    #[error("cannot start a container that has stopped")]
+    StartStopped,
+    #[error("cannot start a container in the {0} state")]
+    StartNotCreated(Status),
+    #[error("container not running")]
+    NotRunning,
+    #[error("cannot delete container {0} that is not stopped: {1}")]
+    NotStopped(String, Status),
+    #[error("signalling the container init")]
+    Signal(#[source] rt_sys::Error),
+    #[error("{what} {path}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cleaning up container {id}: {}", .errors.join("; "))]
+    Cleanup { id: String, errors: Vec<String> },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// The runtime: a state root on this host's cgroup layout.
+#[derive(Debug)]
+pub struct Runtime {
+    store: Store,
+    cgroups: bool,
+}
+
+/// How `create` is asked for by the CLI.
+#[derive(Debug, Default)]
+pub struct CreateRequest {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub pid_file: Option<PathBuf>,
+    pub options: Options,
+    /// Overrides the `run.rt.isolation` annotation.
+    pub isolation: Option<String>,
+}
+
+impl Runtime {
+    pub fn new(root: impl Into<PathBuf>) -> Runtime {
+        Runtime {
+            store: Store::new(root),
+            cgroups: true,
+        }
+    }
+
+    /// With `false` (`--cgroup-manager disabled`) rt creates no cgroup and
+    /// refuses specs that set resource limits.
+    pub fn with_cgroups(mut self, cgroups: bool) -> Runtime {
+        self.cgroups = cgroups;
+        self
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Creates a container; on any failure nothing is left behind.
+    pub fn create(&self, req: &CreateRequest) -> Result<Created> {
+        spec::validate_id(&req.id)?;
+        let bundle = Bundle::load(&req.bundle)?;
+        let backend = backend::select(bundle.spec.annotations().as_ref(), req.isolation.as_deref())?;
+        let layout = rt_cgroups::Layout::detect()?;
+        let cg_path = rt_cgroups::container_path(
+            bundle.spec.linux().as_ref().and_then(|l| l.cgroups_path().as_deref()),
+            &req.id,
+        )?;
+        let dir = self.store.create(&req.id)?;
+        let mut state = State {
+            id: req.id.clone(),
+            pid: 0,
+            start_time: 0,
+            stored_status: Status::Creating,
+            bundle: bundle.dir.clone(),
+            rootfs: bundle.rootfs.clone(),
+            created: state::now_rfc3339(),
+            owner: owner(),
+            annotations: bundle.spec.annotations().clone().unwrap_or_default(),
+            backend: backend.name().to_string(),
+            cgroup: self.cgroups.then_some(rt_cgroups::Record {
+                path: cg_path,
+                created: Vec::new(),
+            }),
+            config: bundle.spec.clone(),
+        };
+        let result = self.create_in(&dir, &mut state, &bundle, backend.as_ref(), &layout, req);
+        if let Err(e) = result {
+            let _ = teardown(&state, &layout);
+            let _ = dir.remove();
+            return Err(e);
+        }
+        result
+    }
+
+    fn create_in(
+        &self,
+        dir: &ContainerDir,
+        state: &mut State,
+        bundle: &Bundle,
+        backend: &dyn Isolation,
+        layout: &rt_cgroups::Layout,
+        req: &CreateRequest,
+    ) -> Result<Created> {
+        dir.save(state)?;
+        let mut cgroup = match &state.cgroup {
+            Some(rec) => rt_cgroups::open(layout, rec.clone()),
+            None => rt_cgroups::disabled(),
+        };
+        let created = backend.create(dir, state, bundle, &req.options, cgroup.as_mut(), layout)?;
+        if let Some(path) = &req.pid_file {
+            write_pid_file(path, created.pid)?;
+        }
+        Ok(created)
+    }
+
+    /// Loads a container's state and its live status.
+    pub fn state(&self, id: &str) -> Result<(State, Status)> {
+        let dir = self.store.open(id)?;
+        let st = dir.load()?;
+        let status = dir.status(&st, || false);
+        Ok((st, status))
+    }
+
+    /// Releases a created container's init to exec the user's process.
+    pub fn start(&self, id: &str) -> Result<()> {
+        let dir = self.store.open(id)?;
+        let st = dir.load()?;
+        match dir.status(&st, || false) {
+            Status::Created => {}
+            Status::Stopped => return Err(Error::StartStopped),
+            other => return Err(Error::StartNotCreated(other)),
+        }
+        let fifo = dir.fifo();
+        let io = |what| {
+            let path = fifo.clone();
+            move |source| Error::Io { what, path, source }
+        };
+        // Non-blocking: if the init is gone there is no reader and this fails
+        // at once instead of hanging.
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags_nonblock()
+            .open(&fifo)
+            .map_err(io("opening exec fifo"))?;
+        std::io::Write::write_all(&mut f, b"0").map_err(io("writing exec fifo"))?;
+        std::fs::remove_file(&fifo).map_err(io("removing exec fifo"))?;
+        let json = serde_json::to_vec(&st.oci(Status::Running)).unwrap_or_default();
+        if let Err(e) = hooks::run(st.config.hooks().as_ref(), Kind::Poststart, &json) {
+            // The runtime-spec: a failing poststart hook is logged, the
+            // container keeps running.
+            tracing::warn!("{}", crate::process::chain(&e));
+        }
+        Ok(())
+    }
+
+    /// Sends `signal` to the init, or with `all` to every process of the
+    /// container's cgroup.
+    pub fn kill(&self, id: &str, signal: Signal, all: bool) -> Result<()> {
+        let dir = self.store.open(id)?;
+        let st = dir.load()?;
+        let status = dir.status(&st, || false);
+        if !matches!(status, Status::Created | Status::Running | Status::Paused) {
+            return Err(Error::NotRunning);
+        }
+        if all {
+            let layout = rt_cgroups::Layout::detect()?;
+            if let Some(rec) = &st.cgroup {
+                for pid in rt_cgroups::open(&layout, rec.clone()).pids()? {
+                    let _ = nix::sys::signal::kill(pid, signal);
+                }
+            }
+            return Ok(());
+        }
+        signal_init(&st, signal)
+    }
+
+    /// Deletes a container: a stopped or created one always, a running one only
+    /// with `force` (killed first). An unknown id with `force` is not an error.
+    pub fn delete(&self, id: &str, force: bool) -> Result<()> {
+        let dir = match self.store.open(id) {
+            Ok(d) => d,
+            Err(state::Error::NotFound(_)) if force => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let st = match dir.load() {
+            Ok(s) => s,
+            // A create killed before it wrote any state.
+            Err(_) if force => return Ok(dir.remove()?),
+            Err(e) => return Err(e.into()),
+        };
+        let status = dir.status(&st, || false);
+        if matches!(status, Status::Running | Status::Paused | Status::Creating) && !force {
+            return Err(Error::NotStopped(id.to_string(), status));
+        }
+        let layout = rt_cgroups::Layout::detect()?;
+        let mut errors = Vec::new();
+        if let Err(e) = teardown(&st, &layout) {
+            errors.push(crate::process::chain(&e));
+        }
+        let json = serde_json::to_vec(&st.oci(Status::Stopped)).unwrap_or_default();
+        if let Err(e) = hooks::run(st.config.hooks().as_ref(), Kind::Poststop, &json) {
+            tracing::warn!("{}", crate::process::chain(&e));
+        }
+        if let Err(e) = dir.remove() {
+            errors.push(crate::process::chain(&e));
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Cleanup {
+                id: id.to_string(),
+                errors,
+            })
+        }
+    }
+
+    /// Every container with its status.
+    pub fn list(&self) -> Result<Vec<(State, Status)>> {
+        let mut out = Vec::new();
+        for id in self.store.ids()? {
+            match self.state(&id) {
+                Ok(s) => out.push(s),
+                Err(Error::State(state::Error::NotFound(_))) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Kills what is left of a container (its init, then everything in its
+/// cgroup) and removes its cgroups. Keeps going past errors.
+fn teardown(st: &State, layout: &rt_cgroups::Layout) -> Result<()> {
+    if st.init_alive() {
+        let _ = signal_init(st, Signal::SIGKILL);
+        wait_exit(Pid::from_raw(st.pid));
+    }
+    let Some(rec) = &st.cgroup else { return Ok(()) };
+    let cgroup = rt_cgroups::open(layout, rec.clone());
+    // Without a pid namespace, the init's children outlive it: kill them too.
+    if let Ok(pids) = cgroup.pids() {
+        for pid in &pids {
+            let _ = nix::sys::signal::kill(*pid, Signal::SIGKILL);
+        }
+        for pid in pids {
+            wait_exit(pid);
+        }
+    }
+    cgroup.destroy()?;
+    Ok(())
+}
+
+fn signal_init(st: &State, signal: Signal) -> Result<()> {
+    let pid = Pid::from_raw(st.pid);
+    let fd = rt_sys::pidfd_open(pid).map_err(Error::Signal)?;
+    // The pidfd names the process we opened; make sure it is still ours.
+    if !st.init_alive() {
+        return Err(Error::NotRunning);
+    }
+    rt_sys::pidfd_send_signal(fd.as_fd(), signal as i32).map_err(Error::Signal)
+}
+
+/// Waits (at most 10 s) until `pid` has exited: its pidfd becomes readable.
+fn wait_exit(pid: Pid) {
+    let Ok(fd) = rt_sys::pidfd_open(pid) else { return };
+    let mut fds = [nix::poll::PollFd::new(fd.as_fd(), nix::poll::PollFlags::POLLIN)];
+    let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(10_000u16));
+}
+
+fn owner() -> String {
+    let uid = nix::unistd::getuid();
+    nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map_or_else(|| uid.to_string(), |u| u.name)
+}
+
+/// The pid file: the bare decimal pid, no newline, written atomically.
+fn write_pid_file(path: &Path, pid: Pid) -> Result<()> {
+    let tmp = path.with_extension("rt-tmp");
+    let io = |what| {
+        let path = path.to_path_buf();
+        move |source| Error::Io { what, path, source }
+    };
+    std::fs::write(&tmp, pid.to_string()).map_err(io("writing pid file"))?;
+    std::fs::rename(&tmp, path).map_err(io("writing pid file"))
+}
+
+trait NonBlock {
+    fn custom_flags_nonblock(&mut self) -> &mut Self;
+}
+
+impl NonBlock for std::fs::OpenOptions {
+    fn custom_flags_nonblock(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+    }
+}

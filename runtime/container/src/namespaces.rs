@@ -1,0 +1,187 @@
+//! Which namespaces a container creates and which it joins, and the calls that
+//! do it (run by the stage process, see `process::stage`).
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use nix::sched::{setns, unshare, CloneFlags};
+use nix::unistd::Pid;
+use oci_spec::runtime::{Linux, LinuxIdMapping, LinuxNamespaceType};
+
+/// Errors of namespace setup.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("opening namespace {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("joining namespace {path}")]
+    Join {
+        path: PathBuf,
+        #[source]
+        source: nix::errno::Errno,
+    },
+    #[error("unsharing namespaces {0:?}")]
+    Unshare(CloneFlags, #[source] nix::errno::Errno),
+    #[error("writing {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid time offset {0:?}")]
+    TimeOffset(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+pub fn flag(t: LinuxNamespaceType) -> CloneFlags {
+    match t {
+        LinuxNamespaceType::Mount => CloneFlags::CLONE_NEWNS,
+        LinuxNamespaceType::Cgroup => CloneFlags::CLONE_NEWCGROUP,
+        LinuxNamespaceType::Uts => CloneFlags::CLONE_NEWUTS,
+        LinuxNamespaceType::Ipc => CloneFlags::CLONE_NEWIPC,
+        LinuxNamespaceType::User => CloneFlags::CLONE_NEWUSER,
+        LinuxNamespaceType::Pid => CloneFlags::CLONE_NEWPID,
+        LinuxNamespaceType::Network => CloneFlags::CLONE_NEWNET,
+        LinuxNamespaceType::Time => CloneFlags::from_bits_retain(libc::CLONE_NEWTIME),
+    }
+}
+
+/// The namespaces of one container.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Namespaces created new (user excluded: see `new_user`).
+    pub create: CloneFlags,
+    /// Whether a new user namespace is created (first, before the others).
+    pub new_user: bool,
+    /// Namespaces joined by path, user first, mount last.
+    pub join: Vec<(CloneFlags, PathBuf)>,
+}
+
+impl Plan {
+    pub fn from_spec(linux: &Linux) -> Plan {
+        let mut plan = Plan {
+            create: CloneFlags::empty(),
+            new_user: false,
+            join: Vec::new(),
+        };
+        for ns in linux.namespaces().as_deref().unwrap_or_default() {
+            let f = flag(ns.typ());
+            match ns.path() {
+                Some(p) => plan.join.push((f, p.clone())),
+                None if f == CloneFlags::CLONE_NEWUSER => plan.new_user = true,
+                None => plan.create |= f,
+            }
+        }
+        let rank = |f: &CloneFlags| match *f {
+            CloneFlags::CLONE_NEWUSER => 0,
+            CloneFlags::CLONE_NEWNS => 2,
+            _ => 1,
+        };
+        plan.join.sort_by_key(|(f, _)| rank(f));
+        plan
+    }
+
+    pub fn has(&self, f: CloneFlags) -> bool {
+        self.create.contains(f) || self.join.iter().any(|(j, _)| *j == f) || (f == CloneFlags::CLONE_NEWUSER && self.new_user)
+    }
+
+    /// Whether the container runs in a user namespace (new or joined).
+    pub fn in_user_ns(&self) -> bool {
+        self.has(CloneFlags::CLONE_NEWUSER)
+    }
+
+    /// Opens every namespace to join first (paths resolve in the runtime's mount
+    /// namespace), then joins them in order.
+    pub fn join_all(&self) -> Result<()> {
+        let mut files = Vec::with_capacity(self.join.len());
+        for (f, path) in &self.join {
+            let file = File::open(path).map_err(|source| Error::Open {
+                path: path.clone(),
+                source,
+            })?;
+            files.push((*f, path, file));
+        }
+        for (f, path, file) in files {
+            setns(&file, f).map_err(|source| Error::Join {
+                path: path.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    pub fn unshare_user(&self) -> Result<()> {
+        unshare(CloneFlags::CLONE_NEWUSER).map_err(|e| Error::Unshare(CloneFlags::CLONE_NEWUSER, e))
+    }
+
+    pub fn unshare_rest(&self) -> Result<()> {
+        if self.create.is_empty() {
+            return Ok(());
+        }
+        unshare(self.create).map_err(|e| Error::Unshare(self.create, e))
+    }
+}
+
+/// Writes a process's uid_map and gid_map (run by the parent, which holds the
+/// privileges in the parent user namespace).
+pub fn write_id_maps(pid: Pid, uid: &[LinuxIdMapping], gid: &[LinuxIdMapping]) -> Result<()> {
+    let fmt = |maps: &[LinuxIdMapping]| -> String {
+        maps.iter()
+            .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
+            .collect()
+    };
+    write(&Path::new("/proc").join(pid.to_string()).join("uid_map"), &fmt(uid))?;
+    write(&Path::new("/proc").join(pid.to_string()).join("gid_map"), &fmt(gid))
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).map_err(|source| Error::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Writes the time namespace offsets of the calling process's children
+/// (after unshare(CLONE_NEWTIME), before the first fork into it).
+pub fn write_time_offsets(offsets: &std::collections::HashMap<String, String>) -> Result<()> {
+    let mut text = String::new();
+    for (clock, value) in offsets {
+        let clock = match clock.as_str() {
+            "monotonic" | "boottime" => clock.as_str(),
+            _ => return Err(Error::TimeOffset(clock.clone())),
+        };
+        // The spec's value is "secs nanosecs" (also accept a lone seconds value).
+        let mut parts = value.split_whitespace();
+        let secs: i64 = parts
+            .next()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| Error::TimeOffset(value.clone()))?;
+        let nanos: i64 = parts.next().map_or(Some(0), |s| s.parse().ok()).ok_or_else(|| Error::TimeOffset(value.clone()))?;
+        text.push_str(&format!("{clock} {secs} {nanos}\n"));
+    }
+    write(Path::new("/proc/self/timens_offsets"), &text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_orders_joins() {
+        let linux: Linux = serde_json::from_str(
+            r#"{"namespaces":[{"type":"mount","path":"/m"},{"type":"network","path":"/n"},
+            {"type":"user","path":"/u"},{"type":"pid"},{"type":"uts"}]}"#,
+        )
+        .unwrap();
+        let p = Plan::from_spec(&linux);
+        assert_eq!(p.join[0].0, CloneFlags::CLONE_NEWUSER);
+        assert_eq!(p.join[2].0, CloneFlags::CLONE_NEWNS);
+        assert!(p.create.contains(CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWUTS));
+        assert!(!p.new_user);
+        assert!(p.in_user_ns());
+    }
+}

@@ -1,0 +1,212 @@
+//! The container's init: rootfs, identity, `Ready`, wait for `start`, exec.
+
+use std::convert::Infallible;
+use std::ffi::CString;
+use std::io::Read;
+use std::os::fd::AsFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use nix::sched::CloneFlags;
+
+use super::{chain, Launch};
+use crate::channel::{self, ChildEnd, ToChild, ToParent};
+use crate::hooks::{self, Kind};
+use crate::state::{Status, OCI_VERSION};
+use crate::{identity, lsm, rootfs, seccomp, terminal};
+
+/// Errors of the init process.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("talking to the parent")]
+    Channel(#[from] channel::Error),
+    #[error("unexpected message {0:?}")]
+    Unexpected(ToChild),
+    #[error(transparent)]
+    Rootfs(#[from] rootfs::Error),
+    #[error(transparent)]
+    Hooks(#[from] hooks::Error),
+    #[error(transparent)]
+    Identity(#[from] identity::Error),
+    #[error(transparent)]
+    Terminal(#[from] terminal::Error),
+    #[error(transparent)]
+    Seccomp(#[from] seccomp::Error),
+    #[error(transparent)]
+    Lsm(#[from] lsm::Error),
+    #[error("{what} {path}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Sys(&'static str, #[source] nix::errno::Errno),
+    #[error(transparent)]
+    RawSys(#[from] rt_sys::Error),
+    #[error("setting hostname requires a new UTS namespace")]
+    HostnameWithoutUts,
+    #[error("argument or environment string contains a NUL byte")]
+    Nul,
+}
+
+/// Runs the init; never returns.
+pub fn run(launch: &Launch<'_>, chan: &ChildEnd) -> ! {
+    let Err(e) = init(launch, chan);
+    // Before Ready the parent reports this; after it, only our stderr can.
+    if chan.send(&ToParent::Failed(chain(&e))).is_err() {
+        eprintln!("rt: {}", chain(&e));
+    }
+    rt_sys::exit_now(if matches!(e, Error::Identity(identity::Error::NotFound(_))) { 127 } else { 1 })
+}
+
+fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
+    move |source| Error::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The state document hooks of the container namespace get on stdin.
+fn hook_state(launch: &Launch<'_>, pid: i32) -> Vec<u8> {
+    let annotations = launch.bundle.spec.annotations().clone().unwrap_or_default();
+    let st = serde_json::json!({
+        "ociVersion": OCI_VERSION,
+        "id": launch.id,
+        "status": Status::Created,
+        "pid": pid,
+        "bundle": launch.bundle.dir,
+        "annotations": annotations,
+    });
+    serde_json::to_vec(&st).unwrap_or_default()
+}
+
+fn init(launch: &Launch<'_>, chan: &ChildEnd) -> Result<Infallible, Error> {
+    let spec = &launch.bundle.spec;
+    let process = spec.process().as_ref().expect("validated: process");
+    let linux = spec.linux().as_ref().expect("validated: linux");
+    let hooks = spec.hooks().as_ref();
+    // Before pivot_root, /proc is still the host's: this is our host pid.
+    let host_pid: i32 = std::fs::read_link("/proc/self")
+        .ok()
+        .and_then(|p| p.to_str().and_then(|s| s.parse().ok()))
+        .unwrap_or(0);
+    nix::unistd::setsid().map_err(|e| Error::Sys("setsid", e))?;
+    // The exec fifo, opened read-write so that opening never blocks; `start`
+    // writes one byte to it. Close-on-exec: it never reaches the user process.
+    let mut fifo = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(&launch.fifo)
+        .map_err(io("opening exec fifo", &launch.fifo))?;
+
+    let ctx = rootfs::Context {
+        spec,
+        rootfs: &launch.bundle.rootfs,
+        bundle: &launch.bundle.dir,
+        in_user_ns: launch.plan.in_user_ns(),
+        has_cgroup_ns: launch.plan.has(CloneFlags::CLONE_NEWCGROUP),
+        cgroup_dirs: launch.cgroup_dirs.clone(),
+        cgroup_unified: launch.cgroup_unified,
+    };
+    rootfs::prepare(&ctx)?;
+    if hooks::any(hooks, Kind::Prestart) || hooks::any(hooks, Kind::CreateRuntime) {
+        chan.send(&ToParent::RuntimeHooks)?;
+        match chan.recv()? {
+            ToChild::HooksDone => {}
+            other => return Err(Error::Unexpected(other)),
+        }
+    }
+    let state = hook_state(launch, host_pid);
+    hooks::run(hooks, Kind::CreateContainer, &state)?;
+    rootfs::enter(&launch.bundle.rootfs, launch.no_pivot)?;
+
+    if let Some(h) = spec.hostname().as_deref().filter(|h| !h.is_empty()) {
+        if !launch.plan.has(CloneFlags::CLONE_NEWUTS) {
+            return Err(Error::HostnameWithoutUts);
+        }
+        nix::unistd::sethostname(h).map_err(|e| Error::Sys("sethostname", e))?;
+    }
+    if let Some(d) = spec.domainname().as_deref().filter(|d| !d.is_empty()) {
+        if !launch.plan.has(CloneFlags::CLONE_NEWUTS) {
+            return Err(Error::HostnameWithoutUts);
+        }
+        rt_sys::set_domainname(d)?;
+    }
+    for (key, value) in linux.sysctl().iter().flatten() {
+        let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
+        std::fs::write(&path, value).map_err(io("writing sysctl", &path))?;
+    }
+    rootfs::finish(spec)?;
+
+    let user = process.user();
+    if process.terminal().unwrap_or(false) {
+        let size = process.console_size().map(|b| (b.height() as u16, b.width() as u16));
+        let master = terminal::setup_in_container(size, user.uid(), user.gid())?;
+        chan.send_with_fd(&ToParent::Terminal, Some(master.as_fd()))?;
+    }
+    identity::set_rlimits(process.rlimits().as_deref().unwrap_or_default())?;
+    if let Some(p) = linux.personality() {
+        let persona = match p.domain() {
+            oci_spec::runtime::LinuxPersonalityDomain::PerLinux32 => 0x0008,
+            _ => 0,
+        };
+        rt_sys::set_personality(persona)?;
+    }
+    if let Some(profile) = process.apparmor_profile().as_deref().filter(|p| !p.is_empty()) {
+        lsm::apply_apparmor(profile)?;
+    }
+    identity::chdir(process.cwd())?;
+    let args = process.args().as_deref().unwrap_or_default();
+    let env = process.env().as_deref().unwrap_or_default();
+    let exe = identity::lookup(&args[0], identity::env_path(env))?;
+    let filters = match linux.seccomp() {
+        Some(s) => seccomp::compile(s)?,
+        None => Vec::new(),
+    };
+    let nnp = process.no_new_privileges().unwrap_or(false);
+    if !nnp {
+        // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN: do it
+        // while we still have it.
+        seccomp::load(&filters)?;
+    }
+    if let Some(c) = process.capabilities() {
+        identity::drop_bounding(c)?;
+    }
+    identity::switch_user(process, !launch.plan.in_user_ns() || setgroups_allowed())?;
+    identity::chdir(process.cwd())?;
+    if let Some(c) = process.capabilities() {
+        identity::apply_caps(c)?;
+    }
+    if nnp {
+        identity::set_no_new_privs()?;
+    }
+    let c_exe = CString::new(exe.as_os_str().as_encoded_bytes()).map_err(|_| Error::Nul)?;
+    let c_args = to_cstrings(args)?;
+    let c_env = to_cstrings(env)?;
+
+    chan.send(&ToParent::Ready)?;
+    let mut byte = [0u8; 1];
+    fifo.read_exact(&mut byte).map_err(io("waiting on exec fifo", &launch.fifo))?;
+    drop(fifo);
+    hooks::run(hooks, Kind::StartContainer, &state)?;
+    if nnp {
+        seccomp::load(&filters)?;
+    }
+    // Nothing of the runtime's reaches the user's process but stdio and the
+    // preserved descriptors.
+    rt_sys::cloexec_from(3 + launch.preserve_fds)?;
+    let e = nix::unistd::execve(&c_exe, &c_args, &c_env).unwrap_err();
+    Err(Error::Sys("exec", e))
+}
+
+fn setgroups_allowed() -> bool {
+    std::fs::read_to_string("/proc/self/setgroups").map_or(true, |s| s.trim() == "allow")
+}
+
+fn to_cstrings(v: &[String]) -> Result<Vec<CString>, Error> {
+    v.iter().map(|s| CString::new(s.as_bytes()).map_err(|_| Error::Nul)).collect()
+}

@@ -1,0 +1,50 @@
+//! The processes of `create`, one file per role:
+//!
+//! - [`parent`]: the `rt` process the caller ran. It forks the stage, places
+//!   it in its cgroups, writes user-namespace maps, runs the runtime hooks and
+//!   records the state. It is the only one that survives `create`.
+//! - [`stage`]: joins and unshares namespaces, then forks the init (so the init
+//!   is pid 1 of a new pid namespace) and exits.
+//! - [`init`]: builds the rootfs and the process's identity inside the
+//!   namespaces, reports `Ready`, waits on the exec fifo for `start`, execs.
+//!
+//! The children get their configuration by inheriting the parent's memory at
+//! fork; they talk to the parent only through typed messages
+//! ([`crate::channel`]). Every process here is single-threaded, so forking is
+//! sound ([`rt_sys::fork`] checks it).
+
+pub mod foreground;
+pub mod init;
+pub mod parent;
+pub mod stage;
+
+use std::path::PathBuf;
+
+use crate::namespaces::Plan;
+use crate::spec::Bundle;
+
+/// What the stage and init need, shared with them through fork.
+#[derive(Debug)]
+pub struct Launch<'a> {
+    pub id: &'a str,
+    pub bundle: &'a Bundle,
+    pub plan: Plan,
+    pub no_pivot: bool,
+    pub fifo: PathBuf,
+    pub preserve_fds: u32,
+    /// Host directories of the container's cgroup, named for the cgroup mount.
+    pub cgroup_dirs: Vec<(String, PathBuf)>,
+    pub cgroup_unified: bool,
+}
+
+/// Formats an error with its sources, once, as `a: b: c`.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -1,0 +1,74 @@
+//! The stage process: namespaces, then the fork of the init.
+
+use nix::sched::CloneFlags;
+use nix::unistd::{ForkResult, Gid, Uid};
+
+use super::{chain, init, Launch};
+use crate::channel::{self, ChildEnd, ToChild, ToParent};
+use crate::namespaces;
+
+/// Errors of the stage process.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("talking to the parent")]
+    Channel(#[from] channel::Error),
+    #[error("unexpected message {0:?}")]
+    Unexpected(ToChild),
+    #[error(transparent)]
+    Namespaces(#[from] namespaces::Error),
+    #[error("forking the container init")]
+    Fork(#[source] rt_sys::Error),
+}
+
+/// Runs the stage; never returns.
+pub fn run(launch: &Launch<'_>, chan: ChildEnd) -> ! {
+    let code = match stage(launch, &chan) {
+        Ok(()) => 0,
+        Err(e) => {
+            let _ = chan.send(&ToParent::Failed(chain(&e)));
+            1
+        }
+    };
+    // _exit, not exit: no atexit handler or stdio flush of the parent's copied
+    // state runs twice.
+    rt_sys::exit_now(code)
+}
+
+fn expect(chan: &ChildEnd, want: ToChild) -> Result<(), Error> {
+    match chan.recv()? {
+        m if m == want => Ok(()),
+        other => Err(Error::Unexpected(other)),
+    }
+}
+
+fn stage(launch: &Launch<'_>, chan: &ChildEnd) -> Result<(), Error> {
+    // Wait until the parent has put us in the container's cgroups, so that the
+    // init and everything it forks are born there.
+    expect(chan, ToChild::Placed)?;
+    let plan = &launch.plan;
+    plan.join_all()?;
+    if plan.new_user {
+        plan.unshare_user()?;
+        chan.send(&ToParent::UserNamespaceReady)?;
+        expect(chan, ToChild::MapsWritten)?;
+        // Become root of the new namespace when root is mapped; a mapping
+        // without root is valid and leaves us as the overflow id.
+        let _ = nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0));
+        let _ = nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0));
+    }
+    plan.unshare_rest()?;
+    let time_ns = CloneFlags::from_bits_retain(libc::CLONE_NEWTIME);
+    if plan.create.contains(time_ns) {
+        if let Some(offsets) = launch.bundle.spec.linux().as_ref().and_then(|l| l.time_offsets().as_ref()) {
+            namespaces::write_time_offsets(offsets)?;
+        }
+    }
+    match rt_sys::fork().map_err(Error::Fork)? {
+        ForkResult::Child => init::run(launch, chan),
+        ForkResult::Parent { child } => {
+            // Our pid namespace is the parent's, so `child` is the host pid.
+            chan.send(&ToParent::InitPid(child.as_raw()))?;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! Loading and validating a bundle's config.json.
+
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+
+/// Errors of bundle loading and spec validation.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("parsing {path}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("unsupported spec version {0:?}: rt supports OCI runtime-spec 1.x")]
+    Version(String),
+    #[error("rootfs ({0}) does not exist")]
+    NoRootfs(PathBuf),
+    #[error("config.json has no {0}")]
+    Missing(&'static str),
+    #[error("{0} is not supported by rt")]
+    Unsupported(String),
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// A bundle: its directory, its parsed spec and its absolute rootfs path.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    pub dir: PathBuf,
+    pub spec: Spec,
+    pub rootfs: PathBuf,
+}
+
+impl Bundle {
+    /// Reads `<dir>/config.json` once and validates it.
+    pub fn load(dir: &Path) -> Result<Bundle> {
+        let dir = std::path::absolute(dir).map_err(|source| Error::Read {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let path = dir.join("config.json");
+        let text = std::fs::read(&path).map_err(|source| Error::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let spec: Spec = serde_json::from_slice(&text).map_err(|source| Error::Parse {
+            path: path.clone(),
+            source,
+        })?;
+        Self::from_spec(dir, spec)
+    }
+
+    pub fn from_spec(dir: PathBuf, spec: Spec) -> Result<Bundle> {
+        validate(&spec)?;
+        let root = spec.root().as_ref().ok_or(Error::Missing("root"))?.path();
+        let rootfs = if root.is_absolute() {
+            root.clone()
+        } else {
+            dir.join(root)
+        };
+        if !rootfs.is_dir() {
+            return Err(Error::NoRootfs(rootfs));
+        }
+        Ok(Bundle { dir, spec, rootfs })
+    }
+}
+
+/// Checks what rt needs and refuses, by name, what it does not support.
+pub fn validate(spec: &Spec) -> Result<()> {
+    let v = spec.version();
+    if !v.starts_with("1.") {
+        return Err(Error::Version(v.clone()));
+    }
+    let process = spec.process().as_ref().ok_or(Error::Missing("process"))?;
+    if process.args().as_ref().is_none_or(|a| a.is_empty()) {
+        return Err(Error::Missing("process.args"));
+    }
+    if process.command_line().is_some() {
+        return Err(Error::Unsupported("process.commandLine (Windows)".into()));
+    }
+    if process.scheduler().is_some() {
+        return Err(Error::Unsupported("process.scheduler".into()));
+    }
+    if process.io_priority().is_some() {
+        return Err(Error::Unsupported("process.ioPriority".into()));
+    }
+    if process.exec_cpu_affinity().is_some() {
+        return Err(Error::Unsupported("process.execCPUAffinity".into()));
+    }
+    if process.selinux_label().as_deref().is_some_and(|l| !l.is_empty()) && !crate::lsm::selinux_enabled() {
+        return Err(Error::Unsupported(
+            "process.selinuxLabel (SELinux is not enabled on this host)".into(),
+        ));
+    }
+    if spec.solaris().is_some() || spec.windows().is_some() || spec.vm().is_some() {
+        return Err(Error::Unsupported("a non-Linux platform section (solaris/windows/vm)".into()));
+    }
+    let linux = spec.linux().as_ref().ok_or(Error::Missing("linux"))?;
+    if linux.intel_rdt().is_some() {
+        return Err(Error::Unsupported("linux.intelRdt".into()));
+    }
+    if linux.mount_label().as_deref().is_some_and(|l| !l.is_empty()) && !crate::lsm::selinux_enabled() {
+        return Err(Error::Unsupported(
+            "linux.mountLabel (SELinux is not enabled on this host)".into(),
+        ));
+    }
+    let namespaces = linux.namespaces().as_deref().unwrap_or_default();
+    let has = |t: LinuxNamespaceType| namespaces.iter().any(|n| n.typ() == t);
+    if !has(LinuxNamespaceType::Mount) {
+        return Err(Error::Unsupported("a container without a mount namespace".into()));
+    }
+    for (i, a) in namespaces.iter().enumerate() {
+        if namespaces[..i].iter().any(|b| b.typ() == a.typ()) {
+            return Err(Error::Invalid {
+                field: "linux.namespaces",
+                reason: format!("{:?} namespace listed twice", a.typ()),
+            });
+        }
+    }
+    let maps = linux.uid_mappings().as_ref().is_some_and(|m| !m.is_empty())
+        || linux.gid_mappings().as_ref().is_some_and(|m| !m.is_empty());
+    let new_user = namespaces
+        .iter()
+        .any(|n| n.typ() == LinuxNamespaceType::User && n.path().is_none());
+    if maps && !new_user {
+        return Err(Error::Invalid {
+            field: "linux.uidMappings",
+            reason: "mappings need a new user namespace".into(),
+        });
+    }
+    if new_user && !maps {
+        return Err(Error::Invalid {
+            field: "linux.uidMappings",
+            reason: "a new user namespace needs uid and gid mappings".into(),
+        });
+    }
+    if linux.time_offsets().is_some() && !has(LinuxNamespaceType::Time) {
+        return Err(Error::Invalid {
+            field: "linux.timeOffsets",
+            reason: "offsets need a time namespace".into(),
+        });
+    }
+    if linux.sysctl().as_ref().is_some_and(|s| !s.is_empty()) {
+        for key in linux.sysctl().as_ref().into_iter().flatten().map(|(k, _)| k) {
+            if key.contains("..") || key.starts_with('/') {
+                return Err(Error::Invalid {
+                    field: "linux.sysctl",
+                    reason: format!("bad key {key:?}"),
+                });
+            }
+        }
+    }
+    if let Some(seccomp) = linux.seccomp() {
+        crate::seccomp::check(seccomp).map_err(|e| Error::Unsupported(e.to_string()))?;
+    }
+    if let Some(hooks) = spec.hooks() {
+        for hook in crate::hooks::all(hooks) {
+            if !hook.path().is_absolute() {
+                return Err(Error::Invalid {
+                    field: "hooks",
+                    reason: format!("hook path {} is not absolute", hook.path().display()),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The id rules runc applies: letters, digits, `_`, `+`, `-`, `.`, not `.` or `..`.
+pub fn validate_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 1024
+        && id != "."
+        && id != ".."
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '+' | '-' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid {
+            field: "container id",
+            reason: format!("{id:?} (use letters, digits, '_', '+', '-', '.')"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(json: &str) -> Spec {
+        serde_json::from_str(json).unwrap()
+    }
+
+    const BASE: &str = r#"{"ociVersion":"1.3.0","root":{"path":"rootfs"},
+        "process":{"user":{"uid":0,"gid":0},"args":["sh"],"cwd":"/"},
+        "linux":{"namespaces":[{"type":"mount"},{"type":"pid"}]}}"#;
+
+    #[test]
+    fn accepts_any_1x_version() {
+        validate(&spec(BASE)).unwrap();
+        let s = BASE.replace("1.3.0", "2.0.0");
+        assert!(matches!(validate(&spec(&s)), Err(Error::Version(_))));
+    }
+
+    #[test]
+    fn refuses_unsupported_by_name() {
+        let s = BASE.replace(r#""linux":{"#, r#""linux":{"intelRdt":{"closID":"x"},"#);
+        let e = validate(&spec(&s)).unwrap_err().to_string();
+        assert!(e.contains("linux.intelRdt"), "{e}");
+    }
+
+    #[test]
+    fn needs_mount_namespace_and_args() {
+        let s = BASE.replace(r#"{"type":"mount"},"#, "");
+        assert!(validate(&spec(&s)).is_err());
+        let s = BASE.replace(r#""args":["sh"],"#, "");
+        assert!(validate(&spec(&s)).is_err());
+    }
+
+    #[test]
+    fn user_namespace_needs_mappings() {
+        let s = BASE.replace(r#"{"type":"pid"}"#, r#"{"type":"pid"},{"type":"user"}"#);
+        assert!(validate(&spec(&s)).is_err());
+    }
+
+    #[test]
+    fn missing_rootfs_is_named() {
+        let dir = std::env::temp_dir().join(format!("rt-spec-test-{}", std::process::id()));
+        let e = Bundle::from_spec(dir.clone(), spec(BASE)).unwrap_err().to_string();
+        assert!(e.contains("does not exist") && e.contains("rootfs"), "{e}");
+    }
+
+    #[test]
+    fn ids() {
+        validate_id("abc-1.2_x+y").unwrap();
+        assert!(validate_id("../x").is_err());
+        assert!(validate_id("..").is_err());
+        assert!(validate_id("").is_err());
+    }
+}

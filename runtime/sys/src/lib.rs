@@ -1,0 +1,253 @@
+//! The few raw system calls rt needs that `nix` does not wrap safely.
+//!
+//! Every `unsafe` block of the runtime lives here, each with a `SAFETY:` comment
+//! stating why it holds. Callers get safe functions with typed errors.
+
+use std::fs;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::errno::Errno;
+use nix::unistd::{ForkResult, Pid};
+
+/// Errors of the raw syscall layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("refusing to fork: process has {0} threads")]
+    MultiThreaded(usize),
+    #[error("reading /proc/self/stat")]
+    ProcStat(#[source] std::io::Error),
+    #[error("{0} failed")]
+    Syscall(&'static str, #[source] Errno),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Number of threads of the calling process, from /proc/self/stat.
+pub fn thread_count() -> Result<usize> {
+    let stat = fs::read_to_string("/proc/self/stat").map_err(Error::ProcStat)?;
+    // Field 20 (num_threads); the comm field (2) may contain spaces, so count after ')'.
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    Ok(after
+        .split_whitespace()
+        .nth(17)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0))
+}
+
+/// fork(2), refusing when the process has more than one thread.
+///
+/// Forking a multi-threaded process leaves the child with locks held by threads
+/// that do not exist in it; rt's processes are single-threaded by design, and this
+/// check turns a violation of that design into an error instead of a deadlock.
+pub fn fork() -> Result<ForkResult> {
+    let threads = thread_count()?;
+    if threads != 1 {
+        return Err(Error::MultiThreaded(threads));
+    }
+    // SAFETY: the process has exactly one thread (checked above), so the child
+    // inherits no lock held by another thread and may run arbitrary Rust code.
+    unsafe { nix::unistd::fork() }.map_err(|e| Error::Syscall("fork", e))
+}
+
+/// setdomainname(2).
+pub fn set_domainname(name: &str) -> Result<()> {
+    // SAFETY: the pointer and length describe `name`'s bytes, which outlive the call;
+    // the kernel copies them and does not require NUL termination.
+    let rc = unsafe { libc::setdomainname(name.as_ptr().cast(), name.len()) };
+    Errno::result(rc)
+        .map(drop)
+        .map_err(|e| Error::Syscall("setdomainname", e))
+}
+
+/// Marks every descriptor from `first` upward close-on-exec (close_range with
+/// CLOSE_RANGE_CLOEXEC), so nothing of the runtime's reaches the container.
+pub fn cloexec_from(first: u32) -> Result<()> {
+    // SAFETY: close_range only changes descriptor flags; it dereferences no memory.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    Errno::result(rc)
+        .map(drop)
+        .map_err(|e| Error::Syscall("close_range", e))
+}
+
+/// Makes `tty` the controlling terminal of the calling session (TIOCSCTTY).
+pub fn set_controlling_terminal(tty: BorrowedFd<'_>) -> Result<()> {
+    // SAFETY: TIOCSCTTY takes an integer argument (0: do not steal), no pointer.
+    let rc = unsafe { libc::ioctl(tty.as_raw_fd(), libc::TIOCSCTTY, 0) };
+    Errno::result(rc)
+        .map(drop)
+        .map_err(|e| Error::Syscall("ioctl(TIOCSCTTY)", e))
+}
+
+/// Sets a terminal's window size (TIOCSWINSZ).
+pub fn set_window_size(tty: BorrowedFd<'_>, rows: u16, cols: u16) -> Result<()> {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a `winsize` through the pointer, which points to a
+    // live, initialised value on our stack for the whole call.
+    let rc = unsafe { libc::ioctl(tty.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    Errno::result(rc)
+        .map(drop)
+        .map_err(|e| Error::Syscall("ioctl(TIOCSWINSZ)", e))
+}
+
+/// Reads a terminal's window size (TIOCGWINSZ).
+pub fn window_size(tty: BorrowedFd<'_>) -> Result<(u16, u16)> {
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes a `winsize` through the pointer, which points to a
+    // live value on our stack for the whole call.
+    let rc = unsafe { libc::ioctl(tty.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };
+    Errno::result(rc).map_err(|e| Error::Syscall("ioctl(TIOCGWINSZ)", e))?;
+    Ok((ws.ws_row, ws.ws_col))
+}
+
+/// pidfd_open(2): a descriptor that names `pid` and cannot be confused with a
+/// later process that reuses the number.
+pub fn pidfd_open(pid: Pid) -> Result<OwnedFd> {
+    // SAFETY: pidfd_open takes integers only.
+    let rc = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    let fd = Errno::result(rc).map_err(|e| Error::Syscall("pidfd_open", e))?;
+    // SAFETY: on success the syscall returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// pidfd_send_signal(2).
+pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: i32) -> Result<()> {
+    // SAFETY: a null siginfo pointer is allowed (the kernel fills in SI_USER); the
+    // other arguments are integers.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    Errno::result(rc)
+        .map(drop)
+        .map_err(|e| Error::Syscall("pidfd_send_signal", e))
+}
+
+/// Sets the process's personality (personality(2)).
+pub fn set_personality(persona: libc::c_ulong) -> Result<()> {
+    // SAFETY: personality takes an integer and touches no memory of ours.
+    let rc = unsafe { libc::personality(persona) };
+    Errno::result(rc)
+        .map(drop)
+        .map_err(|e| Error::Syscall("personality", e))
+}
+
+/// openat2(2) relative to `dir` with the given flags and resolve flags, as an
+/// owned descriptor. Used with RESOLVE_IN_ROOT so that no path inside a
+/// container's rootfs can lead outside it.
+pub fn openat2(
+    dir: BorrowedFd<'_>,
+    path: &std::path::Path,
+    flags: nix::fcntl::OFlag,
+    resolve: nix::fcntl::ResolveFlag,
+) -> std::result::Result<OwnedFd, Errno> {
+    let how = nix::fcntl::OpenHow::new()
+        .flags(flags | nix::fcntl::OFlag::O_CLOEXEC)
+        .resolve(resolve);
+    let fd = nix::fcntl::openat2(dir.as_raw_fd(), path, how)?;
+    // SAFETY: openat2 returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `struct mount_attr` of mount_setattr(2).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
+pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
+pub const MOUNT_ATTR_NODEV: u64 = 0x4;
+pub const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+pub const MOUNT_ATTR_NOATIME: u64 = 0x10;
+pub const MOUNT_ATTR_STRICTATIME: u64 = 0x20;
+pub const MOUNT_ATTR_NODIRATIME: u64 = 0x80;
+pub const MOUNT_ATTR_NOSYMFOLLOW: u64 = 0x200000;
+
+/// Sets (and clears) mount attributes on the mount at `fd` and every mount below
+/// it (mount_setattr with AT_RECURSIVE): the `rro`, `rnosuid`, ... options.
+pub fn mount_setattr_recursive(fd: BorrowedFd<'_>, set: u64, clear: u64) -> Result<()> {
+    let attr = MountAttr {
+        attr_set: set,
+        attr_clr: clear,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let empty = c"";
+    // SAFETY: `empty` is a valid NUL-terminated string and `attr` a live,
+    // initialised struct whose size we pass; the kernel only reads both.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_RECURSIVE,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    Errno::result(rc)
+        .map(drop)
+        .map_err(|e| Error::Syscall("mount_setattr", e))
+}
+
+/// _exit(2): ends the process at once, without running atexit handlers or
+/// flushing stdio buffers copied from the parent at fork.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit takes an integer and does not return; skipping destructors
+    // is the point (they belong to the parent's copy of the state).
+    unsafe { libc::_exit(code) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_threads() {
+        let n = thread_count().unwrap();
+        assert!(n >= 1);
+        let h = std::thread::spawn(|| std::thread::sleep(std::time::Duration::from_millis(200)));
+        assert!(thread_count().unwrap() > n - 1);
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn fork_refused_with_threads() {
+        // The test harness runs tests on threads, so this process has several.
+        let h = std::thread::spawn(|| std::thread::sleep(std::time::Duration::from_millis(300)));
+        assert!(matches!(fork(), Err(Error::MultiThreaded(_))));
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn pidfd_signal_zero_to_self() {
+        let fd = pidfd_open(nix::unistd::getpid()).unwrap();
+        use std::os::fd::AsFd;
+        pidfd_send_signal(fd.as_fd(), 0).unwrap();
+    }
+}
