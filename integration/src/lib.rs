@@ -1,1 +1,5 @@
+//! End-to-end suites for rt live in `tests/`; benchmarks in `bench/`.
+//! This library holds what several suites share beyond `rt-testsupport`:
+//! building an OCI image archive from busybox-static.
 
+pub mod image;

@@ -29,12 +29,21 @@ fn bool_flags(sub: &str) -> &'static [&'static str] {
 }
 
 /// Turns `-name`, `-name=v` into `--name`, `--name=v` when `name` is a known
-/// long flag of the subcommand.
+/// long flag of the subcommand; a boolean given as `--name=true` becomes
+/// `--name`, and `--name=false` disappears (an empty string).
 fn long_form(arg: &str, sub: &str) -> Option<String> {
     let body = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-'))?;
-    let name = body.split_once('=').map_or(body, |(n, _)| n);
-    let known = value_flags(sub).contains(&name) || bool_flags(sub).contains(&name);
-    (known && name.len() > 1).then(|| format!("--{body}"))
+    let (name, value) = body.split_once('=').map_or((body, None), |(n, v)| (n, Some(v)));
+    if name.len() < 2 {
+        return None;
+    }
+    if bool_flags(sub).contains(&name) {
+        return Some(match value {
+            Some("false" | "0" | "f" | "F" | "FALSE" | "False") => String::new(),
+            _ => format!("--{name}"),
+        });
+    }
+    value_flags(sub).contains(&name).then(|| format!("--{body}"))
 }
 
 fn takes_value(arg: &str, sub: &str) -> bool {
@@ -54,6 +63,9 @@ pub fn normalise(args: Vec<String>) -> Vec<String> {
     while let Some(a) = it.next() {
         if a.starts_with('-') && a.len() > 1 {
             let a = long_form(&a, "").unwrap_or(a);
+            if a.is_empty() {
+                continue;
+            }
             let needs = takes_value(&a, "");
             out.push(a);
             if needs {
@@ -80,6 +92,9 @@ pub fn normalise(args: Vec<String>) -> Vec<String> {
             }
             if a.starts_with('-') && a.len() > 1 && !(sub == "kill" && positional.len() == 1) {
                 let a = long_form(&a, &sub).unwrap_or(a);
+                if a.is_empty() {
+                    continue;
+                }
                 let needs = takes_value(&a, &sub);
                 flags.push(a);
                 if needs {
@@ -114,6 +129,8 @@ mod tests {
         assert_eq!(n("-root /r create ID --bundle B"), "--root /r create --bundle B -- ID");
         assert_eq!(n("--root=/r create -bundle=B -pid-file P ID"), "--root=/r create --bundle=B --pid-file P -- ID");
         assert_eq!(n("delete -force x"), "delete --force -- x");
+        assert_eq!(n("delete --force=true x"), "delete --force -- x");
+        assert_eq!(n("delete -force=false x"), "delete -- x");
         assert_eq!(n("run -d -b B x"), "run -d -b B -- x");
     }
 

@@ -7,7 +7,7 @@ use nix::sys::signal::Signal;
 
 pub fn parse(s: &str) -> Result<i32, String> {
     if let Ok(n) = s.parse::<i32>() {
-        return if (1..=libc::SIGRTMAX()).contains(&n) {
+        return if (0..=libc::SIGRTMAX()).contains(&n) {
             Ok(n)
         } else {
             Err(format!("invalid signal {s:?}"))
@@ -46,7 +46,8 @@ mod tests {
         assert_eq!(parse("KILL").unwrap(), 9);
         assert_eq!(parse("RTMIN+1").unwrap(), libc::SIGRTMIN() + 1);
         assert!(parse("NOPE").is_err());
-        assert!(parse("0").is_err());
+        assert_eq!(parse("0").unwrap(), 0);
+        assert!(parse("-1").is_err());
         assert!(parse("999").is_err());
     }
 }

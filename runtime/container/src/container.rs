@@ -186,9 +186,10 @@ impl Runtime {
         Ok(())
     }
 
-    /// Sends `signal` to the init, or with `all` to every process of the
-    /// container's cgroup.
-    pub fn kill(&self, id: &str, signal: Signal, all: bool) -> Result<()> {
+    /// Sends signal number `signal` to the init, or with `all` to every
+    /// process of the container's cgroup. Signal 0 only checks that the
+    /// container runs.
+    pub fn kill(&self, id: &str, signal: i32, all: bool) -> Result<()> {
         let dir = self.store.open(id)?;
         let st = dir.load()?;
         let status = dir.status(&st, || false);
@@ -199,7 +200,7 @@ impl Runtime {
             let layout = rt_cgroups::Layout::detect()?;
             if let Some(rec) = &st.cgroup {
                 for pid in rt_cgroups::open(&layout, rec.clone()).pids()? {
-                    let _ = nix::sys::signal::kill(pid, signal);
+                    let _ = rt_sys::kill(pid, signal);
                 }
             }
             return Ok(());
@@ -265,7 +266,7 @@ impl Runtime {
 /// cgroup) and removes its cgroups. Keeps going past errors.
 fn teardown(st: &State, layout: &rt_cgroups::Layout) -> Result<()> {
     if st.init_alive() {
-        let _ = signal_init(st, Signal::SIGKILL);
+        let _ = signal_init(st, Signal::SIGKILL as i32);
         wait_exit(Pid::from_raw(st.pid));
     }
     let Some(rec) = &st.cgroup else { return Ok(()) };
@@ -283,14 +284,14 @@ fn teardown(st: &State, layout: &rt_cgroups::Layout) -> Result<()> {
     Ok(())
 }
 
-fn signal_init(st: &State, signal: Signal) -> Result<()> {
+fn signal_init(st: &State, signal: i32) -> Result<()> {
     let pid = Pid::from_raw(st.pid);
     let fd = rt_sys::pidfd_open(pid).map_err(Error::Signal)?;
     // The pidfd names the process we opened; make sure it is still ours.
     if !st.init_alive() {
         return Err(Error::NotRunning);
     }
-    rt_sys::pidfd_send_signal(fd.as_fd(), signal as i32).map_err(Error::Signal)
+    rt_sys::pidfd_send_signal(fd.as_fd(), signal).map_err(Error::Signal)
 }
 
 /// Waits (at most 10 s) until `pid` has exited: its pidfd becomes readable.

@@ -69,7 +69,8 @@ pub fn set_rlimits(limits: &[PosixRlimit]) -> Result<()> {
 fn to_caps(set: &Option<oci_spec::runtime::Capabilities>) -> HashSet<Cap> {
     set.iter()
         .flatten()
-        .filter_map(|c| c.to_string().parse::<Cap>().ok())
+        .filter_map(|c| serde_json::to_string(c).ok())
+        .filter_map(|name| name.trim_matches('"').parse::<Cap>().ok())
         .collect()
 }
 
@@ -133,9 +134,16 @@ pub fn apply_caps(c: &LinuxCapabilities) -> Result<()> {
             source,
         })?;
     }
-    let ambient = to_caps(c.ambient());
+    // The kernel raises an ambient capability only if it is both permitted and
+    // inheritable; runc skips the others, and so does rt (with a debug log line).
+    let permitted = &sets[1].2;
+    let inheritable = &sets[2].2;
     caps::clear(None, CapSet::Ambient).ok();
-    for cap in ambient {
+    for cap in to_caps(c.ambient()) {
+        if !(permitted.contains(&cap) && inheritable.contains(&cap)) {
+            tracing::debug!("ambient capability {cap} is not permitted and inheritable: skipped");
+            continue;
+        }
         caps::raise(None, CapSet::Ambient, cap).map_err(|source| Error::Caps {
             cap: cap.to_string(),
             set: "ambient",
@@ -193,7 +201,11 @@ mod tests {
         assert_eq!(lookup("sh", "/nonexistent:/bin").unwrap(), PathBuf::from("/bin/sh"));
         let e = lookup("no-such-binary-x", "/bin").unwrap_err().to_string();
         assert_eq!(e, "exec: \"no-such-binary-x\": executable file not found in $PATH");
-        assert!(lookup("/etc/hostname", "").is_err());
+        let f = std::env::temp_dir().join(format!("rt-lookup-{}", std::process::id()));
+        std::fs::write(&f, "x").unwrap();
+        let e = lookup(f.to_str().unwrap(), "").unwrap_err().to_string();
+        assert!(e.contains("permission denied"), "{e}");
+        std::fs::remove_file(&f).unwrap();
         assert_eq!(env_path(&["A=1".into(), "PATH=/x".into()]), "/x");
     }
 

@@ -76,6 +76,31 @@ pub fn cloexec_from(first: u32) -> Result<()> {
         .map_err(|e| Error::Syscall("close_range", e))
 }
 
+/// Closes every descriptor from `first` upward except `keep` (close_range).
+///
+/// Run right after fork in a child that will never return into the parent's
+/// code: descriptors the parent holds (a state-directory lock, log files) must
+/// not stay open in the container's processes. The objects that owned them in
+/// the parent's copy of memory are never dropped in the child (it ends with
+/// `exit_now` or exec), so nothing closes them twice.
+pub fn close_fds_except(first: u32, keep: BorrowedFd<'_>) -> Result<()> {
+    let keep = keep.as_raw_fd() as u32;
+    let ranges = if keep < first {
+        vec![(first, u32::MAX)]
+    } else if keep == first {
+        vec![(keep + 1, u32::MAX)]
+    } else {
+        vec![(first, keep - 1), (keep + 1, u32::MAX)]
+    };
+    for (lo, hi) in ranges {
+        // SAFETY: close_range takes integers only; see the function docs for
+        // why closing descriptors owned by other values is sound here.
+        let rc = unsafe { libc::syscall(libc::SYS_close_range, lo, hi, 0) };
+        Errno::result(rc).map_err(|e| Error::Syscall("close_range", e))?;
+    }
+    Ok(())
+}
+
 /// Makes `tty` the controlling terminal of the calling session (TIOCSCTTY).
 pub fn set_controlling_terminal(tty: BorrowedFd<'_>) -> Result<()> {
     // SAFETY: TIOCSCTTY takes an integer argument (0: do not steal), no pointer.
@@ -142,6 +167,16 @@ pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: i32) -> Result<()> {
     Errno::result(rc)
         .map(drop)
         .map_err(|e| Error::Syscall("pidfd_send_signal", e))
+}
+
+/// kill(2) with a raw signal number (0 and real-time signals included, which
+/// nix's `Signal` cannot name).
+pub fn kill(pid: Pid, signal: i32) -> Result<()> {
+    // SAFETY: kill takes integers only.
+    let rc = unsafe { libc::kill(pid.as_raw(), signal) };
+    Errno::result(rc)
+        .map(drop)
+        .map_err(|e| Error::Syscall("kill", e))
 }
 
 /// Sets the process's personality (personality(2)).

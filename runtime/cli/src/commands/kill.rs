@@ -1,6 +1,5 @@
 //! `rt kill [--all] ID [SIGNAL]`.
 
-use nix::sys::signal::Signal;
 use rt_container::Runtime;
 
 use crate::Global;
@@ -18,7 +17,6 @@ pub struct Args {
 
 pub fn run(g: &Global, a: Args) -> anyhow::Result<()> {
     let n = crate::signal::parse(&a.signal).map_err(anyhow::Error::msg)?;
-    let sig = Signal::try_from(n).map_err(|_| anyhow::anyhow!("signal {} is not supported by kill", a.signal))?;
-    Runtime::new(&g.root).kill(&a.id, sig, a.all)?;
+    Runtime::new(&g.root).kill(&a.id, n, a.all)?;
     Ok(())
 }

@@ -54,8 +54,10 @@ pub enum Error {
 /// Runs the init; never returns.
 pub fn run(launch: &Launch<'_>, chan: &ChildEnd) -> ! {
     let Err(e) = init(launch, chan);
-    // Before Ready the parent reports this; after it, only our stderr can.
-    if chan.send(&ToParent::Failed(chain(&e))).is_err() {
+    // Before Ready the parent reports this; after it, only our stderr can. A
+    // parent that is gone (killed, or failed elsewhere) needs no report.
+    let parent_gone = matches!(e, Error::Channel(channel::Error::Closed));
+    if chan.send(&ToParent::Failed(chain(&e))).is_err() && !parent_gone {
         eprintln!("rt: {}", chain(&e));
     }
     rt_sys::exit_now(if matches!(e, Error::Identity(identity::Error::NotFound(_))) { 127 } else { 1 })

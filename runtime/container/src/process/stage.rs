@@ -1,5 +1,7 @@
 //! The stage process: namespaces, then the fork of the init.
 
+use std::os::fd::AsFd;
+
 use nix::sched::CloneFlags;
 use nix::unistd::{ForkResult, Gid, Uid};
 
@@ -42,6 +44,8 @@ fn expect(chan: &ChildEnd, want: ToChild) -> Result<(), Error> {
 }
 
 fn stage(launch: &Launch<'_>, chan: &ChildEnd) -> Result<(), Error> {
+    // Nothing the parent holds (the state lock above all) stays open here.
+    rt_sys::close_fds_except(3 + launch.preserve_fds, chan.as_fd()).map_err(Error::Fork)?;
     // Wait until the parent has put us in the container's cgroups, so that the
     // init and everything it forks are born there.
     expect(chan, ToChild::Placed)?;

@@ -53,32 +53,66 @@ pub fn open(root: BorrowedFd<'_>, path: &Path) -> Result<OwnedFd> {
 }
 
 /// Opens `path` inside `root`, creating missing directories (and, if `file`,
-/// an empty regular file as the last component) safely on the way.
+/// an empty regular file as the last component) safely on the way. A dangling
+/// symlink on the way is followed inside the root, and its target created
+/// there, as runc's securejoin does.
 pub fn create(root: BorrowedFd<'_>, path: &Path, file: bool) -> Result<OwnedFd> {
-    if let Ok(fd) = open(root, path) {
-        return Ok(fd);
+    let mut want = relative(path);
+    // Bounded like the kernel's symlink limit.
+    for _ in 0..40 {
+        match create_once(root, &want, file, path)? {
+            Step::Done(fd) => return Ok(fd),
+            Step::Restart(next) => want = next,
+        }
     }
-    let rel = relative(path);
+    Err(Error::Resolve {
+        path: path.to_path_buf(),
+        source: Errno::ELOOP,
+    })
+}
+
+enum Step {
+    Done(OwnedFd),
+    Restart(PathBuf),
+}
+
+fn create_once(root: BorrowedFd<'_>, rel: &Path, file: bool, orig: &Path) -> Result<Step> {
+    if let Ok(fd) = open(root, rel) {
+        return Ok(Step::Done(fd));
+    }
     let parts: Vec<&std::ffi::OsStr> = rel.iter().collect();
     let mut prefix = PathBuf::new();
     let mut parent: Option<OwnedFd> = None;
+    let resolve_err = |source| Error::Resolve {
+        path: orig.to_path_buf(),
+        source,
+    };
     for (i, part) in parts.iter().enumerate() {
-        prefix.push(part);
         let last = i + 1 == parts.len();
+        let dir_prefix = prefix.clone();
+        prefix.push(part);
         match rt_sys::openat2(root, &prefix, OFlag::O_PATH, resolve_flags()) {
             Ok(fd) => {
                 parent = Some(fd);
                 continue;
             }
             Err(Errno::ENOENT) => {}
-            Err(source) => {
-                return Err(Error::Resolve {
-                    path: path.to_path_buf(),
-                    source,
-                })
-            }
+            Err(source) => return Err(resolve_err(source)),
         }
         let dir = parent.as_ref().map_or(root, |p| p.as_fd());
+        // A dangling symlink: continue from its target, inside the root.
+        if let Ok(target) = nix::fcntl::readlinkat(Some(dir.as_raw_fd()), *part) {
+            let target = PathBuf::from(target);
+            let mut next = if target.is_absolute() {
+                relative(&target)
+            } else {
+                dir_prefix.join(target)
+            };
+            for rest in &parts[i + 1..] {
+                next.push(rest);
+            }
+            return Ok(Step::Restart(next));
+        }
         let made = if last && file {
             nix::fcntl::openat(
                 Some(dir.as_raw_fd()),
@@ -96,22 +130,17 @@ pub fn create(root: BorrowedFd<'_>, path: &Path, file: bool) -> Result<OwnedFd> 
             Ok(()) | Err(Errno::EEXIST) => {}
             Err(source) => {
                 return Err(Error::Create {
-                    path: path.to_path_buf(),
+                    path: orig.to_path_buf(),
                     source,
                 })
             }
         }
-        let fd = rt_sys::openat2(root, &prefix, OFlag::O_PATH, resolve_flags()).map_err(|source| {
-            Error::Resolve {
-                path: path.to_path_buf(),
-                source,
-            }
-        })?;
+        let fd = rt_sys::openat2(root, &prefix, OFlag::O_PATH, resolve_flags()).map_err(resolve_err)?;
         parent = Some(fd);
     }
     match parent {
-        Some(fd) => Ok(fd),
-        None => open(root, path),
+        Some(fd) => Ok(Step::Done(fd)),
+        None => open(root, rel).map(Step::Done),
     }
 }
 
