@@ -170,13 +170,23 @@ impl Runtime {
         };
         // Non-blocking: if the init is gone there is no reader and this fails
         // at once instead of hanging.
-        let mut f = std::fs::OpenOptions::new()
+        let mut w = std::fs::OpenOptions::new()
             .write(true)
             .custom_flags_nonblock()
             .open(&fifo)
             .map_err(io("opening exec fifo"))?;
-        std::io::Write::write_all(&mut f, b"0").map_err(io("writing exec fifo"))?;
+        let r = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags_nonblock()
+            .open(&fifo)
+            .map_err(io("opening exec fifo"))?;
+        std::io::Write::write_all(&mut w, b"0").map_err(io("writing exec fifo"))?;
+        drop(w);
         std::fs::remove_file(&fifo).map_err(io("removing exec fifo"))?;
+        // The init holds the fifo (close-on-exec) until it execs the user's
+        // process: the hang-up on our read end says it has, so poststart hooks
+        // run after the process started, as the runtime-spec orders.
+        wait_hangup(&r);
         let json = serde_json::to_vec(&st.oci(Status::Running)).unwrap_or_default();
         if let Err(e) = hooks::run(st.config.hooks().as_ref(), Kind::Poststart, &json) {
             // The runtime-spec: a failing poststart hook is logged, the
@@ -292,6 +302,12 @@ fn signal_init(st: &State, signal: i32) -> Result<()> {
         return Err(Error::NotRunning);
     }
     rt_sys::pidfd_send_signal(fd.as_fd(), signal).map_err(Error::Signal)
+}
+
+/// Waits (at most 10 s) for the last writer of the fifo behind `r` to go.
+fn wait_hangup(r: &std::fs::File) {
+    let mut fds = [nix::poll::PollFd::new(r.as_fd(), nix::poll::PollFlags::empty())];
+    let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(10_000u16));
 }
 
 /// Waits (at most 10 s) until `pid` has exited: its pidfd becomes readable.

@@ -58,10 +58,15 @@ fn resource(t: PosixRlimitType) -> Resource {
     }
 }
 
+/// The spec's name of a limit (`RLIMIT_NOFILE`).
+fn rlimit_name(t: PosixRlimitType) -> String {
+    serde_json::to_string(&t).unwrap_or_default().trim_matches('"').to_string()
+}
+
 pub fn set_rlimits(limits: &[PosixRlimit]) -> Result<()> {
     for l in limits {
         setrlimit(resource(l.typ()), l.soft(), l.hard())
-            .map_err(|e| Error::Rlimit(format!("{:?}", l.typ()).to_uppercase(), e))?;
+            .map_err(|e| Error::Rlimit(rlimit_name(l.typ()), e))?;
     }
     Ok(())
 }

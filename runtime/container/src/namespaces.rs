@@ -31,8 +31,6 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("invalid time offset {0:?}")]
-    TimeOffset(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -147,22 +145,11 @@ fn write(path: &Path, text: &str) -> Result<()> {
 
 /// Writes the time namespace offsets of the calling process's children
 /// (after unshare(CLONE_NEWTIME), before the first fork into it).
-pub fn write_time_offsets(offsets: &std::collections::HashMap<String, String>) -> Result<()> {
-    let mut text = String::new();
-    for (clock, value) in offsets {
-        let clock = match clock.as_str() {
-            "monotonic" | "boottime" => clock.as_str(),
-            _ => return Err(Error::TimeOffset(clock.clone())),
-        };
-        // The spec's value is "secs nanosecs" (also accept a lone seconds value).
-        let mut parts = value.split_whitespace();
-        let secs: i64 = parts
-            .next()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| Error::TimeOffset(value.clone()))?;
-        let nanos: i64 = parts.next().map_or(Some(0), |s| s.parse().ok()).ok_or_else(|| Error::TimeOffset(value.clone()))?;
-        text.push_str(&format!("{clock} {secs} {nanos}\n"));
-    }
+pub fn write_time_offsets(offsets: &[(String, i64, u32)]) -> Result<()> {
+    let text: String = offsets
+        .iter()
+        .map(|(clock, secs, nanos)| format!("{clock} {secs} {nanos}\n"))
+        .collect();
     write(Path::new("/proc/self/timens_offsets"), &text)
 }
 

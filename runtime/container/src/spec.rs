@@ -39,6 +39,29 @@ pub struct Bundle {
     pub dir: PathBuf,
     pub spec: Spec,
     pub rootfs: PathBuf,
+    /// `linux.timeOffsets`: (clock, seconds, nanoseconds).
+    pub time_offsets: Vec<(String, i64, u32)>,
+}
+
+fn parse_time_offsets(v: &serde_json::Value) -> Result<Vec<(String, i64, u32)>> {
+    let bad = |reason: String| Error::Invalid {
+        field: "linux.timeOffsets",
+        reason,
+    };
+    let map = v.as_object().ok_or_else(|| bad("not an object".into()))?;
+    let mut out = Vec::new();
+    for (clock, o) in map {
+        if clock != "monotonic" && clock != "boottime" {
+            return Err(bad(format!("unknown clock {clock:?}")));
+        }
+        let secs = o.get("secs").and_then(|s| s.as_i64()).unwrap_or(0);
+        let nanos = o.get("nanosecs").and_then(|s| s.as_u64()).unwrap_or(0);
+        if nanos >= 1_000_000_000 {
+            return Err(bad(format!("{clock}: nanosecs out of range")));
+        }
+        out.push((clock.clone(), secs, nanos as u32));
+    }
+    Ok(out)
 }
 
 impl Bundle {
@@ -53,11 +76,34 @@ impl Bundle {
             path: path.clone(),
             source,
         })?;
-        let spec: Spec = serde_json::from_slice(&text).map_err(|source| Error::Parse {
+        let mut raw: serde_json::Value = serde_json::from_slice(&text).map_err(|source| Error::Parse {
             path: path.clone(),
             source,
         })?;
-        Self::from_spec(dir, spec)
+        // oci-spec types linux.timeOffsets as strings where the runtime-spec
+        // has {"secs", "nanosecs"} objects: take them out before parsing.
+        let offsets = raw
+            .get_mut("linux")
+            .and_then(|l| l.as_object_mut())
+            .and_then(|l| l.remove("timeOffsets"));
+        let spec: Spec = serde_json::from_value(raw).map_err(|source| Error::Parse {
+            path: path.clone(),
+            source,
+        })?;
+        let mut bundle = Self::from_spec(dir, spec)?;
+        if let Some(o) = offsets {
+            bundle.time_offsets = parse_time_offsets(&o)?;
+            let time_ns = bundle.spec.linux().as_ref().and_then(|l| l.namespaces().as_ref()).is_some_and(|ns| {
+                ns.iter().any(|n| n.typ() == LinuxNamespaceType::Time && n.path().is_none())
+            });
+            if !bundle.time_offsets.is_empty() && !time_ns {
+                return Err(Error::Invalid {
+                    field: "linux.timeOffsets",
+                    reason: "offsets need a new time namespace".into(),
+                });
+            }
+        }
+        Ok(bundle)
     }
 
     pub fn from_spec(dir: PathBuf, spec: Spec) -> Result<Bundle> {
@@ -71,7 +117,12 @@ impl Bundle {
         if !rootfs.is_dir() {
             return Err(Error::NoRootfs(rootfs));
         }
-        Ok(Bundle { dir, spec, rootfs })
+        Ok(Bundle {
+            dir,
+            spec,
+            rootfs,
+            time_offsets: Vec::new(),
+        })
     }
 }
 
@@ -142,12 +193,6 @@ pub fn validate(spec: &Spec) -> Result<()> {
         return Err(Error::Invalid {
             field: "linux.uidMappings",
             reason: "a new user namespace needs uid and gid mappings".into(),
-        });
-    }
-    if linux.time_offsets().is_some() && !has(LinuxNamespaceType::Time) {
-        return Err(Error::Invalid {
-            field: "linux.timeOffsets",
-            reason: "offsets need a time namespace".into(),
         });
     }
     if linux.sysctl().as_ref().is_some_and(|s| !s.is_empty()) {

@@ -53,13 +53,12 @@ pub fn setup_in_container(size: Option<(u16, u16)>, uid: u32, gid: u32) -> Resul
             path: name.clone().into(),
             source,
         })?;
-    // SAFETY-free: wrap the raw descriptor via the dup2 below; keep it owned.
     let slave = own(slave);
     let _ = nix::unistd::fchown(slave.as_raw_fd(), Some(nix::unistd::Uid::from_raw(uid)), Some(nix::unistd::Gid::from_raw(gid)));
     if let Some((rows, cols)) = size {
         rt_sys::set_window_size(master.as_fd(), rows, cols).map_err(Error::Sys)?;
     }
-    nix::unistd::setsid().map_err(|e| Error::Pty("setsid", e))?;
+    // The init is already a session leader (it called setsid first).
     rt_sys::set_controlling_terminal(slave.as_fd()).map_err(Error::Sys)?;
     for target in 0..3 {
         nix::unistd::dup2(slave.as_raw_fd(), target).map_err(|e| Error::Pty("dup2 onto stdio", e))?;

@@ -4,7 +4,7 @@ use std::convert::Infallible;
 use std::ffi::CString;
 use std::io::Read;
 use std::os::fd::AsFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use nix::sched::CloneFlags;
@@ -52,8 +52,8 @@ pub enum Error {
 }
 
 /// Runs the init; never returns.
-pub fn run(launch: &Launch<'_>, chan: &ChildEnd) -> ! {
-    let Err(e) = init(launch, chan);
+pub fn run(launch: &Launch<'_>, chan: &ChildEnd, fifo: File) -> ! {
+    let Err(e) = init(launch, chan, fifo);
     // Before Ready the parent reports this; after it, only our stderr can. A
     // parent that is gone (killed, or failed elsewhere) needs no report.
     let parent_gone = matches!(e, Error::Channel(channel::Error::Closed));
@@ -85,7 +85,7 @@ fn hook_state(launch: &Launch<'_>, pid: i32) -> Vec<u8> {
     serde_json::to_vec(&st).unwrap_or_default()
 }
 
-fn init(launch: &Launch<'_>, chan: &ChildEnd) -> Result<Infallible, Error> {
+fn init(launch: &Launch<'_>, chan: &ChildEnd, mut fifo: File) -> Result<Infallible, Error> {
     let spec = &launch.bundle.spec;
     let process = spec.process().as_ref().expect("validated: process");
     let linux = spec.linux().as_ref().expect("validated: linux");
@@ -96,14 +96,6 @@ fn init(launch: &Launch<'_>, chan: &ChildEnd) -> Result<Infallible, Error> {
         .and_then(|p| p.to_str().and_then(|s| s.parse().ok()))
         .unwrap_or(0);
     nix::unistd::setsid().map_err(|e| Error::Sys("setsid", e))?;
-    // The exec fifo, opened read-write so that opening never blocks; `start`
-    // writes one byte to it. Close-on-exec: it never reaches the user process.
-    let mut fifo = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(&launch.fifo)
-        .map_err(io("opening exec fifo", &launch.fifo))?;
 
     let ctx = rootfs::Context {
         spec,
@@ -193,7 +185,8 @@ fn init(launch: &Launch<'_>, chan: &ChildEnd) -> Result<Infallible, Error> {
     chan.send(&ToParent::Ready)?;
     let mut byte = [0u8; 1];
     fifo.read_exact(&mut byte).map_err(io("waiting on exec fifo", &launch.fifo))?;
-    drop(fifo);
+    // `fifo` stays open (close-on-exec) until the exec below: its hang-up
+    // tells `start` that the user's process runs.
     hooks::run(hooks, Kind::StartContainer, &state)?;
     if nnp {
         seccomp::load(&filters)?;

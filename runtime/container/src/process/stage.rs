@@ -1,6 +1,7 @@
 //! The stage process: namespaces, then the fork of the init.
 
 use std::os::fd::AsFd;
+use std::os::unix::fs::OpenOptionsExt;
 
 use nix::sched::CloneFlags;
 use nix::unistd::{ForkResult, Gid, Uid};
@@ -20,6 +21,12 @@ pub enum Error {
     Namespaces(#[from] namespaces::Error),
     #[error("forking the container init")]
     Fork(#[source] rt_sys::Error),
+    #[error("opening exec fifo {path}")]
+    Fifo {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Runs the stage; never returns.
@@ -49,6 +56,19 @@ fn stage(launch: &Launch<'_>, chan: &ChildEnd) -> Result<(), Error> {
     // Wait until the parent has put us in the container's cgroups, so that the
     // init and everything it forks are born there.
     expect(chan, ToChild::Placed)?;
+    // The exec fifo, opened read-write so that opening never blocks (`start`
+    // writes one byte to it), while we still hold the host's privileges: in a
+    // user namespace the init could not open the runtime's file.
+    // Close-on-exec: it never reaches the user's process.
+    let fifo = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(&launch.fifo)
+        .map_err(|source| Error::Fifo {
+            path: launch.fifo.clone(),
+            source,
+        })?;
     let plan = &launch.plan;
     plan.join_all()?;
     if plan.new_user {
@@ -62,13 +82,11 @@ fn stage(launch: &Launch<'_>, chan: &ChildEnd) -> Result<(), Error> {
     }
     plan.unshare_rest()?;
     let time_ns = CloneFlags::from_bits_retain(libc::CLONE_NEWTIME);
-    if plan.create.contains(time_ns) {
-        if let Some(offsets) = launch.bundle.spec.linux().as_ref().and_then(|l| l.time_offsets().as_ref()) {
-            namespaces::write_time_offsets(offsets)?;
-        }
+    if plan.create.contains(time_ns) && !launch.bundle.time_offsets.is_empty() {
+        namespaces::write_time_offsets(&launch.bundle.time_offsets)?;
     }
     match rt_sys::fork().map_err(Error::Fork)? {
-        ForkResult::Child => init::run(launch, chan),
+        ForkResult::Child => init::run(launch, chan, fifo),
         ForkResult::Parent { child } => {
             // Our pid namespace is the parent's, so `child` is the host pid.
             chan.send(&ToParent::InitPid(child.as_raw()))?;
