@@ -65,7 +65,11 @@ pub fn busybox_oci_archive(out: &Path, name: &str) {
     add(&mut tar, "index.json", &index);
     for blob in [&layer, &config, &manifest] {
         let d = digest(blob);
-        add(&mut tar, &format!("blobs/sha256/{}", d.trim_start_matches("sha256:")), blob);
+        add(
+            &mut tar,
+            &format!("blobs/sha256/{}", d.trim_start_matches("sha256:")),
+            blob,
+        );
     }
     tar.finish().unwrap();
 }

@@ -21,7 +21,12 @@ fn run_with(script: &str, edit: impl FnOnce(&mut Value)) -> (i32, String, String
     let root = Root::new();
     let mut b = Bundle::new(&["sh", "-c", script]);
     b.edit(edit);
-    let out = root.rt(&["run", "--bundle", b.path().to_str().unwrap(), &unique_id("iso")]);
+    let out = root.rt(&[
+        "run",
+        "--bundle",
+        b.path().to_str().unwrap(),
+        &unique_id("iso"),
+    ]);
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -36,18 +41,26 @@ fn run_ok(script: &str, edit: impl FnOnce(&mut Value)) -> String {
 }
 
 fn ns_link(pid: &str, ns: &str) -> String {
-    std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap().to_string_lossy().into_owned()
+    std::fs::read_link(format!("/proc/{pid}/ns/{ns}"))
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
 }
 
 #[test]
 fn pid_uts_ipc_net_namespaces() {
     need_root!();
-    let out = run_ok("echo $$; hostname; ls /sys/class/net | tr '\\n' ' '", |c| c["hostname"] = json!("box1"));
+    let out = run_ok("echo $$; hostname; ls /sys/class/net | tr '\\n' ' '", |c| {
+        c["hostname"] = json!("box1")
+    });
     assert_eq!(out, "1\nbox1\nlo ");
     // No network entry: the host's network namespace (cloned-host).
     let host_net = ns_link("self", "net");
     let out = run_ok("readlink /proc/self/ns/net", |c| {
-        c["linux"]["namespaces"].as_array_mut().unwrap().retain(|n| n["type"] != "network")
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|n| n["type"] != "network")
     });
     assert_eq!(out.trim(), host_net);
 }
@@ -77,22 +90,33 @@ fn join_namespace_by_path() {
 fn user_namespace_mappings() {
     need_root!();
     let out = run_ok("cat /proc/self/uid_map /proc/self/gid_map; id -u", |c| {
-        c["linux"]["namespaces"].as_array_mut().unwrap().push(json!({"type": "user"}));
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"type": "user"}));
         c["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
         c["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
         // A user namespace may not mount sysfs of the host's network...
         // rt binds /sys then; cgroup bind mounts and devices work via binds.
     });
     let words: Vec<&str> = out.split_whitespace().collect();
-    assert_eq!(words, ["0", "200000", "65536", "0", "200000", "65536", "0"], "{out}");
+    assert_eq!(
+        words,
+        ["0", "200000", "65536", "0", "200000", "65536", "0"],
+        "{out}"
+    );
 }
 
 #[test]
 fn time_namespace_offsets() {
     need_root!();
     let out = run_ok("cut -d. -f1 /proc/uptime", |c| {
-        c["linux"]["namespaces"].as_array_mut().unwrap().push(json!({"type": "time"}));
-        c["linux"]["timeOffsets"] = json!({"boottime": {"secs": 86400000, "nanosecs": 0}, "monotonic": {"secs": 1}});
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"type": "time"}));
+        c["linux"]["timeOffsets"] =
+            json!({"boottime": {"secs": 86400000, "nanosecs": 0}, "monotonic": {"secs": 1}});
     });
     let up: u64 = out.trim().parse().unwrap();
     assert!(up >= 86_400_000, "uptime {up}");
@@ -151,7 +175,11 @@ fn mount_destination_symlink_cannot_escape_rootfs() {
         m.push(json!({"destination": "/up/tmp/evil2", "type": "tmpfs", "source": "tmpfs"}));
     });
     assert_eq!(out, "in\n");
-    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0, "nothing made outside the rootfs");
+    assert_eq!(
+        std::fs::read_dir(outside.path()).unwrap().count(),
+        0,
+        "nothing made outside the rootfs"
+    );
     assert!(!Path::new("/tmp/evil2").exists());
 }
 
@@ -174,9 +202,13 @@ fn process_identity() {
         "id; pwd; echo $FOO; umask; ulimit -n; cat /proc/self/oom_score_adj; \
          grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status; cat /proc/sys/kernel/domainname",
         |c| {
-            c["process"]["user"] = json!({"uid": 1000, "gid": 1000, "additionalGids": [5, 7], "umask": 63});
+            c["process"]["user"] =
+                json!({"uid": 1000, "gid": 1000, "additionalGids": [5, 7], "umask": 63});
             c["process"]["cwd"] = json!("/tmp");
-            c["process"]["env"].as_array_mut().unwrap().push(json!("FOO=bar"));
+            c["process"]["env"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!("FOO=bar"));
             c["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "hard": 512, "soft": 256}]);
             c["process"]["oomScoreAdj"] = json!(123);
             // A non-root user keeps capabilities across exec only as ambient ones.
@@ -187,7 +219,10 @@ fn process_identity() {
         },
     );
     let lines: Vec<&str> = out.lines().collect();
-    assert!(lines[0].starts_with("uid=1000 gid=1000 groups=5(tty),7"), "{out}");
+    assert!(
+        lines[0].starts_with("uid=1000 gid=1000 groups=5(tty),7"),
+        "{out}"
+    );
     assert_eq!(&lines[1..6], ["/tmp", "bar", "0077", "256", "123"], "{out}");
     assert_eq!(lines[6], "CapEff:\t0000000000000020", "{out}");
     assert_eq!(lines[7], "CapBnd:\t0000000000000021", "{out}");
@@ -204,9 +239,13 @@ fn sysctl_and_rlimit_errors() {
     assert_eq!(out, "1\n");
     // Raising a hard limit above ours needs CAP_SYS_RESOURCE in the bounding set.
     let (_, _, err) = run_with("true", |c| {
-        c["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "hard": 1 << 30, "soft": 1 << 30}]);
+        c["process"]["rlimits"] =
+            json!([{"type": "RLIMIT_NOFILE", "hard": 1 << 30, "soft": 1 << 30}]);
     });
-    assert!(err.contains("error setting rlimit type RLIMIT_NOFILE: EPERM"), "{err}");
+    assert!(
+        err.contains("error setting rlimit type RLIMIT_NOFILE: EPERM"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -214,7 +253,12 @@ fn executable_lookup_errors() {
     need_root!();
     let root = Root::new();
     let b = Bundle::new(&["not-a-command"]);
-    let out = root.rt(&["run", "--bundle", b.path().to_str().unwrap(), &unique_id("look")]);
+    let out = root.rt(&[
+        "run",
+        "--bundle",
+        b.path().to_str().unwrap(),
+        &unique_id("look"),
+    ]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("executable file not found in $PATH"));
     assert_ne!(out.status.code(), Some(0));
 }
@@ -226,9 +270,7 @@ fn hooks_run_at_their_points() {
     let log = logdir.path().join("log");
     let l = log.to_str().unwrap().to_string();
     let host_mnt = ns_link("self", "mnt");
-    let host_hook = |name: &str| {
-        json!({"path": "/bin/sh", "args": ["sh", "-c", format!("read s; echo \"{name} $(readlink /proc/self/ns/mnt) $s\" >> {l}")], "env": ["X=1"]})
-    };
+    let host_hook = |name: &str| json!({"path": "/bin/sh", "args": ["sh", "-c", format!("read s; echo \"{name} $(readlink /proc/self/ns/mnt) $s\" >> {l}")], "env": ["X=1"]});
     let root = Root::new();
     let mut b = Bundle::new(&["true"]);
     b.edit(|c| {
@@ -247,10 +289,25 @@ fn hooks_run_at_their_points() {
     let text = std::fs::read_to_string(&log).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     let names: Vec<&str> = lines.iter().map(|l| l.split(' ').next().unwrap()).collect();
-    assert_eq!(names, ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"], "{text}");
+    assert_eq!(
+        names,
+        [
+            "prestart",
+            "createRuntime",
+            "createContainer",
+            "startContainer",
+            "poststart",
+            "poststop"
+        ],
+        "{text}"
+    );
     for l in &lines {
         let mut parts = l.splitn(3, ' ');
-        let (name, mnt, state) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
+        let (name, mnt, state) = (
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+        );
         let in_container = matches!(name, "createContainer" | "startContainer");
         assert_eq!(mnt != host_mnt, in_container, "{name} namespace");
         let st: Value = serde_json::from_str(state).unwrap();
@@ -276,7 +333,13 @@ fn console_socket_gets_the_pty_master() {
         let mut buf = [0u8; 64];
         let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
         let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-        let msg = recvmsg::<()>(conn.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty()).unwrap();
+        let msg = recvmsg::<()>(
+            conn.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::empty(),
+        )
+        .unwrap();
         let mut fd = None;
         for c in msg.cmsgs().unwrap() {
             if let ControlMessageOwned::ScmRights(fds) = c {
@@ -286,7 +349,14 @@ fn console_socket_gets_the_pty_master() {
         }
         fd.expect("pty master")
     });
-    root.ok(&["create", "--bundle", b.path().to_str().unwrap(), "--console-socket", sock.to_str().unwrap(), &id]);
+    root.ok(&[
+        "create",
+        "--bundle",
+        b.path().to_str().unwrap(),
+        "--console-socket",
+        sock.to_str().unwrap(),
+        &id,
+    ]);
     let master = handle.join().unwrap();
     root.ok(&["start", &id]);
     let mut out = Vec::new();
@@ -307,7 +377,14 @@ fn preserve_fds_and_no_other_fd_leaks() {
     nix::unistd::write(&w, b"via fd 3\n").unwrap();
     drop(w);
     let mut cmd = root.cmd();
-    cmd.args(["run", "--preserve-fds", "1", "--bundle", b.path().to_str().unwrap(), &unique_id("fds")]);
+    cmd.args([
+        "run",
+        "--preserve-fds",
+        "1",
+        "--bundle",
+        b.path().to_str().unwrap(),
+        &unique_id("fds"),
+    ]);
     let raw = r.as_raw_fd();
     // SAFETY: dup2 in the child before exec; async-signal-safe.
     unsafe {
@@ -321,7 +398,12 @@ fn preserve_fds_and_no_other_fd_leaks() {
     let out = output_via_files(&mut cmd);
     let text = String::from_utf8_lossy(&out.stdout);
     // 0 1 2, fd 3 preserved, and the one ls opens for /proc/self/fd.
-    assert_eq!(text, "0 1 2 3 4 via fd 3\n", "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        text,
+        "0 1 2 3 4 via fd 3\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -333,7 +415,8 @@ fn cgroups_path_and_limits_on_v1() {
     let parent = format!("rt-test-{id}");
     b.edit(|c| {
         c["linux"]["cgroupsPath"] = json!(format!("/{parent}/{id}"));
-        c["linux"]["resources"] = json!({"memory": {"limit": 67108864}, "pids": {"limit": 20}, "cpu": {"shares": 512}});
+        c["linux"]["resources"] =
+            json!({"memory": {"limit": 67108864}, "pids": {"limit": 20}, "cpu": {"shares": 512}});
     });
     root.ok(&["create", "--bundle", b.path().to_str().unwrap(), &id]);
     let st: Value = serde_json::from_str(&root.ok(&["state", &id])).unwrap();
@@ -341,7 +424,9 @@ fn cgroups_path_and_limits_on_v1() {
     for c in ["pids", "memory", "cpu", "freezer", "devices"] {
         assert!(cg.contains(&format!(":{c}:/{parent}/{id}\n")), "{c}: {cg}");
     }
-    let read = |p: &str| std::fs::read_to_string(format!("/sys/fs/cgroup/{p}/{parent}/{id}/{}", p2(p))).unwrap();
+    let read = |p: &str| {
+        std::fs::read_to_string(format!("/sys/fs/cgroup/{p}/{parent}/{id}/{}", p2(p))).unwrap()
+    };
     fn p2(c: &str) -> &'static str {
         match c {
             "memory" => "memory.limit_in_bytes",
@@ -353,25 +438,37 @@ fn cgroups_path_and_limits_on_v1() {
     assert_eq!(read("pids").trim(), "20");
     assert_eq!(read("cpu").trim(), "512");
     root.ok(&["delete", "--force", &id]);
-    assert!(cgroup_dirs_named(&parent).is_empty(), "parent made by rt is removed too");
+    assert!(
+        cgroup_dirs_named(&parent).is_empty(),
+        "parent made by rt is removed too"
+    );
 }
 
 #[test]
 fn seccomp_profile_is_enforced() {
     need_root!();
-    let out = run_ok("mkdir /tmp/d 2>&1 || true; touch /tmp/ok && echo touched; uname -m", |c| {
-        c["mounts"].as_array_mut().unwrap().push(json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs"}));
-        c["linux"]["seccomp"] = json!({
-            "defaultAction": "SCMP_ACT_ALLOW",
-            "syscalls": [
-                {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1},
-                {"names": ["uname"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38, "args": [{"index": 0, "value": 0, "op": "SCMP_CMP_NE"}]}
-            ]
-        });
-    });
+    let out = run_ok(
+        "mkdir /tmp/d 2>&1 || true; touch /tmp/ok && echo touched; uname -m",
+        |c| {
+            c["mounts"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs"}));
+            c["linux"]["seccomp"] = json!({
+                "defaultAction": "SCMP_ACT_ALLOW",
+                "syscalls": [
+                    {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1},
+                    {"names": ["uname"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38, "args": [{"index": 0, "value": 0, "op": "SCMP_CMP_NE"}]}
+                ]
+            });
+        },
+    );
     assert!(out.contains("Operation not permitted"), "{out}");
     assert!(out.contains("touched"), "{out}");
-    assert!(!out.contains("x86_64"), "uname denied with a non-null buffer: {out}");
+    assert!(
+        !out.contains("x86_64"),
+        "uname denied with a non-null buffer: {out}"
+    );
 }
 
 #[test]
@@ -379,6 +476,17 @@ fn no_pivot_works() {
     need_root!();
     let root = Root::new();
     let b = Bundle::new(&["sh", "-c", "echo inside"]);
-    let out = root.rt(&["run", "--no-pivot", "--bundle", b.path().to_str().unwrap(), &unique_id("np")]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "inside\n", "{}", String::from_utf8_lossy(&out.stderr));
+    let out = root.rt(&[
+        "run",
+        "--no-pivot",
+        "--bundle",
+        b.path().to_str().unwrap(),
+        &unique_id("np"),
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "inside\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

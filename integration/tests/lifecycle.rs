@@ -36,10 +36,19 @@ fn run_returns_exit_code_and_signal_status() {
     // Not as pid 1 of a pid namespace: the kernel ignores SIGKILL sent from
     // inside the namespace to its init.
     let mut b = sh("kill -9 $$");
-    b.edit(|c| c["linux"]["namespaces"].as_array_mut().unwrap().retain(|n| n["type"] != "pid"));
+    b.edit(|c| {
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|n| n["type"] != "pid")
+    });
     let (code, _, _) = run_out(&root, &b, &unique_id("sig"));
     assert_eq!(code, 137);
-    assert_eq!(std::fs::read_dir(root.dir.path()).unwrap().count(), 0, "run leaves no state");
+    assert_eq!(
+        std::fs::read_dir(root.dir.path()).unwrap().count(),
+        0,
+        "run leaves no state"
+    );
 }
 
 #[test]
@@ -49,9 +58,19 @@ fn create_start_state_kill_delete() {
     let b = Bundle::new(&["sleep", "1000"]);
     let id = unique_id("life");
     let pidfile = b.path().join("pidfile");
-    root.ok(&["create", "--bundle", b.path().to_str().unwrap(), "--pid-file", pidfile.to_str().unwrap(), &id]);
+    root.ok(&[
+        "create",
+        "--bundle",
+        b.path().to_str().unwrap(),
+        "--pid-file",
+        pidfile.to_str().unwrap(),
+        &id,
+    ]);
     let pid_text = std::fs::read_to_string(&pidfile).unwrap();
-    assert!(pid_text.chars().all(|c| c.is_ascii_digit()), "bare digits: {pid_text:?}");
+    assert!(
+        pid_text.chars().all(|c| c.is_ascii_digit()),
+        "bare digits: {pid_text:?}"
+    );
     let st: Value = serde_json::from_str(&root.ok(&["state", &id])).unwrap();
     assert_eq!(st["status"], "created");
     assert_eq!(st["pid"].as_i64().unwrap().to_string(), pid_text);
@@ -77,7 +96,11 @@ fn create_start_state_kill_delete() {
     assert!(String::from_utf8_lossy(&e.stderr).contains("container not running"));
     root.ok(&["delete", &id]);
     assert!(!root.dir.path().join(&id).exists());
-    assert!(cgroup_dirs_named(&id).is_empty(), "cgroups removed: {:?}", cgroup_dirs_named(&id));
+    assert!(
+        cgroup_dirs_named(&id).is_empty(),
+        "cgroups removed: {:?}",
+        cgroup_dirs_named(&id)
+    );
 }
 
 #[test]
@@ -93,7 +116,12 @@ fn delete_created_without_force_and_force_running() {
     let pid: Value = serde_json::from_str(&root.ok(&["state", &id2])).unwrap();
     let pid = pid["pid"].as_i64().unwrap();
     root.ok(&["delete", "--force", &id2]);
-    assert!(!Path::new(&format!("/proc/{pid}")).exists() || std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap().contains(") Z"));
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .unwrap()
+                .contains(") Z")
+    );
     assert!(cgroup_dirs_named(&id2).is_empty());
     // Twice, as containerd's shim does: the second is quiet and succeeds.
     root.ok(&["delete", "--force", &id2]);
@@ -103,10 +131,18 @@ fn delete_created_without_force_and_force_running() {
 fn unknown_ids() {
     need_root!();
     let root = Root::new();
-    for args in [vec!["state", "nope"], vec!["start", "nope"], vec!["kill", "nope"], vec!["delete", "nope"]] {
+    for args in [
+        vec!["state", "nope"],
+        vec!["start", "nope"],
+        vec!["kill", "nope"],
+        vec!["delete", "nope"],
+    ] {
         let out = root.rt(&args);
         assert!(!out.status.success(), "{args:?}");
-        assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("does not exist"),
+            "{args:?}"
+        );
     }
     root.ok(&["delete", "--force", "nope"]);
 }
@@ -118,11 +154,16 @@ fn two_concurrent_creates_one_wins() {
     let b = Bundle::new(&["sleep", "1000"]);
     let id = unique_id("race");
     let (a, c) = std::thread::scope(|s| {
-        let spawn = || s.spawn(|| root.rt(&["create", "--bundle", b.path().to_str().unwrap(), &id]));
+        let spawn =
+            || s.spawn(|| root.rt(&["create", "--bundle", b.path().to_str().unwrap(), &id]));
         let (a, c) = (spawn(), spawn());
         (a.join().unwrap(), c.join().unwrap())
     });
-    assert_eq!(a.status.success() as u8 + c.status.success() as u8, 1, "exactly one create wins");
+    assert_eq!(
+        a.status.success() as u8 + c.status.success() as u8,
+        1,
+        "exactly one create wins"
+    );
     let loser = if a.status.success() { &c } else { &a };
     assert!(String::from_utf8_lossy(&loser.stderr).contains("already exists"));
     assert_eq!(root.status(&id), "created");
@@ -146,11 +187,31 @@ fn bad_input_leaves_nothing() {
     let out = root.rt(&["create", "--bundle", b.path().to_str().unwrap(), &id]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
     // A failing createRuntime hook, a bogus mount type, a missing binary.
-    let cases: Vec<(Box<dyn Fn(&mut Value)>, &str)> = vec![
-        (Box::new(|c: &mut Value| c["hooks"] = json!({"createRuntime": [{"path": "/bin/false"}]})), "createRuntime hook"),
-        (Box::new(|c: &mut Value| c["mounts"].as_array_mut().unwrap().push(json!({"destination": "/x", "type": "nosuchfs", "source": "none"}))), "nosuchfs"),
-        (Box::new(|c: &mut Value| c["process"]["args"] = json!(["no-such-binary"])), "executable file not found"),
-        (Box::new(|c: &mut Value| c["process"]["args"] = json!(["/bin/true"])), ""),
+    type Edit = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(Edit, &str)> = vec![
+        (
+            Box::new(|c: &mut Value| {
+                c["hooks"] = json!({"createRuntime": [{"path": "/bin/false"}]})
+            }),
+            "createRuntime hook",
+        ),
+        (
+            Box::new(|c: &mut Value| {
+                c["mounts"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!({"destination": "/x", "type": "nosuchfs", "source": "none"}))
+            }),
+            "nosuchfs",
+        ),
+        (
+            Box::new(|c: &mut Value| c["process"]["args"] = json!(["no-such-binary"])),
+            "executable file not found",
+        ),
+        (
+            Box::new(|c: &mut Value| c["process"]["args"] = json!(["/bin/true"])),
+            "",
+        ),
     ];
     for (i, (edit, want)) in cases.into_iter().enumerate() {
         let mut b = Bundle::new(&["true"]);
@@ -163,7 +224,10 @@ fn bad_input_leaves_nothing() {
             continue;
         }
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success() && err.contains(want), "case {i}: {err}");
+        assert!(
+            !out.status.success() && err.contains(want),
+            "case {i}: {err}"
+        );
         assert!(!root.dir.path().join(&id).exists(), "case {i}: state left");
         assert!(cgroup_dirs_named(&id).is_empty(), "case {i}: cgroup left");
     }
@@ -175,7 +239,18 @@ fn json_log_has_exactly_one_error_object() {
     need_root!();
     let root = Root::new();
     let log = root.dir.path().with_extension("log");
-    let out = root.cmd().args(["--log", log.to_str().unwrap(), "--log-format", "json", "state", "nope"]).output().unwrap();
+    let out = root
+        .cmd()
+        .args([
+            "--log",
+            log.to_str().unwrap(),
+            "--log-format",
+            "json",
+            "state",
+            "nope",
+        ])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let text = std::fs::read_to_string(&log).unwrap();
     let v: Value = serde_json::from_str(text.trim()).expect("one JSON object");
@@ -194,14 +269,25 @@ fn sigkill_during_create_is_cleaned_by_delete_force() {
     let m = marker.to_str().unwrap().to_string();
     b.edit(|c| c["hooks"] = json!({"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", format!("touch {m}; sleep 30")]}]}));
     let id = unique_id("killed");
-    let mut child = root.cmd().args(["create", "--bundle", b.path().to_str().unwrap(), &id]).spawn().unwrap();
+    let mut child = root
+        .cmd()
+        .args(["create", "--bundle", b.path().to_str().unwrap(), &id])
+        .spawn()
+        .unwrap();
     assert!(eventually(10, || marker.exists()));
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(root.dir.path().join(&id).exists(), "create left its state for delete to find");
+    assert!(
+        root.dir.path().join(&id).exists(),
+        "create left its state for delete to find"
+    );
     root.ok(&["delete", "--force", &id]);
     assert!(!root.dir.path().join(&id).exists());
-    assert!(eventually(5, || cgroup_dirs_named(&id).is_empty()), "{:?}", cgroup_dirs_named(&id));
+    assert!(
+        eventually(5, || cgroup_dirs_named(&id).is_empty()),
+        "{:?}",
+        cgroup_dirs_named(&id)
+    );
     let _ = Command::new("pkill").args(["-f", &m]).status();
 }
 
@@ -237,7 +323,11 @@ fn signals_are_forwarded_by_run() {
     let mut out = child.stdout.take().unwrap();
     let mut buf = [0u8; 6];
     std::io::Read::read_exact(&mut out, &mut buf).unwrap();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     assert_eq!(child.wait().unwrap().code(), Some(42));
 }
 
@@ -250,9 +340,15 @@ fn spec_and_features() {
     let out = root.rt(&["spec", "--bundle", dir.path().to_str().unwrap()]);
     assert!(!out.status.success(), "refuses to overwrite");
     let f: Value = serde_json::from_str(&root.ok(&["features"])).unwrap();
-    assert!(f["mountOptions"].as_array().unwrap().contains(&json!("rro")));
+    assert!(f["mountOptions"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("rro")));
     assert_eq!(f["linux"]["mountExtensions"]["idmap"]["enabled"], false);
-    assert!(f["linux"]["namespaces"].as_array().unwrap().contains(&json!("user")));
+    assert!(f["linux"]["namespaces"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("user")));
     let out = root.rt(&["--systemd-cgroup", "list"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("systemd"));
 }

@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 
 use serde_json::Value;
 
@@ -21,7 +21,10 @@ pub fn root_or_skip(test: &str) -> bool {
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     // target/<profile>/deps/<test-binary>
-    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
 }
 
 /// The `rt` binary under test (`RT_BIN`, or the one built beside the tests).
@@ -30,7 +33,11 @@ pub fn rt_bin() -> PathBuf {
         return PathBuf::from(p);
     }
     let p = target_dir().join("rt");
-    assert!(p.exists(), "{} missing: run `cargo build --bins` first", p.display());
+    assert!(
+        p.exists(),
+        "{} missing: run `cargo build --bins` first",
+        p.display()
+    );
     p
 }
 
@@ -46,12 +53,21 @@ pub fn busybox() -> PathBuf {
 
 static ROOTFS: OnceLock<PathBuf> = OnceLock::new();
 
-/// A busybox rootfs shared by the tests of this binary (containers get it
-/// read-only unless a test asks otherwise).
+/// A busybox rootfs shared by every test (containers get it read-only unless
+/// a test asks otherwise). Built once under the target directory, atomically
+/// (in a temporary directory renamed into place), and reused by later runs.
 pub fn shared_rootfs() -> &'static Path {
     ROOTFS.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("rt-test-rootfs-{}", std::process::id()));
-        make_rootfs(&dir);
+        let dir = target_dir().join("test-rootfs");
+        if dir.join("bin/busybox").exists() {
+            return dir;
+        }
+        let tmp = target_dir().join(format!("test-rootfs.{}", std::process::id()));
+        make_rootfs(&tmp);
+        if std::fs::rename(&tmp, &dir).is_err() {
+            // Another test binary won the race.
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
         dir
     })
 }
@@ -68,18 +84,32 @@ pub fn make_rootfs(dir: &Path) {
             let _ = std::os::unix::fs::symlink("busybox", bin.join(applet));
         }
     }
-    for d in ["proc", "sys", "dev", "tmp", "etc", "root", "usr/bin", "sbin"] {
+    for d in [
+        "proc", "sys", "dev", "tmp", "etc", "root", "usr/bin", "sbin",
+    ] {
         std::fs::create_dir_all(dir.join(d)).unwrap();
     }
-    std::fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n").unwrap();
-    std::fs::write(dir.join("etc/group"), "root:x:0:\ntty:x:5:\nnogroup:x:65534:\n").unwrap();
+    std::fs::write(
+        dir.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("etc/group"),
+        "root:x:0:\ntty:x:5:\nnogroup:x:65534:\n",
+    )
+    .unwrap();
 }
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// A unique container id for this test process.
 pub fn unique_id(prefix: &str) -> String {
-    format!("{prefix}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst))
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    )
 }
 
 /// A bundle in a temporary directory, its config.json from `rt spec` with
@@ -92,9 +122,20 @@ pub struct Bundle {
 
 impl Bundle {
     pub fn new(args: &[&str]) -> Bundle {
-        let dir = tempfile::Builder::new().prefix("rt-bundle-").tempdir().unwrap();
-        let out = Command::new(rt_bin()).args(["spec", "--bundle"]).arg(dir.path()).output().unwrap();
-        assert!(out.status.success(), "rt spec: {}", String::from_utf8_lossy(&out.stderr));
+        let dir = tempfile::Builder::new()
+            .prefix("rt-bundle-")
+            .tempdir()
+            .unwrap();
+        let out = Command::new(rt_bin())
+            .args(["spec", "--bundle"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "rt spec: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let text = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
         let mut config: Value = serde_json::from_str(&text).unwrap();
         config["process"]["terminal"] = false.into();
@@ -110,7 +151,11 @@ impl Bundle {
     }
 
     pub fn save(&self) {
-        std::fs::write(self.dir.path().join("config.json"), serde_json::to_vec_pretty(&self.config).unwrap()).unwrap();
+        std::fs::write(
+            self.dir.path().join("config.json"),
+            serde_json::to_vec_pretty(&self.config).unwrap(),
+        )
+        .unwrap();
     }
 
     /// Edits the config and saves it.
@@ -136,7 +181,10 @@ impl Default for Root {
 impl Root {
     pub fn new() -> Root {
         Root {
-            dir: tempfile::Builder::new().prefix("rt-root-").tempdir().unwrap(),
+            dir: tempfile::Builder::new()
+                .prefix("rt-root-")
+                .tempdir()
+                .unwrap(),
         }
     }
 

@@ -133,7 +133,8 @@ mod tests {
 
     #[test]
     fn parses_unified() {
-        let l = Layout::parse("30 23 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate").unwrap();
+        let l = Layout::parse("30 23 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate")
+            .unwrap();
         assert_eq!(l, Layout::Unified(PathBuf::from("/sys/fs/cgroup")));
         assert!(Layout::parse("").is_err());
     }

@@ -11,6 +11,8 @@ mod v2;
 
 use std::path::{Path, PathBuf};
 
+use std::os::fd::OwnedFd;
+
 use nix::unistd::Pid;
 use oci_spec::runtime::LinuxResources;
 use serde::{Deserialize, Serialize};
@@ -68,8 +70,18 @@ pub struct Record {
 
 /// One container's cgroup, on whatever layout the host has.
 pub trait Manager: std::fmt::Debug {
-    /// Creates the cgroup directories (recording them) and moves `pid` into them.
-    fn apply(&mut self, pid: Pid) -> Result<()>;
+    /// Creates the cgroup directories, recording each one it made.
+    fn create(&mut self) -> Result<()>;
+    /// Called by the (single-threaded) process to be placed: moves it into the
+    /// cgroup v1 hierarchies itself, writing `0` to `tasks` (a thread moving
+    /// itself needs no global lock), and returns the cgroup2 directory, if
+    /// any, for its child to be born into (clone3 CLONE_INTO_CGROUP).
+    ///
+    /// With `whole`, it moves itself into the cgroup2 directory too (through
+    /// cgroup.procs, which waits for the global lock) and returns None: for a
+    /// child that will be forked inside a new user namespace, whose
+    /// credentials may not write to the cgroup.
+    fn enter(&self, whole: bool) -> Result<Option<OwnedFd>>;
     /// Writes the limits of `resources` that this layout supports.
     fn set(&self, resources: &LinuxResources) -> Result<()>;
     /// Host pids of every process in the cgroup.
@@ -134,15 +146,23 @@ pub fn disabled() -> Box<dyn Manager> {
 struct Disabled;
 
 impl Manager for Disabled {
-    fn apply(&mut self, _pid: Pid) -> Result<()> {
+    fn create(&mut self) -> Result<()> {
         Ok(())
     }
+    fn enter(&self, _whole: bool) -> Result<Option<OwnedFd>> {
+        Ok(None)
+    }
     fn set(&self, r: &LinuxResources) -> Result<()> {
-        let limits = r.memory().is_some() || r.cpu().is_some() || r.pids().is_some() || r.block_io().is_some()
+        let limits = r.memory().is_some()
+            || r.cpu().is_some()
+            || r.pids().is_some()
+            || r.block_io().is_some()
             || r.hugepage_limits().as_ref().is_some_and(|h| !h.is_empty())
             || r.unified().as_ref().is_some_and(|u| !u.is_empty());
         if limits {
-            return Err(Error::Unsupported("linux.resources with --cgroup-manager disabled"));
+            return Err(Error::Unsupported(
+                "linux.resources with --cgroup-manager disabled",
+            ));
         }
         Ok(())
     }
@@ -163,6 +183,29 @@ pub(crate) fn write(path: &Path, value: &str) -> Result<()> {
         value: value.to_string(),
         source,
     })
+}
+
+/// The cgroup2 part of [`Manager::enter`].
+pub(crate) fn enter_v2(dir: &Path, whole: bool) -> Result<Option<OwnedFd>> {
+    if whole {
+        write(&dir.join("cgroup.procs"), "0")?;
+        return Ok(None);
+    }
+    open_dir(dir).map(Some)
+}
+
+/// Opens a cgroup2 directory for CLONE_INTO_CGROUP.
+pub(crate) fn open_dir(path: &Path) -> Result<OwnedFd> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(path)
+        .map(OwnedFd::from)
+        .map_err(|source| Error::Read {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 pub(crate) fn read(path: &Path) -> Result<String> {
@@ -193,7 +236,9 @@ pub(crate) fn remove_dirs(created: &[PathBuf], leaves: &[PathBuf]) -> Result<()>
     let mut first_err = None;
     // The leaves first, even if not recorded as created (an rt killed between
     // mkdir and saving its state), then the parents rt made, deepest first.
-    let order = leaves.iter().chain(created.iter().rev().filter(|d| !leaves.contains(d)));
+    let order = leaves
+        .iter()
+        .chain(created.iter().rev().filter(|d| !leaves.contains(d)));
     for dir in order {
         let is_leaf = leaves.contains(dir);
         match remove_dir_retrying(dir, is_leaf) {
@@ -242,8 +287,14 @@ mod tests {
     #[test]
     fn container_paths() {
         assert_eq!(container_path(None, "abc").unwrap(), "/abc");
-        assert_eq!(container_path(Some(Path::new("/a/b")), "x").unwrap(), "/a/b");
-        assert_eq!(container_path(Some(Path::new("a//b/")), "x").unwrap(), "/a/b");
+        assert_eq!(
+            container_path(Some(Path::new("/a/b")), "x").unwrap(),
+            "/a/b"
+        );
+        assert_eq!(
+            container_path(Some(Path::new("a//b/")), "x").unwrap(),
+            "/a/b"
+        );
         assert!(container_path(Some(Path::new("/a/../../etc")), "x").is_err());
         assert!(container_path(Some(Path::new("system.slice:rt:x")), "x").is_err());
         assert!(container_path(Some(Path::new("/")), "x").is_err());

@@ -1,11 +1,14 @@
 //! cgroup v1 (and hybrid) hosts: one directory per hierarchy.
 
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use nix::unistd::Pid;
 use oci_spec::runtime::LinuxResources;
 
-use crate::{create_dirs, parse_pids, read, remove_dirs, write, Hierarchy, Manager, Record, Result};
+use crate::{
+    create_dirs, parse_pids, read, remove_dirs, write, Hierarchy, Manager, Record, Result,
+};
 
 #[derive(Debug)]
 pub(crate) struct V1 {
@@ -15,7 +18,11 @@ pub(crate) struct V1 {
 }
 
 impl V1 {
-    pub(crate) fn new(hierarchies: Vec<Hierarchy>, unified: Option<PathBuf>, record: Record) -> Self {
+    pub(crate) fn new(
+        hierarchies: Vec<Hierarchy>,
+        unified: Option<PathBuf>,
+        record: Record,
+    ) -> Self {
         V1 {
             hierarchies,
             unified,
@@ -76,8 +83,7 @@ fn inherit_cpuset(root: &Path, created: &[PathBuf]) -> Result<()> {
 }
 
 impl Manager for V1 {
-    fn apply(&mut self, pid: Pid) -> Result<()> {
-        let pid = pid.to_string();
+    fn create(&mut self) -> Result<()> {
         let roots: Vec<(PathBuf, bool)> = self
             .hierarchies
             .iter()
@@ -86,13 +92,22 @@ impl Manager for V1 {
             .collect();
         for (root, is_cpuset) in roots {
             let before = self.record.created.len();
-            let dir = create_dirs(&root, &self.record.path, &mut self.record.created)?;
+            create_dirs(&root, &self.record.path, &mut self.record.created)?;
             if is_cpuset {
                 inherit_cpuset(&root, &self.record.created[before..])?;
             }
-            write(&dir.join("cgroup.procs"), &pid)?;
         }
         Ok(())
+    }
+
+    fn enter(&self, whole: bool) -> Result<Option<OwnedFd>> {
+        for h in &self.hierarchies {
+            write(&join(&h.mount, &self.record.path).join("tasks"), "0")?;
+        }
+        match &self.unified {
+            Some(u) => crate::enter_v2(&join(u, &self.record.path), whole),
+            None => Ok(None),
+        }
     }
 
     fn set(&self, r: &LinuxResources) -> Result<()> {

@@ -1,5 +1,6 @@
 //! cgroup v2 (unified) hosts.
 
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use nix::unistd::Pid;
@@ -35,7 +36,12 @@ impl V2 {
             return Ok(());
         }
         let mut dir = self.root.clone();
-        let parts: Vec<&str> = self.record.path.split('/').filter(|p| !p.is_empty()).collect();
+        let parts: Vec<&str> = self
+            .record
+            .path
+            .split('/')
+            .filter(|p| !p.is_empty())
+            .collect();
         for part in &parts[..parts.len().saturating_sub(1)] {
             enable_in(&dir, &wanted)?;
             dir.push(part);
@@ -58,11 +64,14 @@ fn enable_in(dir: &Path, wanted: &str) -> Result<()> {
 }
 
 impl Manager for V2 {
-    fn apply(&mut self, pid: Pid) -> Result<()> {
+    fn create(&mut self) -> Result<()> {
         let root = self.root.clone();
-        let dir = create_dirs(&root, &self.record.path, &mut self.record.created)?;
-        self.enable_controllers()?;
-        write(&dir.join("cgroup.procs"), &pid.to_string())
+        create_dirs(&root, &self.record.path, &mut self.record.created)?;
+        self.enable_controllers()
+    }
+
+    fn enter(&self, whole: bool) -> Result<Option<OwnedFd>> {
+        crate::enter_v2(&self.dir(), whole)
     }
 
     fn set(&self, r: &LinuxResources) -> Result<()> {
@@ -77,12 +86,18 @@ impl Manager for V2 {
         }
         if let Some(c) = r.cpu() {
             if c.quota().is_some() || c.period().is_some() {
-                let quota = c.quota().filter(|q| *q > 0).map_or("max".into(), |q| q.to_string());
+                let quota = c
+                    .quota()
+                    .filter(|q| *q > 0)
+                    .map_or("max".into(), |q| q.to_string());
                 let period = c.period().unwrap_or(100_000);
                 write(&dir.join("cpu.max"), &format!("{quota} {period}"))?;
             }
             if let Some(shares) = c.shares() {
-                write(&dir.join("cpu.weight"), &shares_to_weight(shares).to_string())?;
+                write(
+                    &dir.join("cpu.weight"),
+                    &shares_to_weight(shares).to_string(),
+                )?;
             }
             if let Some(cpus) = c.cpus() {
                 write(&dir.join("cpuset.cpus"), cpus)?;

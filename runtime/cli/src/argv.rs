@@ -6,8 +6,20 @@
 /// Long flags of each subcommand that take a value (others are booleans).
 fn value_flags(sub: &str) -> &'static [&'static str] {
     match sub {
-        "create" => &["bundle", "console-socket", "pid-file", "preserve-fds", "isolation"],
-        "run" => &["bundle", "console-socket", "pid-file", "preserve-fds", "isolation"],
+        "create" => &[
+            "bundle",
+            "console-socket",
+            "pid-file",
+            "preserve-fds",
+            "isolation",
+        ],
+        "run" => &[
+            "bundle",
+            "console-socket",
+            "pid-file",
+            "preserve-fds",
+            "isolation",
+        ],
         "list" => &["format"],
         "spec" => &["bundle"],
         "" => &["root", "log", "log-format", "cgroup-manager", "rootless"],
@@ -18,7 +30,13 @@ fn value_flags(sub: &str) -> &'static [&'static str] {
 fn bool_flags(sub: &str) -> &'static [&'static str] {
     match sub {
         "create" => &["no-pivot", "no-new-keyring"],
-        "run" => &["detach", "keep", "no-pivot", "no-new-keyring", "no-subreaper"],
+        "run" => &[
+            "detach",
+            "keep",
+            "no-pivot",
+            "no-new-keyring",
+            "no-subreaper",
+        ],
         "kill" => &["all"],
         "delete" => &["force"],
         "list" => &["quiet"],
@@ -33,7 +51,9 @@ fn bool_flags(sub: &str) -> &'static [&'static str] {
 /// `--name`, and `--name=false` disappears (an empty string).
 fn long_form(arg: &str, sub: &str) -> Option<String> {
     let body = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-'))?;
-    let (name, value) = body.split_once('=').map_or((body, None), |(n, v)| (n, Some(v)));
+    let (name, value) = body
+        .split_once('=')
+        .map_or((body, None), |(n, v)| (n, Some(v)));
     if name.len() < 2 {
         return None;
     }
@@ -43,13 +63,18 @@ fn long_form(arg: &str, sub: &str) -> Option<String> {
             _ => format!("--{name}"),
         });
     }
-    value_flags(sub).contains(&name).then(|| format!("--{body}"))
+    value_flags(sub)
+        .contains(&name)
+        .then(|| format!("--{body}"))
 }
 
 fn takes_value(arg: &str, sub: &str) -> bool {
     let Some(body) = arg.strip_prefix("--") else {
         // Short flags with values: -b (bundle), -f (list format).
-        return matches!((sub, arg), ("create" | "run" | "spec", "-b") | ("list", "-f"));
+        return matches!(
+            (sub, arg),
+            ("create" | "run" | "spec", "-b") | ("list", "-f")
+        );
     };
     !body.contains('=') && value_flags(sub).contains(&body)
 }
@@ -126,8 +151,14 @@ mod tests {
 
     #[test]
     fn single_dash_and_trailing_flags() {
-        assert_eq!(n("-root /r create ID --bundle B"), "--root /r create --bundle B -- ID");
-        assert_eq!(n("--root=/r create -bundle=B -pid-file P ID"), "--root=/r create --bundle=B --pid-file P -- ID");
+        assert_eq!(
+            n("-root /r create ID --bundle B"),
+            "--root /r create --bundle B -- ID"
+        );
+        assert_eq!(
+            n("--root=/r create -bundle=B -pid-file P ID"),
+            "--root=/r create --bundle=B --pid-file P -- ID"
+        );
         assert_eq!(n("delete -force x"), "delete --force -- x");
         assert_eq!(n("delete --force=true x"), "delete --force -- x");
         assert_eq!(n("delete -force=false x"), "delete -- x");
@@ -142,12 +173,18 @@ mod tests {
 
     #[test]
     fn exec_command_untouched() {
-        assert_eq!(n("exec --tty x ls -la --color"), "exec --tty -- x ls -la --color");
+        assert_eq!(
+            n("exec --tty x ls -la --color"),
+            "exec --tty -- x ls -la --color"
+        );
     }
 
     #[test]
     fn global_only() {
         assert_eq!(n("--version"), "--version");
-        assert_eq!(n("-debug -log /l -log-format json state x"), "--debug --log /l --log-format json state -- x");
+        assert_eq!(
+            n("-debug -log /l -log-format json state x"),
+            "--debug --log /l --log-format json state -- x"
+        );
     }
 }

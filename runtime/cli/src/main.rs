@@ -10,7 +10,12 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "rt", version, about = "An OCI container runtime", disable_help_subcommand = true)]
+#[command(
+    name = "rt",
+    version,
+    about = "An OCI container runtime",
+    disable_help_subcommand = true
+)]
 struct Cli {
     /// Directory for container state.
     #[arg(long, global = false, default_value = "/run/rt")]
@@ -83,7 +88,11 @@ pub struct Global {
 fn main() {
     let args = argv::normalise(std::env::args().skip(1).collect());
     let cli = Cli::parse_from(std::iter::once("rt".to_string()).chain(args));
-    let to_file = match logging::init(cli.log.as_deref(), matches!(cli.log_format, LogFormat::Json), cli.debug) {
+    let to_file = match logging::init(
+        cli.log.as_deref(),
+        matches!(cli.log_format, LogFormat::Json),
+        cli.debug,
+    ) {
         Ok(f) => f,
         Err(e) => {
             eprintln!("rt: {e:#}");

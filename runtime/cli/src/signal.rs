@@ -16,14 +16,22 @@ pub fn parse(s: &str) -> Result<i32, String> {
     let upper = s.to_ascii_uppercase();
     let name = upper.strip_prefix("SIG").unwrap_or(&upper);
     if let Some(rest) = name.strip_prefix("RTMIN") {
-        let off: i32 = if rest.is_empty() { 0 } else { rest.parse().map_err(|_| format!("invalid signal {s:?}"))? };
+        let off: i32 = if rest.is_empty() {
+            0
+        } else {
+            rest.parse().map_err(|_| format!("invalid signal {s:?}"))?
+        };
         let n = libc::SIGRTMIN() + off;
         if n <= libc::SIGRTMAX() && off >= 0 {
             return Ok(n);
         }
     }
     if let Some(rest) = name.strip_prefix("RTMAX") {
-        let off: i32 = if rest.is_empty() { 0 } else { rest.parse().map_err(|_| format!("invalid signal {s:?}"))? };
+        let off: i32 = if rest.is_empty() {
+            0
+        } else {
+            rest.parse().map_err(|_| format!("invalid signal {s:?}"))?
+        };
         let n = libc::SIGRTMAX() + off;
         if n >= libc::SIGRTMIN() && off <= 0 {
             return Ok(n);

@@ -60,9 +60,16 @@ impl Isolation for Namespaces {
 }
 
 /// The backend the annotations (or the CLI's override) ask for.
-pub fn select(annotations: Option<&HashMap<String, String>>, over: Option<&str>) -> Result<Box<dyn Isolation>, Error> {
+pub fn select(
+    annotations: Option<&HashMap<String, String>>,
+    over: Option<&str>,
+) -> Result<Box<dyn Isolation>, Error> {
     let wanted = over
-        .or_else(|| annotations.and_then(|a| a.get(ANNOTATION)).map(String::as_str))
+        .or_else(|| {
+            annotations
+                .and_then(|a| a.get(ANNOTATION))
+                .map(String::as_str)
+        })
         .unwrap_or("container");
     match wanted {
         "container" | "namespaces" => Ok(Box::new(Namespaces)),

@@ -52,8 +52,6 @@ pub enum ToParent {
 /// Messages from the parent to the stage and init processes.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub enum ToChild {
-    /// The stage is in its cgroups: go on.
-    Placed,
     /// The user namespace maps are written.
     MapsWritten,
     /// The prestart and createRuntime hooks succeeded.
@@ -166,12 +164,14 @@ mod tests {
         child.send(&ToParent::InitPid(42)).unwrap();
         assert_eq!(parent.recv().unwrap(), ToParent::InitPid(42));
         let f = std::fs::File::open("/dev/null").unwrap();
-        child.send_with_fd(&ToParent::Terminal, Some(f.as_fd())).unwrap();
+        child
+            .send_with_fd(&ToParent::Terminal, Some(f.as_fd()))
+            .unwrap();
         let (m, fd) = parent.recv_with_fd().unwrap();
         assert_eq!(m, ToParent::Terminal);
         assert!(fd.is_some());
-        parent.send(&ToChild::Placed).unwrap();
-        assert_eq!(child.recv().unwrap(), ToChild::Placed);
+        parent.send(&ToChild::HooksDone).unwrap();
+        assert_eq!(child.recv().unwrap(), ToChild::HooksDone);
         drop(parent);
         assert!(matches!(child.recv(), Err(Error::Closed)));
     }

@@ -92,10 +92,15 @@ impl Runtime {
     pub fn create(&self, req: &CreateRequest) -> Result<Created> {
         spec::validate_id(&req.id)?;
         let bundle = Bundle::load(&req.bundle)?;
-        let backend = backend::select(bundle.spec.annotations().as_ref(), req.isolation.as_deref())?;
+        let backend =
+            backend::select(bundle.spec.annotations().as_ref(), req.isolation.as_deref())?;
         let layout = rt_cgroups::Layout::detect()?;
         let cg_path = rt_cgroups::container_path(
-            bundle.spec.linux().as_ref().and_then(|l| l.cgroups_path().as_deref()),
+            bundle
+                .spec
+                .linux()
+                .as_ref()
+                .and_then(|l| l.cgroups_path().as_deref()),
             &req.id,
         )?;
         let dir = self.store.create(&req.id)?;
@@ -306,14 +311,22 @@ fn signal_init(st: &State, signal: i32) -> Result<()> {
 
 /// Waits (at most 10 s) for the last writer of the fifo behind `r` to go.
 fn wait_hangup(r: &std::fs::File) {
-    let mut fds = [nix::poll::PollFd::new(r.as_fd(), nix::poll::PollFlags::empty())];
+    let mut fds = [nix::poll::PollFd::new(
+        r.as_fd(),
+        nix::poll::PollFlags::empty(),
+    )];
     let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(10_000u16));
 }
 
 /// Waits (at most 10 s) until `pid` has exited: its pidfd becomes readable.
 fn wait_exit(pid: Pid) {
-    let Ok(fd) = rt_sys::pidfd_open(pid) else { return };
-    let mut fds = [nix::poll::PollFd::new(fd.as_fd(), nix::poll::PollFlags::POLLIN)];
+    let Ok(fd) = rt_sys::pidfd_open(pid) else {
+        return;
+    };
+    let mut fds = [nix::poll::PollFd::new(
+        fd.as_fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
     let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(10_000u16));
 }
 

@@ -122,7 +122,9 @@ fn run_one(hook: &Hook, kind: &'static str, index: usize, state: &[u8]) -> Resul
             cmd.env(k, v);
         }
     }
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(spawn_err)?;
     if let Some(mut stdin) = child.stdin.take() {
         // A hook that does not read its stdin is fine (EPIPE ignored).
@@ -167,10 +169,16 @@ fn wait_timeout(child: &std::process::Child, limit: Duration) -> bool {
     let Ok(fd) = rt_sys::pidfd_open(pid) else {
         return true;
     };
-    let mut fds = [nix::poll::PollFd::new(fd.as_fd(), nix::poll::PollFlags::POLLIN)];
+    let mut fds = [nix::poll::PollFd::new(
+        fd.as_fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
     let ms = limit.as_millis().min(i32::MAX as u128) as i32;
     loop {
-        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::try_from(ms).unwrap_or(nix::poll::PollTimeout::MAX)) {
+        match nix::poll::poll(
+            &mut fds,
+            nix::poll::PollTimeout::try_from(ms).unwrap_or(nix::poll::PollTimeout::MAX),
+        ) {
             Err(nix::errno::Errno::EINTR) => continue,
             Ok(n) => return n > 0,
             Err(_) => return true,
@@ -196,10 +204,15 @@ mod tests {
 
     #[test]
     fn failure_and_timeout() {
-        let h = hooks(r#"{"poststart":[{"path":"/bin/sh","args":["sh","-c","echo oops >&2; exit 3"]}]}"#);
-        let e = run(Some(&h), Kind::Poststart, b"{}").unwrap_err().to_string();
+        let h = hooks(
+            r#"{"poststart":[{"path":"/bin/sh","args":["sh","-c","echo oops >&2; exit 3"]}]}"#,
+        );
+        let e = run(Some(&h), Kind::Poststart, b"{}")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("poststart hook #0") && e.contains("oops"), "{e}");
-        let h = hooks(r#"{"createRuntime":[{"path":"/bin/sleep","args":["sleep","5"],"timeout":1}]}"#);
+        let h =
+            hooks(r#"{"createRuntime":[{"path":"/bin/sleep","args":["sleep","5"],"timeout":1}]}"#);
         let e = run(Some(&h), Kind::CreateRuntime, b"{}").unwrap_err();
         assert!(matches!(e, Error::Timeout { .. }), "{e}");
     }

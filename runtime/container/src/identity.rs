@@ -60,7 +60,10 @@ fn resource(t: PosixRlimitType) -> Resource {
 
 /// The spec's name of a limit (`RLIMIT_NOFILE`).
 fn rlimit_name(t: PosixRlimitType) -> String {
-    serde_json::to_string(&t).unwrap_or_default().trim_matches('"').to_string()
+    serde_json::to_string(&t)
+        .unwrap_or_default()
+        .trim_matches('"')
+        .to_string()
 }
 
 pub fn set_rlimits(limits: &[PosixRlimit]) -> Result<()> {
@@ -203,9 +206,15 @@ mod tests {
 
     #[test]
     fn lookups() {
-        assert_eq!(lookup("sh", "/nonexistent:/bin").unwrap(), PathBuf::from("/bin/sh"));
+        assert_eq!(
+            lookup("sh", "/nonexistent:/bin").unwrap(),
+            PathBuf::from("/bin/sh")
+        );
         let e = lookup("no-such-binary-x", "/bin").unwrap_err().to_string();
-        assert_eq!(e, "exec: \"no-such-binary-x\": executable file not found in $PATH");
+        assert_eq!(
+            e,
+            "exec: \"no-such-binary-x\": executable file not found in $PATH"
+        );
         let f = std::env::temp_dir().join(format!("rt-lookup-{}", std::process::id()));
         std::fs::write(&f, "x").unwrap();
         let e = lookup(f.to_str().unwrap(), "").unwrap_err().to_string();

@@ -84,7 +84,9 @@ impl Plan {
     }
 
     pub fn has(&self, f: CloneFlags) -> bool {
-        self.create.contains(f) || self.join.iter().any(|(j, _)| *j == f) || (f == CloneFlags::CLONE_NEWUSER && self.new_user)
+        self.create.contains(f)
+            || self.join.iter().any(|(j, _)| *j == f)
+            || (f == CloneFlags::CLONE_NEWUSER && self.new_user)
     }
 
     /// Whether the container runs in a user namespace (new or joined).
@@ -116,11 +118,24 @@ impl Plan {
         unshare(CloneFlags::CLONE_NEWUSER).map_err(|e| Error::Unshare(CloneFlags::CLONE_NEWUSER, e))
     }
 
+    /// Unshares the new namespaces but the cgroup one (see [`Plan::unshare_cgroup`]).
     pub fn unshare_rest(&self) -> Result<()> {
-        if self.create.is_empty() {
+        let flags = self.create - CloneFlags::CLONE_NEWCGROUP;
+        if flags.is_empty() {
             return Ok(());
         }
-        unshare(self.create).map_err(|e| Error::Unshare(self.create, e))
+        unshare(flags).map_err(|e| Error::Unshare(flags, e))
+    }
+
+    /// The cgroup namespace is unshared by the init: the first process that is
+    /// in the container's cgroup in every hierarchy (it was born into the
+    /// cgroup2 one), so that namespace is rooted there.
+    pub fn unshare_cgroup(&self) -> Result<()> {
+        if !self.create.contains(CloneFlags::CLONE_NEWCGROUP) {
+            return Ok(());
+        }
+        unshare(CloneFlags::CLONE_NEWCGROUP)
+            .map_err(|e| Error::Unshare(CloneFlags::CLONE_NEWCGROUP, e))
     }
 }
 
@@ -132,8 +147,14 @@ pub fn write_id_maps(pid: Pid, uid: &[LinuxIdMapping], gid: &[LinuxIdMapping]) -
             .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
             .collect()
     };
-    write(&Path::new("/proc").join(pid.to_string()).join("uid_map"), &fmt(uid))?;
-    write(&Path::new("/proc").join(pid.to_string()).join("gid_map"), &fmt(gid))
+    write(
+        &Path::new("/proc").join(pid.to_string()).join("uid_map"),
+        &fmt(uid),
+    )?;
+    write(
+        &Path::new("/proc").join(pid.to_string()).join("gid_map"),
+        &fmt(gid),
+    )
 }
 
 fn write(path: &Path, text: &str) -> Result<()> {
@@ -167,7 +188,9 @@ mod tests {
         let p = Plan::from_spec(&linux);
         assert_eq!(p.join[0].0, CloneFlags::CLONE_NEWUSER);
         assert_eq!(p.join[2].0, CloneFlags::CLONE_NEWNS);
-        assert!(p.create.contains(CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWUTS));
+        assert!(p
+            .create
+            .contains(CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWUTS));
         assert!(!p.new_user);
         assert!(p.in_user_ns());
     }

@@ -76,10 +76,11 @@ impl Bundle {
             path: path.clone(),
             source,
         })?;
-        let mut raw: serde_json::Value = serde_json::from_slice(&text).map_err(|source| Error::Parse {
-            path: path.clone(),
-            source,
-        })?;
+        let mut raw: serde_json::Value =
+            serde_json::from_slice(&text).map_err(|source| Error::Parse {
+                path: path.clone(),
+                source,
+            })?;
         // oci-spec types linux.timeOffsets as strings where the runtime-spec
         // has {"secs", "nanosecs"} objects: take them out before parsing.
         let offsets = raw
@@ -93,9 +94,15 @@ impl Bundle {
         let mut bundle = Self::from_spec(dir, spec)?;
         if let Some(o) = offsets {
             bundle.time_offsets = parse_time_offsets(&o)?;
-            let time_ns = bundle.spec.linux().as_ref().and_then(|l| l.namespaces().as_ref()).is_some_and(|ns| {
-                ns.iter().any(|n| n.typ() == LinuxNamespaceType::Time && n.path().is_none())
-            });
+            let time_ns = bundle
+                .spec
+                .linux()
+                .as_ref()
+                .and_then(|l| l.namespaces().as_ref())
+                .is_some_and(|ns| {
+                    ns.iter()
+                        .any(|n| n.typ() == LinuxNamespaceType::Time && n.path().is_none())
+                });
             if !bundle.time_offsets.is_empty() && !time_ns {
                 return Err(Error::Invalid {
                     field: "linux.timeOffsets",
@@ -148,19 +155,31 @@ pub fn validate(spec: &Spec) -> Result<()> {
     if process.exec_cpu_affinity().is_some() {
         return Err(Error::Unsupported("process.execCPUAffinity".into()));
     }
-    if process.selinux_label().as_deref().is_some_and(|l| !l.is_empty()) && !crate::lsm::selinux_enabled() {
+    if process
+        .selinux_label()
+        .as_deref()
+        .is_some_and(|l| !l.is_empty())
+        && !crate::lsm::selinux_enabled()
+    {
         return Err(Error::Unsupported(
             "process.selinuxLabel (SELinux is not enabled on this host)".into(),
         ));
     }
     if spec.solaris().is_some() || spec.windows().is_some() || spec.vm().is_some() {
-        return Err(Error::Unsupported("a non-Linux platform section (solaris/windows/vm)".into()));
+        return Err(Error::Unsupported(
+            "a non-Linux platform section (solaris/windows/vm)".into(),
+        ));
     }
     let linux = spec.linux().as_ref().ok_or(Error::Missing("linux"))?;
     if linux.intel_rdt().is_some() {
         return Err(Error::Unsupported("linux.intelRdt".into()));
     }
-    if linux.mount_label().as_deref().is_some_and(|l| !l.is_empty()) && !crate::lsm::selinux_enabled() {
+    if linux
+        .mount_label()
+        .as_deref()
+        .is_some_and(|l| !l.is_empty())
+        && !crate::lsm::selinux_enabled()
+    {
         return Err(Error::Unsupported(
             "linux.mountLabel (SELinux is not enabled on this host)".into(),
         ));
@@ -168,7 +187,9 @@ pub fn validate(spec: &Spec) -> Result<()> {
     let namespaces = linux.namespaces().as_deref().unwrap_or_default();
     let has = |t: LinuxNamespaceType| namespaces.iter().any(|n| n.typ() == t);
     if !has(LinuxNamespaceType::Mount) {
-        return Err(Error::Unsupported("a container without a mount namespace".into()));
+        return Err(Error::Unsupported(
+            "a container without a mount namespace".into(),
+        ));
     }
     for (i, a) in namespaces.iter().enumerate() {
         if namespaces[..i].iter().any(|b| b.typ() == a.typ()) {
@@ -196,7 +217,13 @@ pub fn validate(spec: &Spec) -> Result<()> {
         });
     }
     if linux.sysctl().as_ref().is_some_and(|s| !s.is_empty()) {
-        for key in linux.sysctl().as_ref().into_iter().flatten().map(|(k, _)| k) {
+        for key in linux
+            .sysctl()
+            .as_ref()
+            .into_iter()
+            .flatten()
+            .map(|(k, _)| k)
+        {
             if key.contains("..") || key.starts_with('/') {
                 return Err(Error::Invalid {
                     field: "linux.sysctl",
@@ -283,7 +310,9 @@ mod tests {
     #[test]
     fn missing_rootfs_is_named() {
         let dir = std::env::temp_dir().join(format!("rt-spec-test-{}", std::process::id()));
-        let e = Bundle::from_spec(dir.clone(), spec(BASE)).unwrap_err().to_string();
+        let e = Bundle::from_spec(dir.clone(), spec(BASE))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("does not exist") && e.contains("rootfs"), "{e}");
     }
 

@@ -122,7 +122,11 @@ pub const OCI_VERSION: &str = "1.2.0";
 
 impl State {
     pub fn oci(&self, status: Status) -> OciState<'_> {
-        let pid = if status == Status::Stopped { 0 } else { self.pid };
+        let pid = if status == Status::Stopped {
+            0
+        } else {
+            self.pid
+        };
         OciState {
             oci_version: OCI_VERSION,
             id: &self.id,
@@ -138,9 +142,10 @@ impl State {
 
     /// Whether the recorded init is alive (not a zombie, not a recycled pid).
     pub fn init_alive(&self) -> bool {
-        self.pid > 0 && proc_stat(Pid::from_raw(self.pid)).is_some_and(|(state, start)| {
-            state != 'Z' && state != 'X' && (self.start_time == 0 || start == self.start_time)
-        })
+        self.pid > 0
+            && proc_stat(Pid::from_raw(self.pid)).is_some_and(|(state, start)| {
+                state != 'Z' && state != 'X' && (self.start_time == 0 || start == self.start_time)
+            })
     }
 }
 

@@ -48,20 +48,29 @@ pub fn setup_in_container(size: Option<(u16, u16)>, uid: u32, gid: u32) -> Resul
     grantpt(&master).map_err(|e| Error::Pty("grantpt", e))?;
     unlockpt(&master).map_err(|e| Error::Pty("unlockpt", e))?;
     let name = ptsname_r(&master).map_err(|e| Error::Pty("ptsname", e))?;
-    let slave = nix::fcntl::open(Path::new(&name), OFlag::O_RDWR | OFlag::O_NOCTTY, nix::sys::stat::Mode::empty())
-        .map_err(|source| Error::Slave {
-            path: name.clone().into(),
-            source,
-        })?;
+    let slave = nix::fcntl::open(
+        Path::new(&name),
+        OFlag::O_RDWR | OFlag::O_NOCTTY,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|source| Error::Slave {
+        path: name.clone().into(),
+        source,
+    })?;
     let slave = own(slave);
-    let _ = nix::unistd::fchown(slave.as_raw_fd(), Some(nix::unistd::Uid::from_raw(uid)), Some(nix::unistd::Gid::from_raw(gid)));
+    let _ = nix::unistd::fchown(
+        slave.as_raw_fd(),
+        Some(nix::unistd::Uid::from_raw(uid)),
+        Some(nix::unistd::Gid::from_raw(gid)),
+    );
     if let Some((rows, cols)) = size {
         rt_sys::set_window_size(master.as_fd(), rows, cols).map_err(Error::Sys)?;
     }
     // The init is already a session leader (it called setsid first).
     rt_sys::set_controlling_terminal(slave.as_fd()).map_err(Error::Sys)?;
     for target in 0..3 {
-        nix::unistd::dup2(slave.as_raw_fd(), target).map_err(|e| Error::Pty("dup2 onto stdio", e))?;
+        nix::unistd::dup2(slave.as_raw_fd(), target)
+            .map_err(|e| Error::Pty("dup2 onto stdio", e))?;
     }
     let raw = master.as_raw_fd();
     std::mem::forget(master);
@@ -85,10 +94,16 @@ pub fn send_to_socket(path: &Path, master: BorrowedFd<'_>) -> Result<()> {
     let name = b"/dev/ptmx";
     let iov = [IoSlice::new(name)];
     let fds = [master.as_raw_fd()];
-    sendmsg::<()>(stream.as_raw_fd(), &iov, &[ControlMessage::ScmRights(&fds)], MsgFlags::empty(), None)
-        .map_err(|source| Error::Send {
-            path: path.to_path_buf(),
-            source,
-        })?;
+    sendmsg::<()>(
+        stream.as_raw_fd(),
+        &iov,
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .map_err(|source| Error::Send {
+        path: path.to_path_buf(),
+        source,
+    })?;
     Ok(())
 }

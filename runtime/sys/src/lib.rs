@@ -49,6 +49,62 @@ pub fn fork() -> Result<ForkResult> {
     unsafe { nix::unistd::fork() }.map_err(|e| Error::Syscall("fork", e))
 }
 
+/// `struct clone_args` of clone3(2), up to `cgroup` (CLONE_ARGS_SIZE_VER2).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// Forks (clone3 without a new stack) with the child born in the cgroup2
+/// directory `cgroup`: no migration afterwards, so no wait for the global
+/// cgroup lock that a write to cgroup.procs takes.
+///
+/// Like [`fork`] it refuses in a multi-threaded process. The child runs on a
+/// copy of the parent's memory, as after fork(2), but glibc's fork handlers do
+/// not run in it: callers only use async-signal-safe operations, fresh
+/// descriptors, and finally exec or `exit_now`.
+pub fn fork_into_cgroup(cgroup: BorrowedFd<'_>) -> Result<ForkResult> {
+    let threads = thread_count()?;
+    if threads != 1 {
+        return Err(Error::MultiThreaded(threads));
+    }
+    let args = CloneArgs {
+        flags: CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: cgroup.as_raw_fd() as u64,
+        ..CloneArgs::default()
+    };
+    // SAFETY: `args` is a live, initialised clone_args whose size we pass; with
+    // stack 0 the child continues on a copy-on-write copy of our stack, as
+    // after fork, and the process is single-threaded (checked above).
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    match Errno::result(rc).map_err(|e| Error::Syscall("clone3", e))? {
+        0 => Ok(ForkResult::Child),
+        pid => Ok(ForkResult::Parent {
+            child: Pid::from_raw(pid as i32),
+        }),
+    }
+}
+
 /// setdomainname(2).
 pub fn set_domainname(name: &str) -> Result<()> {
     // SAFETY: the pointer and length describe `name`'s bytes, which outlive the call;

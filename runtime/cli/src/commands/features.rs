@@ -3,7 +3,12 @@
 use serde_json::json;
 
 pub fn run() -> anyhow::Result<()> {
-    let caps: Vec<String> = caps::all().iter().map(|c| c.to_string()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    let caps: Vec<String> = caps::all()
+        .iter()
+        .map(|c| c.to_string())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
     let v = json!({
         "ociVersionMin": "1.0.0",
         "ociVersionMax": rt_container::state::OCI_VERSION,

@@ -33,9 +33,14 @@ pub fn run(g: &Global, a: Args) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&v)?);
         }
         Format::Table => {
-            let mut rows = vec![["ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER"].map(String::from)];
+            let mut rows =
+                vec![["ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER"].map(String::from)];
             for (st, status) in &all {
-                let pid = if *status == rt_container::state::Status::Stopped { 0 } else { st.pid };
+                let pid = if *status == rt_container::state::Status::Stopped {
+                    0
+                } else {
+                    st.pid
+                };
                 rows.push([
                     st.id.clone(),
                     pid.to_string(),
@@ -45,9 +50,15 @@ pub fn run(g: &Global, a: Args) -> anyhow::Result<()> {
                     st.owner.clone(),
                 ]);
             }
-            let widths: Vec<usize> = (0..6).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
+            let widths: Vec<usize> = (0..6)
+                .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+                .collect();
             for r in rows {
-                let line: Vec<String> = r.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect();
+                let line: Vec<String> = r
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+                    .collect();
                 println!("{}", line.join("   ").trim_end());
             }
         }

@@ -64,7 +64,13 @@ pub fn default_spec(rootless: bool) -> Value {
                 *m = json!({"destination": "/sys", "type": "none", "source": "/sys", "options": ["rbind", "nosuid", "noexec", "nodev", "ro"]});
             }
             if m["destination"] == "/dev/pts" {
-                m["options"] = json!(["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]);
+                m["options"] = json!([
+                    "nosuid",
+                    "noexec",
+                    "newinstance",
+                    "ptmxmode=0666",
+                    "mode=0620"
+                ]);
             }
         }
         mounts.retain(|m| m["destination"] != "/sys/fs/cgroup");
@@ -78,7 +84,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         anyhow::bail!("File {} exists. Remove it first", path.display());
     }
     let text = serde_json::to_string_pretty(&default_spec(a.rootless))?;
-    std::fs::write(&path, text + "\n").map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+    std::fs::write(&path, text + "\n")
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
     Ok(())
 }
 
@@ -89,7 +96,8 @@ mod tests {
     #[test]
     fn default_spec_validates() {
         for rootless in [false, true] {
-            let spec: oci_spec::runtime::Spec = serde_json::from_value(default_spec(rootless)).unwrap();
+            let spec: oci_spec::runtime::Spec =
+                serde_json::from_value(default_spec(rootless)).unwrap();
             rt_container::spec::validate(&spec).unwrap();
         }
     }

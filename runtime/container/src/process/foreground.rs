@@ -41,7 +41,8 @@ impl Waiter {
         let mut old_mask = SigSet::empty();
         nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&all), Some(&mut old_mask))
             .map_err(|e| Error::Sys("blocking signals", e))?;
-        let sigfd = SignalFd::with_flags(&all, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).map_err(|e| Error::Sys("signalfd", e))?;
+        let sigfd = SignalFd::with_flags(&all, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+            .map_err(|e| Error::Sys("signalfd", e))?;
         let mut saved_termios = None;
         if let Some(master) = &created.terminal {
             let stdin = std::io::stdin();
@@ -138,7 +139,9 @@ impl Waiter {
         loop {
             match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) if pid == self.pid => return Ok(Some(code)),
-                Ok(WaitStatus::Signaled(pid, sig, _)) if pid == self.pid => return Ok(Some(128 + sig as i32)),
+                Ok(WaitStatus::Signaled(pid, sig, _)) if pid == self.pid => {
+                    return Ok(Some(128 + sig as i32))
+                }
                 Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return Ok(None),
                 Ok(_) => continue,
                 Err(Errno::EINTR) => continue,
@@ -146,7 +149,6 @@ impl Waiter {
             }
         }
     }
-
 }
 
 /// Copies what the pty still holds after the init exited.

@@ -2,9 +2,9 @@
 
 use std::convert::Infallible;
 use std::ffi::CString;
+use std::fs::File;
 use std::io::Read;
 use std::os::fd::AsFd;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use nix::sched::CloneFlags;
@@ -24,6 +24,8 @@ pub enum Error {
     Unexpected(ToChild),
     #[error(transparent)]
     Rootfs(#[from] rootfs::Error),
+    #[error(transparent)]
+    Namespaces(#[from] crate::namespaces::Error),
     #[error(transparent)]
     Hooks(#[from] hooks::Error),
     #[error(transparent)]
@@ -60,7 +62,13 @@ pub fn run(launch: &Launch<'_>, chan: &ChildEnd, fifo: File) -> ! {
     if chan.send(&ToParent::Failed(chain(&e))).is_err() && !parent_gone {
         eprintln!("rt: {}", chain(&e));
     }
-    rt_sys::exit_now(if matches!(e, Error::Identity(identity::Error::NotFound(_))) { 127 } else { 1 })
+    rt_sys::exit_now(
+        if matches!(e, Error::Identity(identity::Error::NotFound(_))) {
+            127
+        } else {
+            1
+        },
+    )
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
@@ -96,6 +104,7 @@ fn init(launch: &Launch<'_>, chan: &ChildEnd, mut fifo: File) -> Result<Infallib
         .and_then(|p| p.to_str().and_then(|s| s.parse().ok()))
         .unwrap_or(0);
     nix::unistd::setsid().map_err(|e| Error::Sys("setsid", e))?;
+    launch.plan.unshare_cgroup()?;
 
     let ctx = rootfs::Context {
         spec,
@@ -138,7 +147,9 @@ fn init(launch: &Launch<'_>, chan: &ChildEnd, mut fifo: File) -> Result<Infallib
 
     let user = process.user();
     if process.terminal().unwrap_or(false) {
-        let size = process.console_size().map(|b| (b.height() as u16, b.width() as u16));
+        let size = process
+            .console_size()
+            .map(|b| (b.height() as u16, b.width() as u16));
         let master = terminal::setup_in_container(size, user.uid(), user.gid())?;
         chan.send_with_fd(&ToParent::Terminal, Some(master.as_fd()))?;
     }
@@ -150,7 +161,11 @@ fn init(launch: &Launch<'_>, chan: &ChildEnd, mut fifo: File) -> Result<Infallib
         };
         rt_sys::set_personality(persona)?;
     }
-    if let Some(profile) = process.apparmor_profile().as_deref().filter(|p| !p.is_empty()) {
+    if let Some(profile) = process
+        .apparmor_profile()
+        .as_deref()
+        .filter(|p| !p.is_empty())
+    {
         lsm::apply_apparmor(profile)?;
     }
     identity::chdir(process.cwd())?;
@@ -184,7 +199,8 @@ fn init(launch: &Launch<'_>, chan: &ChildEnd, mut fifo: File) -> Result<Infallib
 
     chan.send(&ToParent::Ready)?;
     let mut byte = [0u8; 1];
-    fifo.read_exact(&mut byte).map_err(io("waiting on exec fifo", &launch.fifo))?;
+    fifo.read_exact(&mut byte)
+        .map_err(io("waiting on exec fifo", &launch.fifo))?;
     // `fifo` stays open (close-on-exec) until the exec below: its hang-up
     // tells `start` that the user's process runs.
     hooks::run(hooks, Kind::StartContainer, &state)?;
@@ -203,5 +219,7 @@ fn setgroups_allowed() -> bool {
 }
 
 fn to_cstrings(v: &[String]) -> Result<Vec<CString>, Error> {
-    v.iter().map(|s| CString::new(s.as_bytes()).map_err(|_| Error::Nul)).collect()
+    v.iter()
+        .map(|s| CString::new(s.as_bytes()).map_err(|_| Error::Nul))
+        .collect()
 }

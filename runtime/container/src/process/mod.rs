@@ -35,6 +35,8 @@ pub struct Launch<'a> {
     /// Host directories of the container's cgroup, named for the cgroup mount.
     pub cgroup_dirs: Vec<(String, PathBuf)>,
     pub cgroup_unified: bool,
+    /// The container's cgroups, already created: the stage enters them.
+    pub cgroup: &'a dyn rt_cgroups::Manager,
 }
 
 /// Formats an error with its sources, once, as `a: b: c`.

@@ -79,7 +79,14 @@ pub struct Created {
 /// Creates the container whose state directory `dir` was just made and whose
 /// initial state is `state`. On error, whatever was made is undone by the
 /// caller through [`crate::container::cleanup`].
-pub fn create(dir: &ContainerDir, state: &mut State, bundle: &Bundle, opts: &Options, cgroup: &mut dyn rt_cgroups::Manager, layout: &rt_cgroups::Layout) -> Result<Created> {
+pub fn create(
+    dir: &ContainerDir,
+    state: &mut State,
+    bundle: &Bundle,
+    opts: &Options,
+    cgroup: &mut dyn rt_cgroups::Manager,
+    layout: &rt_cgroups::Layout,
+) -> Result<Created> {
     let spec = &bundle.spec;
     let process = spec.process().as_ref().expect("validated: process");
     if process.terminal().unwrap_or(false) && opts.console_socket.is_none() && !opts.keep_terminal {
@@ -96,6 +103,17 @@ pub fn create(dir: &ContainerDir, state: &mut State, bundle: &Bundle, opts: &Opt
     // itself adopts it after we exit, as with runc).
     nix::sys::prctl::set_child_subreaper(true).map_err(Error::Subreaper)?;
 
+    // Directories and limits first, recorded before anything else can fail;
+    // the stage then moves itself in (see rt_cgroups::Manager::enter).
+    let created = cgroup.create();
+    if state.cgroup.is_some() {
+        state.cgroup = Some(cgroup.record());
+    }
+    dir.save(state)?;
+    created?;
+    if let Some(r) = linux.resources() {
+        cgroup.set(r)?;
+    }
     let record = cgroup.record();
     let (cgroup_dirs, cgroup_unified) = cgroup_mount_dirs(layout, &record.path);
     let id = state.id.clone();
@@ -108,6 +126,7 @@ pub fn create(dir: &ContainerDir, state: &mut State, bundle: &Bundle, opts: &Opt
         preserve_fds: opts.preserve_fds,
         cgroup_dirs,
         cgroup_unified,
+        cgroup: &*cgroup,
     };
     let (chan, child_end) = channel::pair()?;
     let stage_pid = match rt_sys::fork().map_err(Error::Fork)? {
@@ -118,7 +137,7 @@ pub fn create(dir: &ContainerDir, state: &mut State, bundle: &Bundle, opts: &Opt
         ForkResult::Parent { child } => child,
     };
     drop(child_end);
-    let result = drive(dir, state, bundle, opts, cgroup, &chan, stage_pid);
+    let result = drive(dir, state, bundle, opts, &chan, stage_pid);
     if result.is_err() {
         // Do not leave the stage or the init behind.
         let _ = kill(stage_pid, Signal::SIGKILL);
@@ -131,19 +150,16 @@ pub fn create(dir: &ContainerDir, state: &mut State, bundle: &Bundle, opts: &Opt
     result
 }
 
-#[allow(clippy::too_many_arguments)]
-fn drive(dir: &ContainerDir, state: &mut State, bundle: &Bundle, opts: &Options, cgroup: &mut dyn rt_cgroups::Manager, chan: &ParentEnd, stage_pid: Pid) -> Result<Created> {
+fn drive(
+    dir: &ContainerDir,
+    state: &mut State,
+    bundle: &Bundle,
+    opts: &Options,
+    chan: &ParentEnd,
+    stage_pid: Pid,
+) -> Result<Created> {
     let spec = &bundle.spec;
     let linux = spec.linux().as_ref().expect("validated: linux");
-    let apply = cgroup.apply(stage_pid);
-    // Record what was created even if placement failed half-way.
-    state.cgroup = Some(cgroup.record());
-    dir.save(state)?;
-    apply?;
-    if let Some(r) = linux.resources() {
-        cgroup.set(r)?;
-    }
-    chan.send(&ToChild::Placed)?;
     let mut terminal = None;
     loop {
         let (msg, fd) = match chan.recv_with_fd() {
@@ -165,7 +181,8 @@ fn drive(dir: &ContainerDir, state: &mut State, bundle: &Bundle, opts: &Options,
                 dir.save(state)?;
                 if let Some(adj) = spec.process().as_ref().and_then(|p| p.oom_score_adj()) {
                     let path = PathBuf::from(format!("/proc/{pid}/oom_score_adj"));
-                    std::fs::write(&path, adj.to_string()).map_err(|source| Error::Write { path, source })?;
+                    std::fs::write(&path, adj.to_string())
+                        .map_err(|source| Error::Write { path, source })?;
                 }
             }
             ToParent::RuntimeHooks => {

@@ -19,6 +19,8 @@ pub enum Error {
     Unexpected(ToChild),
     #[error(transparent)]
     Namespaces(#[from] namespaces::Error),
+    #[error("entering the container's cgroups")]
+    Cgroups(#[from] rt_cgroups::Error),
     #[error("forking the container init")]
     Fork(#[source] rt_sys::Error),
     #[error("opening exec fifo {path}")]
@@ -53,9 +55,9 @@ fn expect(chan: &ChildEnd, want: ToChild) -> Result<(), Error> {
 fn stage(launch: &Launch<'_>, chan: &ChildEnd) -> Result<(), Error> {
     // Nothing the parent holds (the state lock above all) stays open here.
     rt_sys::close_fds_except(3 + launch.preserve_fds, chan.as_fd()).map_err(Error::Fork)?;
-    // Wait until the parent has put us in the container's cgroups, so that the
-    // init and everything it forks are born there.
-    expect(chan, ToChild::Placed)?;
+    // Into the container's cgroups before anything else, so that the init and
+    // everything it forks are born there.
+    let cgroup2 = launch.cgroup.enter(launch.plan.in_user_ns())?;
     // The exec fifo, opened read-write so that opening never blocks (`start`
     // writes one byte to it), while we still hold the host's privileges: in a
     // user namespace the init could not open the runtime's file.
@@ -85,7 +87,11 @@ fn stage(launch: &Launch<'_>, chan: &ChildEnd) -> Result<(), Error> {
     if plan.create.contains(time_ns) && !launch.bundle.time_offsets.is_empty() {
         namespaces::write_time_offsets(&launch.bundle.time_offsets)?;
     }
-    match rt_sys::fork().map_err(Error::Fork)? {
+    let forked = match &cgroup2 {
+        Some(fd) => rt_sys::fork_into_cgroup(fd.as_fd()),
+        None => rt_sys::fork(),
+    };
+    match forked.map_err(Error::Fork)? {
         ForkResult::Child => init::run(launch, chan, fifo),
         ForkResult::Parent { child } => {
             // Our pid namespace is the parent's, so `child` is the host pid.

@@ -24,7 +24,10 @@ pub enum Error {
         source: Errno,
     },
     #[error("device {path}: type {kind:?} is not supported")]
-    Type { path: PathBuf, kind: LinuxDeviceType },
+    Type {
+        path: PathBuf,
+        kind: LinuxDeviceType,
+    },
     #[error(transparent)]
     Path(#[from] paths::Error),
 }
@@ -42,12 +45,26 @@ const DEFAULTS: [(&str, u64, u64); 6] = [
 
 /// The default character devices (0666) unless the spec lists the same path,
 /// and the standard /dev symlinks.
-pub fn create_defaults(root: BorrowedFd<'_>, userns: bool, spec_devices: &[LinuxDevice]) -> Result<()> {
+pub fn create_defaults(
+    root: BorrowedFd<'_>,
+    userns: bool,
+    spec_devices: &[LinuxDevice],
+) -> Result<()> {
     for (path, major, minor) in DEFAULTS {
         if spec_devices.iter().any(|d| d.path() == Path::new(path)) {
             continue;
         }
-        node(root, userns, Path::new(path), SFlag::S_IFCHR, major, minor, 0o666, None, None)?;
+        node(
+            root,
+            userns,
+            Path::new(path),
+            SFlag::S_IFCHR,
+            major,
+            minor,
+            0o666,
+            None,
+            None,
+        )?;
     }
     let links: [(&str, &str); 5] = [
         ("/proc/self/fd", "/dev/fd"),
@@ -60,7 +77,11 @@ pub fn create_defaults(root: BorrowedFd<'_>, userns: bool, spec_devices: &[Linux
     for (target, link) in links {
         let name = Path::new(link).file_name().unwrap_or_default();
         if link == "/dev/ptmx" {
-            let _ = nix::unistd::unlinkat(Some(dev.as_raw_fd()), name, nix::unistd::UnlinkatFlags::NoRemoveDir);
+            let _ = nix::unistd::unlinkat(
+                Some(dev.as_raw_fd()),
+                name,
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            );
         }
         match nix::unistd::symlinkat(target, Some(dev.as_raw_fd()), name) {
             Ok(()) | Err(Errno::EEXIST) => {}
@@ -129,12 +150,29 @@ fn node(
     if userns {
         // Bind the host's node over an empty file.
         let target = paths::create(root, path, true)?;
-        return mount(Some(path), &paths::proc_fd(target.as_fd()), None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .map_err(fail);
+        return mount(
+            Some(path),
+            &paths::proc_fd(target.as_fd()),
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(fail);
     }
-    let _ = nix::unistd::unlinkat(Some(parent.as_raw_fd()), name, nix::unistd::UnlinkatFlags::NoRemoveDir);
+    let _ = nix::unistd::unlinkat(
+        Some(parent.as_raw_fd()),
+        name,
+        nix::unistd::UnlinkatFlags::NoRemoveDir,
+    );
     let perm = Mode::from_bits_truncate(mode & 0o7777);
-    mknodat(Some(parent.as_raw_fd()), name, kind, perm, makedev(major, minor)).map_err(fail)?;
+    mknodat(
+        Some(parent.as_raw_fd()),
+        name,
+        kind,
+        perm,
+        makedev(major, minor),
+    )
+    .map_err(fail)?;
     // mknod is subject to the umask: set the mode exactly.
     nix::sys::stat::fchmodat(
         Some(parent.as_raw_fd()),
@@ -142,7 +180,13 @@ fn node(
         perm,
         nix::sys::stat::FchmodatFlags::NoFollowSymlink,
     )
-    .or_else(|e| if e == Errno::EOPNOTSUPP { Ok(()) } else { Err(e) })
+    .or_else(|e| {
+        if e == Errno::EOPNOTSUPP {
+            Ok(())
+        } else {
+            Err(e)
+        }
+    })
     .map_err(fail)?;
     if uid.is_some() || gid.is_some() {
         fchownat(

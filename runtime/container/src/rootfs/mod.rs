@@ -84,8 +84,14 @@ pub struct Context<'a> {
 /// the devices.
 pub fn prepare(ctx: &Context<'_>) -> Result<()> {
     // Nothing we mount propagates back to the host.
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_SLAVE | MsFlags::MS_REC, None::<&str>)
-        .map_err(step("making / rslave"))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(step("making / rslave"))?;
     // pivot_root needs the new root to be a mount point.
     mount(
         Some(ctx.rootfs),
@@ -105,7 +111,11 @@ pub fn prepare(ctx: &Context<'_>) -> Result<()> {
     }
     let dev_bound = mounts.iter().any(|m| {
         m.destination() == Path::new("/dev")
-            && m.options().as_deref().unwrap_or_default().iter().any(|o| o == "bind" || o == "rbind")
+            && m.options()
+                .as_deref()
+                .unwrap_or_default()
+                .iter()
+                .any(|o| o == "bind" || o == "rbind")
     });
     let devices = ctx
         .spec
@@ -125,9 +135,11 @@ fn mount_one(ctx: &Context<'_>, root: std::os::fd::BorrowedFd<'_>, m: &Mount) ->
     if !dest.is_absolute() {
         return Err(Error::Relative(dest.clone()));
     }
-    let opts = options::parse(m.options().as_deref().unwrap_or_default()).map_err(|source| Error::Options {
-        dest: dest.clone(),
-        source,
+    let opts = options::parse(m.options().as_deref().unwrap_or_default()).map_err(|source| {
+        Error::Options {
+            dest: dest.clone(),
+            source,
+        }
     })?;
     let fstype = m.typ().as_deref();
     if fstype == Some("cgroup") || fstype == Some("cgroup2") {
@@ -141,7 +153,10 @@ fn mount_one(ctx: &Context<'_>, root: std::os::fd::BorrowedFd<'_>, m: &Mount) ->
             s.clone()
         }
     });
-    let is_file = bind && source.as_ref().is_some_and(|s| s.metadata().is_ok_and(|md| !md.is_dir()));
+    let is_file = bind
+        && source
+            .as_ref()
+            .is_some_and(|s| s.metadata().is_ok_and(|md| !md.is_dir()));
     let target_fd = paths::create(root, dest, is_file)?;
     let target = paths::proc_fd(target_fd.as_fd());
     let mut flags = opts.flags;
@@ -149,7 +164,7 @@ fn mount_one(ctx: &Context<'_>, root: std::os::fd::BorrowedFd<'_>, m: &Mount) ->
         flags.insert(MsFlags::MS_BIND);
     }
     let fail = |source| Error::Mount {
-        source_path: source_path(&source_clone(&m.source())),
+        source_path: m.source().clone(),
         dest: dest.clone(),
         fstype: m.typ().clone(),
         source,
@@ -160,13 +175,25 @@ fn mount_one(ctx: &Context<'_>, root: std::os::fd::BorrowedFd<'_>, m: &Mount) ->
     } else {
         flags
     };
-    let mounted = mount(source.as_deref(), &target, fstype.filter(|_| !bind), first_flags, data);
+    let mounted = mount(
+        source.as_deref(),
+        &target,
+        fstype.filter(|_| !bind),
+        first_flags,
+        data,
+    );
     match mounted {
         Err(Errno::EPERM) if fstype == Some("sysfs") && ctx.in_user_ns => {
             // A user namespace without its own network namespace may not mount
             // sysfs: bind the host's, as runc does.
-            mount(Some("/sys"), &target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-                .map_err(fail)?;
+            mount(
+                Some("/sys"),
+                &target,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .map_err(fail)?;
         }
         other => other.map_err(fail)?,
     }
@@ -184,32 +211,26 @@ fn mount_one(ctx: &Context<'_>, root: std::os::fd::BorrowedFd<'_>, m: &Mount) ->
         })?;
     }
     for p in &opts.propagation {
-        mount(None::<&str>, &target, None::<&str>, *p, None::<&str>).map_err(|source| Error::Mount {
-            source_path: None,
-            dest: dest.clone(),
-            fstype: Some("propagation".into()),
-            source,
+        mount(None::<&str>, &target, None::<&str>, *p, None::<&str>).map_err(|source| {
+            Error::Mount {
+                source_path: None,
+                dest: dest.clone(),
+                fstype: Some("propagation".into()),
+                source,
+            }
         })?;
     }
     if opts.rec_set != 0 || opts.rec_clear != 0 {
-        rt_sys::mount_setattr_recursive(mounted_fd.as_fd(), opts.rec_set, opts.rec_clear).map_err(|e| {
-            Error::Mount {
+        rt_sys::mount_setattr_recursive(mounted_fd.as_fd(), opts.rec_set, opts.rec_clear).map_err(
+            |e| Error::Mount {
                 source_path: None,
                 dest: dest.clone(),
                 fstype: Some(format!("recursive attributes: {e}")),
                 source: Errno::EINVAL,
-            }
-        })?;
+            },
+        )?;
     }
     Ok(())
-}
-
-fn source_clone(p: &Option<PathBuf>) -> Option<PathBuf> {
-    p.clone()
-}
-
-fn source_path(p: &Option<PathBuf>) -> Option<PathBuf> {
-    p.clone()
 }
 
 /// Remounts a bind mount with `flags`, keeping the flags the kernel locks
@@ -242,7 +263,12 @@ fn remount(target: &Path, flags: MsFlags) -> std::result::Result<(), Errno> {
 
 /// The `cgroup` mount: cgroup2 on a unified host; on a v1 host a tmpfs with one
 /// directory per hierarchy, each a bind of the container's own cgroup there.
-fn mount_cgroup(ctx: &Context<'_>, root: std::os::fd::BorrowedFd<'_>, m: &Mount, opts: &options::Options) -> Result<()> {
+fn mount_cgroup(
+    ctx: &Context<'_>,
+    root: std::os::fd::BorrowedFd<'_>,
+    m: &Mount,
+    opts: &options::Options,
+) -> Result<()> {
     let dest = m.destination();
     let fail = |fstype: &str, source| Error::Mount {
         source_path: None,
@@ -257,30 +283,65 @@ fn mount_cgroup(ctx: &Context<'_>, root: std::os::fd::BorrowedFd<'_>, m: &Mount,
     if ctx.cgroup_unified {
         if ctx.has_cgroup_ns {
             let flags = base | (opts.flags & MsFlags::MS_RDONLY);
-            mount(Some("cgroup2"), &target, Some("cgroup2"), flags, None::<&str>).map_err(|e| fail("cgroup2", e))?;
+            mount(
+                Some("cgroup2"),
+                &target,
+                Some("cgroup2"),
+                flags,
+                None::<&str>,
+            )
+            .map_err(|e| fail("cgroup2", e))?;
         } else if let Some((_, dir)) = ctx.cgroup_dirs.first() {
-            mount(Some(dir.as_path()), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-                .map_err(|e| fail("cgroup2 bind", e))?;
+            mount(
+                Some(dir.as_path()),
+                &target,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(|e| fail("cgroup2 bind", e))?;
             let again = paths::open(root, dest)?;
-            remount(&paths::proc_fd(again.as_fd()), base | (opts.flags & MsFlags::MS_RDONLY))
-                .map_err(|e| fail("cgroup2 bind", e))?;
+            remount(
+                &paths::proc_fd(again.as_fd()),
+                base | (opts.flags & MsFlags::MS_RDONLY),
+            )
+            .map_err(|e| fail("cgroup2 bind", e))?;
         }
         return Ok(());
     }
-    mount(Some("tmpfs"), &target, Some("tmpfs"), base, Some("mode=755")).map_err(|e| fail("tmpfs", e))?;
+    mount(
+        Some("tmpfs"),
+        &target,
+        Some("tmpfs"),
+        base,
+        Some("mode=755"),
+    )
+    .map_err(|e| fail("tmpfs", e))?;
     drop(fd);
     for (name, dir) in &ctx.cgroup_dirs {
         let sub: PathBuf = dest.join(name);
         let fd: OwnedFd = paths::create(root, &sub, false)?;
-        mount(Some(dir.as_path()), &paths::proc_fd(fd.as_fd()), None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .map_err(|e| fail("cgroup bind", e))?;
+        mount(
+            Some(dir.as_path()),
+            &paths::proc_fd(fd.as_fd()),
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| fail("cgroup bind", e))?;
         let again = paths::open(root, &sub)?;
-        let flags = base | if ro { MsFlags::MS_RDONLY } else { MsFlags::empty() };
+        let flags = base
+            | if ro {
+                MsFlags::MS_RDONLY
+            } else {
+                MsFlags::empty()
+            };
         remount(&paths::proc_fd(again.as_fd()), flags).map_err(|e| fail("cgroup bind", e))?;
     }
     if ro {
         let again = paths::open(root, dest)?;
-        remount(&paths::proc_fd(again.as_fd()), base | MsFlags::MS_RDONLY).map_err(|e| fail("tmpfs", e))?;
+        remount(&paths::proc_fd(again.as_fd()), base | MsFlags::MS_RDONLY)
+            .map_err(|e| fail("tmpfs", e))?;
     }
     Ok(())
 }
@@ -290,14 +351,27 @@ fn mount_cgroup(ctx: &Context<'_>, root: std::os::fd::BorrowedFd<'_>, m: &Mount,
 pub fn enter(rootfs: &Path, no_pivot: bool) -> Result<()> {
     nix::unistd::chdir(rootfs).map_err(step("chdir to rootfs"))?;
     if no_pivot {
-        mount(Some(rootfs), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).map_err(step("moving rootfs to /"))?;
+        mount(
+            Some(rootfs),
+            "/",
+            None::<&str>,
+            MsFlags::MS_MOVE,
+            None::<&str>,
+        )
+        .map_err(step("moving rootfs to /"))?;
         nix::unistd::chroot(".").map_err(step("chroot"))?;
     } else {
         // pivot_root(".", "."): the old root ends up stacked under the new one;
         // make it rslave so the detach below does not reach the host, then drop it.
         nix::unistd::pivot_root(".", ".").map_err(step("pivot_root"))?;
-        mount(None::<&str>, ".", None::<&str>, MsFlags::MS_SLAVE | MsFlags::MS_REC, None::<&str>)
-            .map_err(step("making the old root rslave"))?;
+        mount(
+            None::<&str>,
+            ".",
+            None::<&str>,
+            MsFlags::MS_SLAVE | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(step("making the old root rslave"))?;
         umount2(".", MntFlags::MNT_DETACH).map_err(step("detaching the old root"))?;
     }
     nix::unistd::chdir("/").map_err(step("chdir to /"))?;
@@ -308,24 +382,45 @@ pub fn enter(rootfs: &Path, no_pivot: bool) -> Result<()> {
 /// read-only root.
 pub fn finish(spec: &Spec) -> Result<()> {
     let linux = spec.linux().as_ref();
-    if let Some(p) = linux.and_then(|l| l.rootfs_propagation().as_deref()).filter(|p| !p.is_empty()) {
+    if let Some(p) = linux
+        .and_then(|l| l.rootfs_propagation().as_deref())
+        .filter(|p| !p.is_empty())
+    {
         let flags = options::propagation_of(p).map_err(Error::Propagation)?;
-        mount(None::<&str>, "/", None::<&str>, flags, None::<&str>).map_err(step("setting rootfs propagation"))?;
+        mount(None::<&str>, "/", None::<&str>, flags, None::<&str>)
+            .map_err(step("setting rootfs propagation"))?;
     }
-    for p in linux.and_then(|l| l.readonly_paths().as_deref()).unwrap_or_default() {
+    for p in linux
+        .and_then(|l| l.readonly_paths().as_deref())
+        .unwrap_or_default()
+    {
         readonly(Path::new(p))?;
     }
-    for p in linux.and_then(|l| l.masked_paths().as_deref()).unwrap_or_default() {
+    for p in linux
+        .and_then(|l| l.masked_paths().as_deref())
+        .unwrap_or_default()
+    {
         mask(Path::new(p))?;
     }
-    if spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false) {
+    if spec
+        .root()
+        .as_ref()
+        .and_then(|r| r.readonly())
+        .unwrap_or(false)
+    {
         remount(Path::new("/"), MsFlags::MS_RDONLY).map_err(step("remounting / read-only"))?;
     }
     Ok(())
 }
 
 fn readonly(path: &Path) -> Result<()> {
-    match mount(Some(path), path, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>) {
+    match mount(
+        Some(path),
+        path,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    ) {
         Err(Errno::ENOENT) => return Ok(()),
         r => r.map_err(|source| Error::Mount {
             source_path: Some(path.into()),
@@ -348,9 +443,21 @@ fn mask(path: &Path) -> Result<()> {
         Err(_) => return Ok(()),
     };
     let r = if md.is_dir() {
-        mount(Some("tmpfs"), path, Some("tmpfs"), MsFlags::MS_RDONLY, None::<&str>)
+        mount(
+            Some("tmpfs"),
+            path,
+            Some("tmpfs"),
+            MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
     } else {
-        mount(Some("/dev/null"), path, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        mount(
+            Some("/dev/null"),
+            path,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
     };
     match r {
         Ok(()) | Err(Errno::ENOENT) => Ok(()),

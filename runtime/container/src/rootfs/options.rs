@@ -115,17 +115,16 @@ fn propagation(opt: &str) -> MsFlags {
 /// Parses a propagation word (`rootfsPropagation`).
 pub fn propagation_of(word: &str) -> Result<MsFlags, Error> {
     match word {
-        "private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave" | "unbindable" | "runbindable" => {
-            Ok(propagation(word))
-        }
+        "private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave" | "unbindable"
+        | "runbindable" => Ok(propagation(word)),
         other => Err(Error::Unsupported(other.to_string())),
     }
 }
 
 fn recursive(opt: &str) -> Option<(u64, u64)> {
     use rt_sys::{
-        MOUNT_ATTR_NODEV, MOUNT_ATTR_NODIRATIME, MOUNT_ATTR_NOATIME, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID,
-        MOUNT_ATTR_NOSYMFOLLOW, MOUNT_ATTR_RDONLY, MOUNT_ATTR_STRICTATIME,
+        MOUNT_ATTR_NOATIME, MOUNT_ATTR_NODEV, MOUNT_ATTR_NODIRATIME, MOUNT_ATTR_NOEXEC,
+        MOUNT_ATTR_NOSUID, MOUNT_ATTR_NOSYMFOLLOW, MOUNT_ATTR_RDONLY, MOUNT_ATTR_STRICTATIME,
     };
     Some(match opt {
         "rro" => (MOUNT_ATTR_RDONLY, 0),
@@ -161,14 +160,24 @@ mod tests {
         assert_eq!(o.flags, MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME);
         assert_eq!(o.data, "mode=755,size=65536k");
         let o = p(&["rbind", "ro", "rw"]);
-        assert!(o.is_bind() && o.flags.contains(MsFlags::MS_REC) && !o.flags.contains(MsFlags::MS_RDONLY));
+        assert!(
+            o.is_bind()
+                && o.flags.contains(MsFlags::MS_REC)
+                && !o.flags.contains(MsFlags::MS_RDONLY)
+        );
     }
 
     #[test]
     fn propagation_and_recursive() {
         let o = p(&["rbind", "rslave", "private", "rro", "rnosuid"]);
-        assert_eq!(o.propagation, vec![MsFlags::MS_SLAVE | MsFlags::MS_REC, MsFlags::MS_PRIVATE]);
-        assert_eq!(o.rec_set, rt_sys::MOUNT_ATTR_RDONLY | rt_sys::MOUNT_ATTR_NOSUID);
+        assert_eq!(
+            o.propagation,
+            vec![MsFlags::MS_SLAVE | MsFlags::MS_REC, MsFlags::MS_PRIVATE]
+        );
+        assert_eq!(
+            o.rec_set,
+            rt_sys::MOUNT_ATTR_RDONLY | rt_sys::MOUNT_ATTR_NOSUID
+        );
         assert!(parse(&["idmap".to_string()]).is_err());
     }
 }

@@ -124,7 +124,11 @@ fn create_once(root: BorrowedFd<'_>, rel: &Path, file: bool, orig: &Path) -> Res
                 let _ = nix::unistd::close(fd);
             })
         } else {
-            mkdirat(Some(dir.as_raw_fd()), *part, Mode::from_bits_truncate(0o755))
+            mkdirat(
+                Some(dir.as_raw_fd()),
+                *part,
+                Mode::from_bits_truncate(0o755),
+            )
         };
         match made {
             Ok(()) | Err(Errno::EEXIST) => {}
@@ -135,7 +139,8 @@ fn create_once(root: BorrowedFd<'_>, rel: &Path, file: bool, orig: &Path) -> Res
                 })
             }
         }
-        let fd = rt_sys::openat2(root, &prefix, OFlag::O_PATH, resolve_flags()).map_err(resolve_err)?;
+        let fd =
+            rt_sys::openat2(root, &prefix, OFlag::O_PATH, resolve_flags()).map_err(resolve_err)?;
         parent = Some(fd);
     }
     match parent {
@@ -170,7 +175,10 @@ mod tests {
         create(rootfd.as_fd(), Path::new("/rel/x/y"), true).unwrap();
         create(rootfd.as_fd(), Path::new("/../../escape"), false).unwrap();
         assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
-        assert!(root.join(outside.strip_prefix("/").unwrap()).join("made").is_dir());
+        assert!(root
+            .join(outside.strip_prefix("/").unwrap())
+            .join("made")
+            .is_dir());
         assert!(root.join("escape").is_dir());
         std::fs::remove_dir_all(&tmp).unwrap();
     }

@@ -75,7 +75,9 @@ pub fn check(s: &LinuxSeccomp) -> Result<()> {
 fn action(a: LinuxSeccompAction, errno: Option<u32>) -> Result<SeccompAction> {
     Ok(match a {
         LinuxSeccompAction::ScmpActAllow => SeccompAction::Allow,
-        LinuxSeccompAction::ScmpActErrno => SeccompAction::Errno(errno.unwrap_or(libc::EPERM as u32)),
+        LinuxSeccompAction::ScmpActErrno => {
+            SeccompAction::Errno(errno.unwrap_or(libc::EPERM as u32))
+        }
         LinuxSeccompAction::ScmpActKill | LinuxSeccompAction::ScmpActKillThread => {
             SeccompAction::KillThread
         }
@@ -111,8 +113,13 @@ fn add_rule(rules: &mut Rules, rule: &LinuxSyscall) -> Result<()> {
             LinuxSeccompOperator::ScmpCmpMaskedEq => (arg.value(), arg.value_two().unwrap_or(0)),
             _ => (0, arg.value()),
         };
-        let c = SeccompCondition::new(arg.index() as u8, SeccompCmpArgLen::Qword, op(arg.op(), mask), value)
-            .map_err(Error::Compile)?;
+        let c = SeccompCondition::new(
+            arg.index() as u8,
+            SeccompCmpArgLen::Qword,
+            op(arg.op(), mask),
+            value,
+        )
+        .map_err(Error::Compile)?;
         conditions.push(c);
     }
     for name in rule.names() {
@@ -169,7 +176,12 @@ pub fn compile(s: &LinuxSeccomp) -> Result<Vec<BpfProgram>> {
     Ok(programs)
 }
 
-fn build(rules: Rules, mismatch: SeccompAction, matched: SeccompAction, arch: TargetArch) -> Result<BpfProgram> {
+fn build(
+    rules: Rules,
+    mismatch: SeccompAction,
+    matched: SeccompAction,
+    arch: TargetArch,
+) -> Result<BpfProgram> {
     let filter = SeccompFilter::new(rules, mismatch, matched, arch).map_err(Error::Compile)?;
     filter.try_into().map_err(Error::Compile)
 }

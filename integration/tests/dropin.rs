@@ -1,0 +1,277 @@
+//! rt as a drop-in for runc: podman (through conmon) and containerd (through
+//! its runc shim), both on this machine, as root, with throwaway state.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+
+use rt_testsupport::{eventually, output_via_files, root_or_skip, rt_bin};
+
+fn have(bin: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {bin}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// podman with its own storage, run root and containers.conf, so nothing of
+/// the host's podman is touched.
+struct Podman {
+    dir: tempfile::TempDir,
+}
+
+impl Podman {
+    fn new() -> Podman {
+        let dir = tempfile::Builder::new()
+            .prefix("rt-podman-")
+            .tempdir()
+            .unwrap();
+        let conf = format!(
+            "[containers]\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=32768:32768\"]\n\
+             [engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n\
+             runtime_supports_json = [\"rt\"]\n\
+             [engine.runtimes]\nrt = [\"{}\"]\n",
+            rt_bin().display()
+        );
+        std::fs::write(dir.path().join("containers.conf"), conf).unwrap();
+        Podman { dir }
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new("podman");
+        c.env("CONTAINERS_CONF", self.dir.path().join("containers.conf"))
+            .arg("--root")
+            .arg(self.dir.path().join("storage"))
+            .arg("--runroot")
+            .arg(self.dir.path().join("run"))
+            .args(["--storage-driver", "vfs", "--runtime"])
+            .arg(rt_bin());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        output_via_files(self.cmd().args(args))
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = self.run(&["rm", "--all", "--force"]);
+        let _ = self.run(&["system", "reset", "--force"]);
+        // conmon puts itself in /libpod_parent/conmon with the cgroupfs
+        // manager and leaves it: remove what podman made, if now empty.
+        for leaf in ["libpod_parent/conmon", "libpod_parent"] {
+            for dir in rt_testsupport::cgroup_dirs_named(leaf) {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
+    }
+}
+
+#[test]
+fn podman_runs_with_rt() {
+    if !root_or_skip("podman_runs_with_rt") {
+        return;
+    }
+    assert!(
+        have("podman"),
+        "podman missing: integration/install-deps installs it"
+    );
+    let p = Podman::new();
+    let archive = p.dir.path().join("busybox.tar");
+    rt_integration::image::busybox_oci_archive(&archive, "localhost/rt-busybox:latest");
+    let out = p.run(&["load", "-i", archive.to_str().unwrap()]);
+    assert!(out.status.success(), "podman load: {}", text(&out));
+    let out = p.run(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "localhost/rt-busybox:latest",
+        "echo",
+        "hi",
+    ]);
+    assert!(out.status.success(), "podman run: {}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
+    // The exit code and a missing command travel through conmon.
+    let out = p.run(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "localhost/rt-busybox:latest",
+        "sh",
+        "-c",
+        "exit 5",
+    ]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    let out = p.run(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "localhost/rt-busybox:latest",
+        "no-such-command",
+    ]);
+    assert_eq!(out.status.code(), Some(127), "{}", text(&out));
+    // A detached container: stop (kill, then delete) and rm.
+    let out = p.run(&[
+        "run",
+        "-d",
+        "--name",
+        "rt-bg",
+        "--network",
+        "none",
+        "localhost/rt-busybox:latest",
+        "sleep",
+        "1000",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = p.run(&["inspect", "--format", "{{.State.Status}}", "rt-bg"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "running");
+    let out = p.run(&["stop", "-t", "1", "rt-bg"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = p.run(&["rm", "rt-bg"]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+/// A containerd of its own: temporary root, state and socket, the CRI plugin
+/// off (no CNI, no network set up).
+struct Containerd {
+    dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl Containerd {
+    fn start() -> Containerd {
+        let dir = tempfile::Builder::new()
+            .prefix("rt-containerd-")
+            .tempdir()
+            .unwrap();
+        let d = dir.path();
+        let config = format!(
+            "version = 2\nroot = \"{r}\"\nstate = \"{s}\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = \"{a}\"\n[ttrpc]\n  address = \"{a}.ttrpc\"\n",
+            r = d.join("root").display(),
+            s = d.join("state").display(),
+            a = d.join("containerd.sock").display()
+        );
+        std::fs::write(d.join("config.toml"), config).unwrap();
+        let log = std::fs::File::create(d.join("containerd.log")).unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(d.join("config.toml"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let sock = d.join("containerd.sock");
+        assert!(eventually(20, || sock.exists()), "containerd did not start");
+        Containerd { dir, child }
+    }
+
+    fn ctr(&self, args: &[&str]) -> Output {
+        output_via_files(
+            Command::new("ctr")
+                .arg("--address")
+                .arg(self.dir.path().join("containerd.sock"))
+                .args(args),
+        )
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Anything the shims mounted under our state dir.
+        unmount_below(self.dir.path());
+    }
+}
+
+fn unmount_below(dir: &Path) {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let mut targets: Vec<PathBuf> = mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(1))
+        .map(PathBuf::from)
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    targets.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
+    for t in targets {
+        let _ = nix::mount::umount2(&t, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[test]
+fn containerd_runc_shim_runs_rt() {
+    if !root_or_skip("containerd_runc_shim_runs_rt") {
+        return;
+    }
+    assert!(
+        have("containerd") && have("ctr"),
+        "containerd missing: integration/install-deps installs it"
+    );
+    let c = Containerd::start();
+    let archive = c.dir.path().join("busybox.tar");
+    let image = "docker.io/library/rt-busybox:latest";
+    rt_integration::image::busybox_oci_archive(&archive, image);
+    let out = c.ctr(&["images", "import", "--no-unpack", archive.to_str().unwrap()]);
+    assert!(out.status.success(), "ctr import: {}", text(&out));
+    let id = format!("rt-ctr-{}", std::process::id());
+    let rt = rt_bin();
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--snapshotter",
+        "native",
+        "--runc-binary",
+        rt.to_str().unwrap(),
+        image,
+        &id,
+        "sh",
+        "-c",
+        "echo hi from containerd; cat /proc/self/cgroup | grep pids",
+    ]);
+    let t = text(&out);
+    assert!(
+        out.status.success(),
+        "ctr run: {t}\n{}",
+        std::fs::read_to_string(c.dir.path().join("containerd.log")).unwrap_or_default()
+    );
+    assert!(t.contains("hi from containerd"), "{t}");
+    // The init was placed in the cgroup containerd asked for (ctr's default
+    // spec has no cgroup namespace, so the path shows in full).
+    assert!(t.contains(&format!("pids:/default/{id}\n")), "{t}");
+    // A fresh id: containerd may still be running the shim's deferred
+    // `delete --force` of the first container.
+    let id2 = format!("{id}-2");
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--snapshotter",
+        "native",
+        "--runc-binary",
+        rt.to_str().unwrap(),
+        image,
+        &id2,
+        "sh",
+        "-c",
+        "exit 3",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    drop(c);
+    for leaf in [format!("default/{id}"), format!("default/{id2}")] {
+        assert!(
+            eventually(5, || rt_testsupport::cgroup_dirs_named(&leaf).is_empty()),
+            "{leaf} left"
+        );
+    }
+}
