@@ -490,3 +490,123 @@ fn no_pivot_works() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn run_relays_its_terminal() {
+    need_root!();
+    let root = Root::new();
+    let mut b = Bundle::new(&["sh", "-c", "tty; read line; echo got:$line"]);
+    b.edit(|c| c["process"]["terminal"] = json!(true));
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let slave = std::fs::File::from(pty.slave);
+    let mut child = root
+        .cmd()
+        .args([
+            "run",
+            "--bundle",
+            b.path().to_str().unwrap(),
+            &unique_id("relay"),
+        ])
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave)
+        .spawn()
+        .unwrap();
+    let mut master = std::fs::File::from(pty.master);
+    std::io::Write::write_all(&mut master, b"hello\n").unwrap();
+    let status = child.wait().unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    // The slave side is closed now: read until EIO.
+    while let Ok(n) = std::io::Read::read(&mut master, &mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&out);
+    assert!(status.success(), "{text}");
+    assert!(text.contains("/dev/pts/0"), "{text}");
+    assert!(text.contains("got:hello"), "{text}");
+}
+
+#[test]
+fn cgroup_mount_shows_the_containers_cgroup() {
+    need_root!();
+    let out = run_ok(
+        "cat /proc/self/cgroup | grep -c ':/$'; cat /sys/fs/cgroup/pids/pids.max; \
+         echo 5 > /sys/fs/cgroup/pids/pids.max 2>/dev/null || echo ro",
+        |c| c["linux"]["resources"] = json!({"pids": {"limit": 77}}),
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    // Every hierarchy shows the container's cgroup as its root.
+    let hierarchies = std::fs::read_to_string("/proc/self/cgroup")
+        .unwrap()
+        .lines()
+        .count();
+    assert_eq!(lines[0], hierarchies.to_string(), "{out}");
+    assert_eq!(&lines[1..], ["77", "ro"], "{out}");
+}
+
+#[test]
+fn cgroup_manager_disabled() {
+    need_root!();
+    let root = Root::new();
+    let b = Bundle::new(&["sh", "-c", "grep pids /proc/self/cgroup"]);
+    let id = unique_id("nocg");
+    let out = root
+        .cmd()
+        .args([
+            "--cgroup-manager",
+            "disabled",
+            "run",
+            "--bundle",
+            b.path().to_str().unwrap(),
+            &id,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(cgroup_dirs_named(&id).is_empty());
+    let mut b = Bundle::new(&["true"]);
+    b.edit(|c| c["linux"]["resources"] = json!({"memory": {"limit": 1 << 26}}));
+    let out = root
+        .cmd()
+        .args([
+            "--cgroup-manager",
+            "disabled",
+            "run",
+            "--bundle",
+            b.path().to_str().unwrap(),
+            &id,
+        ])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--cgroup-manager disabled"));
+    assert!(cgroup_dirs_named(&id).is_empty());
+}
+
+#[test]
+fn rootfs_propagation_is_applied() {
+    need_root!();
+    // The root mount's line: field 5 is the mount point.
+    let root_line = "awk '$5 == \"/\"' /proc/self/mountinfo";
+    let out = run_ok(
+        &format!("{root_line} | grep -o 'shared:[0-9]*' || echo private"),
+        |c| {
+            c["linux"]["rootfsPropagation"] = json!("rshared");
+        },
+    );
+    assert!(out.starts_with("shared:"), "{out}");
+    let out = run_ok(
+        &format!("{root_line} | grep -o 'shared:[0-9]*\\|master:[0-9]*' || echo private"),
+        |c| {
+            c["linux"]["rootfsPropagation"] = json!("private");
+        },
+    );
+    assert_eq!(out, "private\n");
+}
