@@ -330,12 +330,20 @@ fn wait_exit(pid: Pid) {
     let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(10_000u16));
 }
 
+/// The user name of our uid from /etc/passwd (as Go's os/user does, without
+/// NSS: no library is loaded on the create path), or the uid itself.
 fn owner() -> String {
-    let uid = nix::unistd::getuid();
-    nix::unistd::User::from_uid(uid)
+    let uid = nix::unistd::getuid().as_raw();
+    std::fs::read_to_string("/etc/passwd")
         .ok()
-        .flatten()
-        .map_or_else(|| uid.to_string(), |u| u.name)
+        .and_then(|text| {
+            text.lines().find_map(|l| {
+                let mut f = l.split(':');
+                let name = f.next()?;
+                (f.nth(1)?.parse::<u32>().ok()? == uid).then(|| name.to_string())
+            })
+        })
+        .unwrap_or_else(|| uid.to_string())
 }
 
 /// The pid file: the bare decimal pid, no newline, written atomically.

@@ -86,17 +86,21 @@ fn to_caps(set: &Option<oci_spec::runtime::Capabilities>) -> HashSet<Cap> {
 /// switch, while CAP_SETPCAP is still held).
 pub fn drop_bounding(c: &LinuxCapabilities) -> Result<()> {
     let keep = to_caps(c.bounding());
-    let all = caps::read(None, CapSet::Bounding).map_err(|source| Error::Caps {
-        cap: "(all)".into(),
-        set: "bounding",
-        source,
-    })?;
-    for cap in all.difference(&keep) {
-        caps::drop(None, CapSet::Bounding, *cap).map_err(|source| Error::Caps {
-            cap: cap.to_string(),
-            set: "bounding",
-            source,
-        })?;
+    // One prctl per capability: no need to read the set first, dropping one
+    // that is already gone succeeds.
+    for cap in caps::all().difference(&keep) {
+        match caps::drop(None, CapSet::Bounding, *cap) {
+            Ok(()) => {}
+            // A capability this kernel does not know is not in its bounding set.
+            Err(_) if !caps::runtime::procfs_all_supported(None).is_ok_and(|s| s.contains(cap)) => {}
+            Err(source) => {
+                return Err(Error::Caps {
+                    cap: cap.to_string(),
+                    set: "bounding",
+                    source,
+                })
+            }
+        }
     }
     Ok(())
 }
