@@ -92,7 +92,8 @@ pub fn drop_bounding(c: &LinuxCapabilities) -> Result<()> {
         match caps::drop(None, CapSet::Bounding, *cap) {
             Ok(()) => {}
             // A capability this kernel does not know is not in its bounding set.
-            Err(_) if !caps::runtime::procfs_all_supported(None).is_ok_and(|s| s.contains(cap)) => {}
+            Err(_) if !caps::runtime::procfs_all_supported(None).is_ok_and(|s| s.contains(cap)) => {
+            }
             Err(source) => {
                 return Err(Error::Caps {
                     cap: cap.to_string(),
