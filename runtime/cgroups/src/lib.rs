@@ -47,6 +47,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("timed out waiting for {0} to change")]
+    Timeout(PathBuf),
     #[error("no cgroup hierarchy is mounted")]
     NoCgroups,
     #[error("cgroup path {0:?} escapes the hierarchy")]
@@ -84,6 +86,11 @@ pub trait Manager: std::fmt::Debug {
     fn enter(&self, whole: bool) -> Result<Option<OwnedFd>>;
     /// Writes the limits of `resources` that this layout supports.
     fn set(&self, resources: &LinuxResources) -> Result<()>;
+    /// Freezes (`true`) or thaws the cgroup, returning once the kernel reports
+    /// the new state.
+    fn freeze(&self, frozen: bool) -> Result<()>;
+    /// Whether the cgroup is frozen.
+    fn frozen(&self) -> bool;
     /// Host pids of every process in the cgroup.
     fn pids(&self) -> Result<Vec<Pid>>;
     /// Removes the directories rt created (leaf first); parents still in use by
@@ -165,6 +172,14 @@ impl Manager for Disabled {
             ));
         }
         Ok(())
+    }
+    fn freeze(&self, _frozen: bool) -> Result<()> {
+        Err(Error::Unsupported(
+            "freezing with --cgroup-manager disabled",
+        ))
+    }
+    fn frozen(&self) -> bool {
+        false
     }
     fn pids(&self) -> Result<Vec<Pid>> {
         Ok(Vec::new())
@@ -271,6 +286,20 @@ fn remove_dir_retrying(dir: &Path, retry: bool) -> std::io::Result<()> {
         }
     }
     std::fs::remove_dir(dir)
+}
+
+/// Re-reads `file` until `done` says the state was reached: freezing is
+/// asynchronous in the kernel. Bounded (about 2 s), then an error.
+pub(crate) fn wait_state(file: &Path, done: impl Fn(&str) -> bool) -> Result<()> {
+    let mut delay = std::time::Duration::from_micros(100);
+    for _ in 0..20 {
+        if done(&read(file)?) {
+            return Ok(());
+        }
+        std::thread::sleep(delay);
+        delay = (delay * 2).min(std::time::Duration::from_millis(200));
+    }
+    Err(Error::Timeout(file.to_path_buf()))
 }
 
 pub(crate) fn parse_pids(text: &str) -> Vec<Pid> {

@@ -150,6 +150,22 @@ impl Manager for V1 {
         Ok(())
     }
 
+    fn freeze(&self, frozen: bool) -> Result<()> {
+        let dir = self
+            .dir_of("freezer")
+            .ok_or(crate::Error::Unsupported("freezer"))?;
+        let file = dir.join("freezer.state");
+        let want = if frozen { "FROZEN" } else { "THAWED" };
+        write(&file, want)?;
+        crate::wait_state(&file, |s| s.trim() == want)
+    }
+
+    fn frozen(&self) -> bool {
+        self.dir_of("freezer")
+            .and_then(|d| std::fs::read_to_string(d.join("freezer.state")).ok())
+            .is_some_and(|s| s.trim() != "THAWED")
+    }
+
     fn pids(&self) -> Result<Vec<Pid>> {
         let dir = self
             .dir_of("pids")

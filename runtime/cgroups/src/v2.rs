@@ -112,6 +112,17 @@ impl Manager for V2 {
         Ok(())
     }
 
+    fn freeze(&self, frozen: bool) -> Result<()> {
+        let dir = self.dir();
+        write(&dir.join("cgroup.freeze"), if frozen { "1" } else { "0" })?;
+        let want = if frozen { "frozen 1" } else { "frozen 0" };
+        crate::wait_state(&dir.join("cgroup.events"), |s| s.lines().any(|l| l == want))
+    }
+
+    fn frozen(&self) -> bool {
+        std::fs::read_to_string(self.dir().join("cgroup.freeze")).is_ok_and(|s| s.trim() == "1")
+    }
+
     fn pids(&self) -> Result<Vec<Pid>> {
         Ok(parse_pids(&read(&self.dir().join("cgroup.procs"))?))
     }

@@ -22,6 +22,21 @@ fn value_flags(sub: &str) -> &'static [&'static str] {
         ],
         "list" => &["format"],
         "spec" => &["bundle"],
+        "exec" => &[
+            "console-socket",
+            "cwd",
+            "env",
+            "user",
+            "additional-gids",
+            "process",
+            "process-label",
+            "apparmor",
+            "cap",
+            "preserve-fds",
+            "pid-file",
+            "cgroup",
+        ],
+        "ps" => &["format"],
         "" => &["root", "log", "log-format", "cgroup-manager", "rootless"],
         _ => &[],
     }
@@ -41,6 +56,7 @@ fn bool_flags(sub: &str) -> &'static [&'static str] {
         "delete" => &["force"],
         "list" => &["quiet"],
         "spec" => &["rootless"],
+        "exec" => &["tty", "detach", "no-new-privs", "ignore-paused"],
         "" => &["debug", "systemd-cgroup", "help", "version"],
         _ => &["help"],
     }
@@ -73,7 +89,9 @@ fn takes_value(arg: &str, sub: &str) -> bool {
         // Short flags with values: -b (bundle), -f (list format).
         return matches!(
             (sub, arg),
-            ("create" | "run" | "spec", "-b") | ("list", "-f")
+            ("create" | "run" | "spec", "-b")
+                | ("list" | "ps", "-f")
+                | ("exec", "-e" | "-u" | "-g" | "-p" | "-c")
         );
     };
     !body.contains('=') && value_flags(sub).contains(&body)
@@ -177,6 +195,13 @@ mod tests {
             n("exec --tty x ls -la --color"),
             "exec --tty -- x ls -la --color"
         );
+        assert_eq!(
+            n("exec -e A=1 -u 1:2 x sh -c 'a'"),
+            "exec -e A=1 -u 1:2 -- x sh -c 'a'"
+        );
+        assert_eq!(n("exec x --env A=1 sh"), "exec -- x --env A=1 sh");
+        assert_eq!(n("ps --format json x"), "ps --format json -- x");
+        assert_eq!(n("ps x -ef"), "ps -- x -ef");
     }
 
     #[test]

@@ -72,6 +72,14 @@ enum Command {
     /// List containers.
     #[command(alias = "ls")]
     List(commands::list::Args),
+    /// Run a process in a running container.
+    Exec(commands::exec::Args),
+    /// Freeze every process of a container.
+    Pause(commands::pause::Args),
+    /// Thaw a paused container.
+    Resume(commands::pause::Args),
+    /// List a container's processes.
+    Ps(commands::ps::Args),
     /// Write a default config.json.
     Spec(commands::spec::Args),
     /// Print the runtime features JSON.
@@ -135,6 +143,10 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Kill(a) => commands::kill::run(&global, a).map(|()| 0),
         Command::Delete(a) => commands::delete::run(&global, a).map(|()| 0),
         Command::List(a) => commands::list::run(&global, a).map(|()| 0),
+        Command::Exec(a) => commands::exec::run(&global, a),
+        Command::Pause(a) => commands::pause::pause(&global, a).map(|()| 0),
+        Command::Resume(a) => commands::pause::resume(&global, a).map(|()| 0),
+        Command::Ps(a) => commands::ps::run(&global, a).map(|()| 0),
         Command::Spec(a) => commands::spec::run(a).map(|()| 0),
         Command::Features => commands::features::run().map(|()| 0),
     }

@@ -6,9 +6,11 @@ use std::path::{Path, PathBuf};
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
+use oci_spec::runtime::Process;
 
 use crate::backend::{self, Isolation};
 use crate::hooks::{self, Kind};
+use crate::process::exec;
 use crate::process::parent::{self, Created, Options};
 use crate::spec::{self, Bundle};
 use crate::state::{self, ContainerDir, State, Status, Store};
@@ -34,6 +36,14 @@ pub enum Error {
     StartNotCreated(Status),
     #[error("container not running")]
     NotRunning,
+    #[error("container not paused")]
+    NotPaused,
+    #[error("cannot exec in a paused container")]
+    ExecPaused,
+    #[error("cannot exec in a stopped container")]
+    ExecStopped,
+    #[error(transparent)]
+    Exec(#[from] exec::Error),
     #[error("cannot delete container {0} that is not stopped: {1}")]
     NotStopped(String, Status),
     #[error("signalling the container init")]
@@ -155,7 +165,7 @@ impl Runtime {
     pub fn state(&self, id: &str) -> Result<(State, Status)> {
         let dir = self.store.open(id)?;
         let st = dir.load()?;
-        let status = dir.status(&st, || false);
+        let status = status_of(&dir, &st);
         Ok((st, status))
     }
 
@@ -163,7 +173,7 @@ impl Runtime {
     pub fn start(&self, id: &str) -> Result<()> {
         let dir = self.store.open(id)?;
         let st = dir.load()?;
-        match dir.status(&st, || false) {
+        match status_of(&dir, &st) {
             Status::Created => {}
             Status::Stopped => return Err(Error::StartStopped),
             other => return Err(Error::StartNotCreated(other)),
@@ -207,16 +217,13 @@ impl Runtime {
     pub fn kill(&self, id: &str, signal: i32, all: bool) -> Result<()> {
         let dir = self.store.open(id)?;
         let st = dir.load()?;
-        let status = dir.status(&st, || false);
+        let status = status_of(&dir, &st);
         if !matches!(status, Status::Created | Status::Running | Status::Paused) {
             return Err(Error::NotRunning);
         }
         if all {
-            let layout = rt_cgroups::Layout::detect()?;
-            if let Some(rec) = &st.cgroup {
-                for pid in rt_cgroups::open(&layout, rec.clone()).pids()? {
-                    let _ = rt_sys::kill(pid, signal);
-                }
+            for pid in cgroup_of(&st)?.pids()? {
+                let _ = rt_sys::kill(pid, signal);
             }
             return Ok(());
         }
@@ -237,7 +244,7 @@ impl Runtime {
             Err(_) if force => return Ok(dir.remove()?),
             Err(e) => return Err(e.into()),
         };
-        let status = dir.status(&st, || false);
+        let status = status_of(&dir, &st);
         if matches!(status, Status::Running | Status::Paused | Status::Creating) && !force {
             return Err(Error::NotStopped(id.to_string(), status));
         }
@@ -263,6 +270,68 @@ impl Runtime {
         }
     }
 
+    /// Runs `process` in a running (or created) container, returning once it
+    /// has been exec'd.
+    pub fn exec(
+        &self,
+        id: &str,
+        process: &Process,
+        opts: &Options,
+        pid_file: Option<&Path>,
+    ) -> Result<Created> {
+        let dir = self.store.open(id)?;
+        let st = dir.load()?;
+        match status_of(&dir, &st) {
+            Status::Created | Status::Running => {}
+            Status::Paused => return Err(Error::ExecPaused),
+            _ => return Err(Error::ExecStopped),
+        }
+        let linux = st.config.linux().clone().unwrap_or_default();
+        let cgroup = cgroup_of(&st)?;
+        let launch = exec::ExecLaunch {
+            process,
+            linux: &linux,
+            plan: exec::plan_for(Pid::from_raw(st.pid), &linux),
+            cgroup: cgroup.as_ref(),
+            preserve_fds: opts.preserve_fds,
+        };
+        let created = exec::exec(&launch, opts)?;
+        if let Some(path) = pid_file {
+            write_pid_file(path, created.pid)?;
+        }
+        Ok(created)
+    }
+
+    /// Freezes a running container.
+    pub fn pause(&self, id: &str) -> Result<()> {
+        let dir = self.store.open(id)?;
+        let st = dir.load()?;
+        if status_of(&dir, &st) != Status::Running {
+            return Err(Error::NotRunning);
+        }
+        Ok(cgroup_of(&st)?.freeze(true)?)
+    }
+
+    /// Thaws a paused container.
+    pub fn resume(&self, id: &str) -> Result<()> {
+        let dir = self.store.open(id)?;
+        let st = dir.load()?;
+        if status_of(&dir, &st) != Status::Paused {
+            return Err(Error::NotPaused);
+        }
+        Ok(cgroup_of(&st)?.freeze(false)?)
+    }
+
+    /// Host pids of every process of the container.
+    pub fn pids(&self, id: &str) -> Result<Vec<Pid>> {
+        let dir = self.store.open(id)?;
+        let st = dir.load()?;
+        if status_of(&dir, &st) == Status::Stopped {
+            return Ok(Vec::new());
+        }
+        Ok(cgroup_of(&st)?.pids()?)
+    }
+
     /// Every container with its status.
     pub fn list(&self) -> Result<Vec<(State, Status)>> {
         let mut out = Vec::new();
@@ -277,10 +346,28 @@ impl Runtime {
     }
 }
 
+/// The cgroup manager of a container, on the host's layout.
+fn cgroup_of(st: &State) -> Result<Box<dyn rt_cgroups::Manager>> {
+    Ok(match &st.cgroup {
+        Some(rec) => rt_cgroups::open(&rt_cgroups::Layout::detect()?, rec.clone()),
+        None => rt_cgroups::disabled(),
+    })
+}
+
+/// The live status, `paused` included.
+fn status_of(dir: &ContainerDir, st: &State) -> Status {
+    dir.status(st, || cgroup_of(st).is_ok_and(|c| c.frozen()))
+}
+
 /// Kills what is left of a container (its init, then everything in its
 /// cgroup) and removes its cgroups. Keeps going past errors.
 fn teardown(st: &State, layout: &rt_cgroups::Layout) -> Result<()> {
-    if st.init_alive() {
+    if st.init_alive()
+        && !st
+            .cgroup
+            .as_ref()
+            .is_some_and(|r| rt_cgroups::open(layout, r.clone()).frozen())
+    {
         let _ = signal_init(st, Signal::SIGKILL as i32);
         wait_exit(Pid::from_raw(st.pid));
     }
@@ -290,6 +377,10 @@ fn teardown(st: &State, layout: &rt_cgroups::Layout) -> Result<()> {
     if let Ok(pids) = cgroup.pids() {
         for pid in &pids {
             let _ = nix::sys::signal::kill(*pid, Signal::SIGKILL);
+        }
+        // A frozen process dies only once thawed.
+        if cgroup.frozen() {
+            let _ = cgroup.freeze(false);
         }
         for pid in pids {
             wait_exit(pid);

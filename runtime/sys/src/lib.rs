@@ -34,17 +34,31 @@ pub fn thread_count() -> Result<usize> {
         .unwrap_or(0))
 }
 
-/// fork(2), refusing when the process has more than one thread.
+/// Proof that the process was single-threaded when it was made. Not `Send`:
+/// it cannot reach another thread, and rt's processes start none.
 ///
-/// Forking a multi-threaded process leaves the child with locks held by threads
-/// that do not exist in it; rt's processes are single-threaded by design, and this
-/// check turns a violation of that design into an error instead of a deadlock.
-pub fn fork() -> Result<ForkResult> {
+/// Taken before a process joins another mount namespace, where /proc/self may
+/// not resolve; a child forked from a single-threaded process is
+/// single-threaded too, so it may use its parent's token.
+#[derive(Debug, Clone, Copy)]
+pub struct SingleThreaded(std::marker::PhantomData<*const ()>);
+
+/// Checks that the process has exactly one thread.
+pub fn single_threaded() -> Result<SingleThreaded> {
     let threads = thread_count()?;
     if threads != 1 {
         return Err(Error::MultiThreaded(threads));
     }
-    // SAFETY: the process has exactly one thread (checked above), so the child
+    Ok(SingleThreaded(std::marker::PhantomData))
+}
+
+/// fork(2), only for a process proven single-threaded.
+///
+/// Forking a multi-threaded process leaves the child with locks held by threads
+/// that do not exist in it; rt's processes are single-threaded by design, and the
+/// token turns a violation of that design into an error instead of a deadlock.
+pub fn fork(_proof: SingleThreaded) -> Result<ForkResult> {
+    // SAFETY: the process has exactly one thread (the token says so), so the child
     // inherits no lock held by another thread and may run arbitrary Rust code.
     unsafe { nix::unistd::fork() }.map_err(|e| Error::Syscall("fork", e))
 }
@@ -72,15 +86,11 @@ const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 /// directory `cgroup`: no migration afterwards, so no wait for the global
 /// cgroup lock that a write to cgroup.procs takes.
 ///
-/// Like [`fork`] it refuses in a multi-threaded process. The child runs on a
+/// Like [`fork`] it needs proof that the process is single-threaded. The child runs on a
 /// copy of the parent's memory, as after fork(2), but glibc's fork handlers do
 /// not run in it: callers only use async-signal-safe operations, fresh
 /// descriptors, and finally exec or `exit_now`.
-pub fn fork_into_cgroup(cgroup: BorrowedFd<'_>) -> Result<ForkResult> {
-    let threads = thread_count()?;
-    if threads != 1 {
-        return Err(Error::MultiThreaded(threads));
-    }
+pub fn fork_into_cgroup(_proof: SingleThreaded, cgroup: BorrowedFd<'_>) -> Result<ForkResult> {
     let args = CloneArgs {
         flags: CLONE_INTO_CGROUP,
         exit_signal: libc::SIGCHLD as u64,
@@ -89,7 +99,7 @@ pub fn fork_into_cgroup(cgroup: BorrowedFd<'_>) -> Result<ForkResult> {
     };
     // SAFETY: `args` is a live, initialised clone_args whose size we pass; with
     // stack 0 the child continues on a copy-on-write copy of our stack, as
-    // after fork, and the process is single-threaded (checked above).
+    // after fork, and the process is single-threaded (the token says so).
     let rc = unsafe {
         libc::syscall(
             libc::SYS_clone3,
@@ -331,7 +341,7 @@ mod tests {
     fn fork_refused_with_threads() {
         // The test harness runs tests on threads, so this process has several.
         let h = std::thread::spawn(|| std::thread::sleep(std::time::Duration::from_millis(300)));
-        assert!(matches!(fork(), Err(Error::MultiThreaded(_))));
+        assert!(matches!(single_threaded(), Err(Error::MultiThreaded(_))));
         h.join().unwrap();
     }
 

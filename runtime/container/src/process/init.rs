@@ -1,7 +1,6 @@
 //! The container's init: rootfs, identity, `Ready`, wait for `start`, exec.
 
 use std::convert::Infallible;
-use std::ffi::CString;
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::AsFd;
@@ -9,11 +8,11 @@ use std::path::{Path, PathBuf};
 
 use nix::sched::CloneFlags;
 
-use super::{chain, Launch};
+use super::{chain, user_process, Launch};
 use crate::channel::{self, ChildEnd, ToChild, ToParent};
 use crate::hooks::{self, Kind};
 use crate::state::{Status, OCI_VERSION};
-use crate::{identity, lsm, rootfs, seccomp, terminal};
+use crate::{rootfs, terminal};
 
 /// Errors of the init process.
 #[derive(Debug, thiserror::Error)]
@@ -29,13 +28,9 @@ pub enum Error {
     #[error(transparent)]
     Hooks(#[from] hooks::Error),
     #[error(transparent)]
-    Identity(#[from] identity::Error),
+    User(#[from] user_process::Error),
     #[error(transparent)]
     Terminal(#[from] terminal::Error),
-    #[error(transparent)]
-    Seccomp(#[from] seccomp::Error),
-    #[error(transparent)]
-    Lsm(#[from] lsm::Error),
     #[error("{what} {path}")]
     Io {
         what: &'static str,
@@ -49,8 +44,6 @@ pub enum Error {
     RawSys(#[from] rt_sys::Error),
     #[error("setting hostname requires a new UTS namespace")]
     HostnameWithoutUts,
-    #[error("argument or environment string contains a NUL byte")]
-    Nul,
 }
 
 /// Runs the init; never returns.
@@ -62,13 +55,8 @@ pub fn run(launch: &Launch<'_>, chan: &ChildEnd, fifo: File) -> ! {
     if chan.send(&ToParent::Failed(chain(&e))).is_err() && !parent_gone {
         eprintln!("rt: {}", chain(&e));
     }
-    rt_sys::exit_now(
-        if matches!(e, Error::Identity(identity::Error::NotFound(_))) {
-            127
-        } else {
-            1
-        },
-    )
+    let not_found = matches!(&e, Error::User(u) if user_process::Prepared::not_found(u));
+    rt_sys::exit_now(if not_found { 127 } else { 1 })
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
@@ -153,50 +141,7 @@ fn init(launch: &Launch<'_>, chan: &ChildEnd, mut fifo: File) -> Result<Infallib
         let master = terminal::setup_in_container(size, user.uid(), user.gid())?;
         chan.send_with_fd(&ToParent::Terminal, Some(master.as_fd()))?;
     }
-    identity::set_rlimits(process.rlimits().as_deref().unwrap_or_default())?;
-    if let Some(p) = linux.personality() {
-        let persona = match p.domain() {
-            oci_spec::runtime::LinuxPersonalityDomain::PerLinux32 => 0x0008,
-            _ => 0,
-        };
-        rt_sys::set_personality(persona)?;
-    }
-    if let Some(profile) = process
-        .apparmor_profile()
-        .as_deref()
-        .filter(|p| !p.is_empty())
-    {
-        lsm::apply_apparmor(profile)?;
-    }
-    identity::chdir(process.cwd())?;
-    let args = process.args().as_deref().unwrap_or_default();
-    let env = process.env().as_deref().unwrap_or_default();
-    let exe = identity::lookup(&args[0], identity::env_path(env))?;
-    let filters = match linux.seccomp() {
-        Some(s) => seccomp::compile(s)?,
-        None => Vec::new(),
-    };
-    let nnp = process.no_new_privileges().unwrap_or(false);
-    if !nnp {
-        // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN: do it
-        // while we still have it.
-        seccomp::load(&filters)?;
-    }
-    if let Some(c) = process.capabilities() {
-        identity::drop_bounding(c)?;
-    }
-    identity::switch_user(process, !launch.plan.in_user_ns() || setgroups_allowed())?;
-    identity::chdir(process.cwd())?;
-    if let Some(c) = process.capabilities() {
-        identity::apply_caps(c)?;
-    }
-    if nnp {
-        identity::set_no_new_privs()?;
-    }
-    let c_exe = CString::new(exe.as_os_str().as_encoded_bytes()).map_err(|_| Error::Nul)?;
-    let c_args = to_cstrings(args)?;
-    let c_env = to_cstrings(env)?;
-
+    let prepared = user_process::prepare(process, linux, launch.plan.in_user_ns())?;
     chan.send(&ToParent::Ready)?;
     let mut byte = [0u8; 1];
     fifo.read_exact(&mut byte)
@@ -204,22 +149,7 @@ fn init(launch: &Launch<'_>, chan: &ChildEnd, mut fifo: File) -> Result<Infallib
     // `fifo` stays open (close-on-exec) until the exec below: its hang-up
     // tells `start` that the user's process runs.
     hooks::run(hooks, Kind::StartContainer, &state)?;
-    if nnp {
-        seccomp::load(&filters)?;
-    }
     // Nothing of the runtime's reaches the user's process but stdio and the
     // preserved descriptors.
-    rt_sys::cloexec_from(3 + launch.preserve_fds)?;
-    let e = nix::unistd::execve(&c_exe, &c_args, &c_env).unwrap_err();
-    Err(Error::Sys("exec", e))
-}
-
-fn setgroups_allowed() -> bool {
-    std::fs::read_to_string("/proc/self/setgroups").map_or(true, |s| s.trim() == "allow")
-}
-
-fn to_cstrings(v: &[String]) -> Result<Vec<CString>, Error> {
-    v.iter()
-        .map(|s| CString::new(s.as_bytes()).map_err(|_| Error::Nul))
-        .collect()
+    Err(prepared.exec(launch.preserve_fds).into())
 }

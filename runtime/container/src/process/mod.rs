@@ -13,10 +13,12 @@
 //! ([`crate::channel`]). Every process here is single-threaded, so forking is
 //! sound ([`rt_sys::fork`] checks it).
 
+pub mod exec;
 pub mod foreground;
 pub mod init;
 pub mod parent;
 pub mod stage;
+pub mod user_process;
 
 use std::path::PathBuf;
 
@@ -37,6 +39,8 @@ pub struct Launch<'a> {
     pub cgroup_unified: bool,
     /// The container's cgroups, already created: the stage enters them.
     pub cgroup: &'a dyn rt_cgroups::Manager,
+    /// The parent was single-threaded when it forked the stage.
+    pub one_thread: rt_sys::SingleThreaded,
 }
 
 /// Formats an error with its sources, once, as `a: b: c`.

@@ -116,6 +116,7 @@ pub fn create(
     }
     let record = cgroup.record();
     let (cgroup_dirs, cgroup_unified) = cgroup_mount_dirs(layout, &record.path);
+    let one_thread = rt_sys::single_threaded().map_err(Error::Fork)?;
     let id = state.id.clone();
     let launch = Launch {
         id: &id,
@@ -127,9 +128,10 @@ pub fn create(
         cgroup_dirs,
         cgroup_unified,
         cgroup: &*cgroup,
+        one_thread,
     };
     let (chan, child_end) = channel::pair()?;
-    let stage_pid = match rt_sys::fork().map_err(Error::Fork)? {
+    let stage_pid = match rt_sys::fork(one_thread).map_err(Error::Fork)? {
         ForkResult::Child => {
             drop(chan);
             stage::run(&launch, child_end)

@@ -88,8 +88,8 @@ fn stage(launch: &Launch<'_>, chan: &ChildEnd) -> Result<(), Error> {
         namespaces::write_time_offsets(&launch.bundle.time_offsets)?;
     }
     let forked = match &cgroup2 {
-        Some(fd) => rt_sys::fork_into_cgroup(fd.as_fd()),
-        None => rt_sys::fork(),
+        Some(fd) => rt_sys::fork_into_cgroup(launch.one_thread, fd.as_fd()),
+        None => rt_sys::fork(launch.one_thread),
     };
     match forked.map_err(Error::Fork)? {
         ForkResult::Child => init::run(launch, chan, fifo),

@@ -1,0 +1,67 @@
+//! `rt ps`: the container's processes, as JSON host pids or as `ps` output
+//! filtered to the container.
+
+use std::process::Command;
+
+use rt_container::Runtime;
+
+use crate::Global;
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[arg(short, long, value_enum, default_value = "table")]
+    pub format: Format,
+    pub id: String,
+    /// Options for ps(1) (default -ef).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub ps_args: Vec<String>,
+}
+
+pub fn run(g: &Global, a: Args) -> anyhow::Result<()> {
+    let pids = Runtime::new(&g.root).pids(&a.id)?;
+    if let Format::Json = a.format {
+        let v: Vec<i32> = pids.iter().map(|p| p.as_raw()).collect();
+        println!("{}", serde_json::to_string(&v)?);
+        return Ok(());
+    }
+    let ps_args = if a.ps_args.is_empty() {
+        vec!["-ef".to_string()]
+    } else {
+        a.ps_args
+    };
+    let out = Command::new("ps")
+        .args(&ps_args)
+        .output()
+        .map_err(|e| anyhow::anyhow!("running ps: {e}"))?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "ps {}: {}",
+            ps_args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    let header = lines.next().unwrap_or_default();
+    let col = header
+        .split_whitespace()
+        .position(|h| h == "PID")
+        .ok_or_else(|| anyhow::anyhow!("ps output has no PID column"))?;
+    println!("{header}");
+    for line in lines {
+        let pid: Option<i32> = line
+            .split_whitespace()
+            .nth(col)
+            .and_then(|p| p.parse().ok());
+        if pid.is_some_and(|p| pids.iter().any(|q| q.as_raw() == p)) {
+            println!("{line}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,242 @@
+//! The processes of `exec`: the parent (`rt exec`), a stage that enters the
+//! container's cgroups and joins its namespaces (taken from its init), and the
+//! exec'd process, forked inside them so that it is in the container's pid
+//! namespace.
+
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+
+use nix::sched::CloneFlags;
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::waitpid;
+use nix::unistd::{ForkResult, Pid};
+use oci_spec::runtime::{Linux, Process};
+
+use super::parent::{Created, Options};
+use super::{chain, user_process};
+use crate::channel::{self, ChildEnd, ParentEnd, ToParent};
+use crate::namespaces::{self, Plan};
+use crate::terminal;
+
+/// Errors of exec.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("talking to the exec'd process")]
+    Channel(#[from] channel::Error),
+    #[error("{0}")]
+    Child(String),
+    #[error("exec'd process exited before it ran")]
+    ChildDied,
+    #[error("unexpected message {0:?}")]
+    Unexpected(ToParent),
+    #[error(transparent)]
+    Namespaces(#[from] namespaces::Error),
+    #[error("entering the container's cgroups")]
+    Cgroups(#[from] rt_cgroups::Error),
+    #[error(transparent)]
+    Terminal(#[from] terminal::Error),
+    #[error(transparent)]
+    User(#[from] user_process::Error),
+    #[error("forking")]
+    Fork(#[source] rt_sys::Error),
+    #[error("{0}")]
+    Sys(&'static str, #[source] nix::errno::Errno),
+    #[error("cannot allocate tty if rt will detach without setting console socket")]
+    TerminalWithoutSocket,
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// What the exec stage and process need, shared through fork.
+#[derive(Debug)]
+pub struct ExecLaunch<'a> {
+    pub process: &'a Process,
+    pub linux: &'a Linux,
+    /// The init's namespaces to join (user first, mount last).
+    pub plan: Plan,
+    pub cgroup: &'a dyn rt_cgroups::Manager,
+    pub preserve_fds: u32,
+}
+
+/// The namespaces of the container's init that differ from ours, by type, as
+/// /proc/<pid>/ns paths.
+pub fn plan_for(init: Pid, linux: &Linux) -> Plan {
+    let mut plan = Plan {
+        create: CloneFlags::empty(),
+        new_user: false,
+        join: Vec::new(),
+    };
+    for ns in linux.namespaces().as_deref().unwrap_or_default() {
+        let flag = namespaces::flag(ns.typ());
+        let name = ns_name(flag);
+        let theirs = PathBuf::from(format!("/proc/{init}/ns/{name}"));
+        let ours = PathBuf::from(format!("/proc/self/ns/{name}"));
+        // setns into the namespace we are already in fails for user namespaces.
+        if same_file(&theirs, &ours) {
+            continue;
+        }
+        plan.join.push((flag, theirs));
+    }
+    plan.join.sort_by_key(|(f, _)| match *f {
+        CloneFlags::CLONE_NEWUSER => 0,
+        CloneFlags::CLONE_NEWNS => 2,
+        _ => 1,
+    });
+    plan
+}
+
+fn ns_name(flag: CloneFlags) -> &'static str {
+    match flag {
+        CloneFlags::CLONE_NEWNS => "mnt",
+        CloneFlags::CLONE_NEWCGROUP => "cgroup",
+        CloneFlags::CLONE_NEWUTS => "uts",
+        CloneFlags::CLONE_NEWIPC => "ipc",
+        CloneFlags::CLONE_NEWUSER => "user",
+        CloneFlags::CLONE_NEWPID => "pid",
+        CloneFlags::CLONE_NEWNET => "net",
+        _ => "time",
+    }
+}
+
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
+}
+
+/// Runs `launch.process` in the container; returns once it has been exec'd.
+pub fn exec(launch: &ExecLaunch<'_>, opts: &Options) -> Result<Created> {
+    if launch.process.terminal().unwrap_or(false)
+        && opts.console_socket.is_none()
+        && !opts.keep_terminal
+    {
+        return Err(Error::TerminalWithoutSocket);
+    }
+    nix::sys::prctl::set_child_subreaper(true)
+        .map_err(|e| Error::Sys("becoming a child subreaper", e))?;
+    let (chan, child_end) = channel::pair()?;
+    let one_thread = rt_sys::single_threaded().map_err(Error::Fork)?;
+    let stage_pid = match rt_sys::fork(one_thread).map_err(Error::Fork)? {
+        ForkResult::Child => {
+            drop(chan);
+            stage(launch, child_end, one_thread)
+        }
+        ForkResult::Parent { child } => child,
+    };
+    drop(child_end);
+    let mut pid = None;
+    let result = drive(&chan, opts, stage_pid, &mut pid);
+    if result.is_err() {
+        let _ = kill(stage_pid, Signal::SIGKILL);
+        if let Some(p) = pid {
+            let _ = kill(p, Signal::SIGKILL);
+            let _ = waitpid(p, None);
+        }
+        let _ = waitpid(stage_pid, None);
+    }
+    result
+}
+
+fn drive(
+    chan: &ParentEnd,
+    opts: &Options,
+    stage_pid: Pid,
+    pid: &mut Option<Pid>,
+) -> Result<Created> {
+    let mut terminal = None;
+    loop {
+        let (msg, fd) = match chan.recv_with_fd() {
+            Ok(m) => m,
+            Err(channel::Error::Closed) => return Err(Error::ChildDied),
+            Err(e) => return Err(e.into()),
+        };
+        match msg {
+            ToParent::InitPid(p) => {
+                let _ = waitpid(stage_pid, None);
+                *pid = Some(Pid::from_raw(p));
+            }
+            ToParent::Terminal => {
+                let master = fd.ok_or(Error::Unexpected(ToParent::Terminal))?;
+                match &opts.console_socket {
+                    Some(path) => terminal::send_to_socket(path, master.as_fd())?,
+                    None => terminal = Some(master),
+                }
+            }
+            ToParent::Ready => {
+                let pid = pid.ok_or(Error::Unexpected(ToParent::Ready))?;
+                return Ok(Created { pid, terminal });
+            }
+            ToParent::Failed(msg) => return Err(Error::Child(msg)),
+            other => return Err(Error::Unexpected(other)),
+        }
+    }
+}
+
+fn stage(launch: &ExecLaunch<'_>, chan: ChildEnd, one_thread: rt_sys::SingleThreaded) -> ! {
+    let code = match stage_inner(launch, &chan, one_thread) {
+        Ok(()) => 0,
+        Err(e) => {
+            let _ = chan.send(&ToParent::Failed(chain(&e)));
+            1
+        }
+    };
+    rt_sys::exit_now(code)
+}
+
+fn stage_inner(
+    launch: &ExecLaunch<'_>,
+    chan: &ChildEnd,
+    one_thread: rt_sys::SingleThreaded,
+) -> Result<()> {
+    rt_sys::close_fds_except(3 + launch.preserve_fds, chan.as_fd()).map_err(Error::Fork)?;
+    let cgroup2 = launch.cgroup.enter(launch.plan.in_user_ns())?;
+    launch.plan.join_all()?;
+    let forked = match &cgroup2 {
+        Some(fd) => rt_sys::fork_into_cgroup(one_thread, fd.as_fd()),
+        None => rt_sys::fork(one_thread),
+    };
+    match forked.map_err(Error::Fork)? {
+        ForkResult::Child => child(launch, chan),
+        ForkResult::Parent { child } => {
+            chan.send(&ToParent::InitPid(child.as_raw()))?;
+            Ok(())
+        }
+    }
+}
+
+fn child(launch: &ExecLaunch<'_>, chan: &ChildEnd) -> ! {
+    let e = match child_inner(launch, chan) {
+        Ok(prepared) => {
+            // After Ready only the exec itself can fail; the parent may be gone.
+            match chan.send(&ToParent::Ready) {
+                Ok(()) => Error::from(prepared.exec(launch.preserve_fds)),
+                Err(e) => e.into(),
+            }
+        }
+        Err(e) => e,
+    };
+    if chan.send(&ToParent::Failed(chain(&e))).is_err() {
+        eprintln!("rt: {}", chain(&e));
+    }
+    let not_found = matches!(&e, Error::User(u) if user_process::Prepared::not_found(u));
+    rt_sys::exit_now(if not_found { 127 } else { 1 })
+}
+
+fn child_inner(launch: &ExecLaunch<'_>, chan: &ChildEnd) -> Result<user_process::Prepared> {
+    let p = launch.process;
+    if p.terminal().unwrap_or(false) {
+        nix::unistd::setsid().map_err(|e| Error::Sys("setsid", e))?;
+        let size = p
+            .console_size()
+            .map(|b| (b.height() as u16, b.width() as u16));
+        let master = terminal::setup_in_container(size, p.user().uid(), p.user().gid())?;
+        chan.send_with_fd(&ToParent::Terminal, Some(master.as_fd()))?;
+    }
+    Ok(user_process::prepare(
+        p,
+        launch.linux,
+        launch.plan.in_user_ns(),
+    )?)
+}

@@ -1,0 +1,121 @@
+//! Becoming the user's process, shared by the container's init and by exec:
+//! rlimits, personality, AppArmor, cwd, PATH lookup, seccomp, capabilities,
+//! user, no_new_privs — in runc's order — and finally execve.
+
+use std::ffi::CString;
+
+use oci_spec::runtime::{Linux, LinuxPersonalityDomain, Process};
+use seccompiler::BpfProgram;
+
+use crate::{identity, lsm, seccomp};
+
+/// Errors of preparing or executing the user's process.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Identity(#[from] identity::Error),
+    #[error(transparent)]
+    Seccomp(#[from] seccomp::Error),
+    #[error(transparent)]
+    Lsm(#[from] lsm::Error),
+    #[error(transparent)]
+    Sys(#[from] rt_sys::Error),
+    #[error("exec {0:?}")]
+    Exec(String, #[source] nix::errno::Errno),
+    #[error("argument or environment string contains a NUL byte")]
+    Nul,
+}
+
+/// Everything decided before the last step: what to exec, and the seccomp
+/// filters still to load (with no_new_privs, as late as possible).
+#[derive(Debug)]
+pub struct Prepared {
+    exe: CString,
+    args: Vec<CString>,
+    env: Vec<CString>,
+    late_filters: Vec<BpfProgram>,
+}
+
+impl Prepared {
+    /// Whether the executable is the missing-binary case (exit 127 callers map).
+    pub fn not_found(e: &Error) -> bool {
+        matches!(e, Error::Identity(identity::Error::NotFound(_)))
+    }
+}
+
+/// Sets up the calling process as `process` describes, up to (not including)
+/// the exec. `in_user_ns` tells whether setgroups may be refused.
+pub fn prepare(process: &Process, linux: &Linux, in_user_ns: bool) -> Result<Prepared, Error> {
+    identity::set_rlimits(process.rlimits().as_deref().unwrap_or_default())?;
+    if let Some(p) = linux.personality() {
+        let persona = match p.domain() {
+            LinuxPersonalityDomain::PerLinux32 => 0x0008,
+            _ => 0,
+        };
+        rt_sys::set_personality(persona)?;
+    }
+    if let Some(profile) = process
+        .apparmor_profile()
+        .as_deref()
+        .filter(|p| !p.is_empty())
+    {
+        lsm::apply_apparmor(profile)?;
+    }
+    identity::chdir(process.cwd())?;
+    let args = process.args().as_deref().unwrap_or_default();
+    let env = process.env().as_deref().unwrap_or_default();
+    let first = args.first().map(String::as_str).unwrap_or_default();
+    let exe = identity::lookup(first, identity::env_path(env))?;
+    let filters = match linux.seccomp() {
+        Some(s) => seccomp::compile(s)?,
+        None => Vec::new(),
+    };
+    let nnp = process.no_new_privileges().unwrap_or(false);
+    if !nnp {
+        // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN: do it
+        // while we still have it.
+        seccomp::load(&filters)?;
+    }
+    if let Some(c) = process.capabilities() {
+        identity::drop_bounding(c)?;
+    }
+    identity::switch_user(process, !in_user_ns || setgroups_allowed())?;
+    identity::chdir(process.cwd())?;
+    if let Some(c) = process.capabilities() {
+        identity::apply_caps(c)?;
+    }
+    if nnp {
+        identity::set_no_new_privs()?;
+    }
+    Ok(Prepared {
+        exe: CString::new(exe.as_os_str().as_encoded_bytes()).map_err(|_| Error::Nul)?,
+        args: to_cstrings(args)?,
+        env: to_cstrings(env)?,
+        late_filters: if nnp { filters } else { Vec::new() },
+    })
+}
+
+impl Prepared {
+    /// Loads the late seccomp filters, closes every descriptor but stdio and
+    /// the `preserve_fds` after them on exec, and execs. Returns only on error.
+    pub fn exec(self, preserve_fds: u32) -> Error {
+        if let Err(e) = seccomp::load(&self.late_filters) {
+            return e.into();
+        }
+        if let Err(e) = rt_sys::cloexec_from(3 + preserve_fds) {
+            return e.into();
+        }
+        let e = nix::unistd::execve(&self.exe, &self.args, &self.env).unwrap_err();
+        Error::Exec(self.exe.to_string_lossy().into_owned(), e)
+    }
+}
+
+fn setgroups_allowed() -> bool {
+    std::fs::read_to_string("/proc/self/setgroups").map_or(true, |s| s.trim() == "allow")
+}
+
+fn to_cstrings(v: &[String]) -> Result<Vec<CString>, Error> {
+    v.iter()
+        .map(|s| CString::new(s.as_bytes()).map_err(|_| Error::Nul))
+        .collect()
+}
