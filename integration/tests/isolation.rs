@@ -610,3 +610,23 @@ fn rootfs_propagation_is_applied() {
     );
     assert_eq!(out, "private\n");
 }
+
+#[test]
+fn device_cgroup_denies_unlisted_devices() {
+    need_root!();
+    let out = run_ok(
+        // /dev/fuse (10:229) opens for root without any capability: only the
+        // devices cgroup can refuse it.
+        "mknod /tmp/fuse c 10 229 && ( (exec 3</tmp/fuse) 2>/dev/null && echo opened || echo denied); \
+         echo x > /dev/null && echo null-ok; head -c1 /dev/allowed >/dev/null && echo allowed-ok",
+        |c| {
+            c["mounts"].as_array_mut().unwrap().push(json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["dev"]}));
+            // linux.devices entries are allowed automatically.
+            c["linux"]["devices"] = json!([{"path": "/dev/allowed", "type": "c", "major": 1, "minor": 9}]);
+            // Root with CAP_MKNOD may make the node; the cgroup still denies opening it.
+            let caps = json!(["CAP_MKNOD"]);
+            c["process"]["capabilities"] = json!({"bounding": caps, "effective": caps, "permitted": caps});
+        },
+    );
+    assert_eq!(out, "denied\nnull-ok\nallowed-ok\n");
+}

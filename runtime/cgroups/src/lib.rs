@@ -5,6 +5,7 @@
 //! cgroup path on that layout. Both backends (namespaces and, later, the microVM's
 //! guest agent) use this crate.
 
+pub mod devices;
 mod layout;
 mod v1;
 mod v2;
@@ -86,6 +87,8 @@ pub trait Manager: std::fmt::Debug {
     fn enter(&self, whole: bool) -> Result<Option<OwnedFd>>;
     /// Writes the limits of `resources` that this layout supports.
     fn set(&self, resources: &LinuxResources) -> Result<()>;
+    /// Applies device access rules (see [`devices::rules`]).
+    fn set_devices(&self, rules: &[devices::Rule]) -> Result<()>;
     /// Freezes (`true`) or thaws the cgroup, returning once the kernel reports
     /// the new state.
     fn freeze(&self, frozen: bool) -> Result<()>;
@@ -177,6 +180,9 @@ impl Manager for Disabled {
         Err(Error::Unsupported(
             "freezing with --cgroup-manager disabled",
         ))
+    }
+    fn set_devices(&self, _rules: &[devices::Rule]) -> Result<()> {
+        Ok(())
     }
     fn frozen(&self) -> bool {
         false

@@ -160,6 +160,21 @@ impl Manager for V1 {
         crate::wait_state(&file, |s| s.trim() == want)
     }
 
+    fn set_devices(&self, rules: &[crate::devices::Rule]) -> Result<()> {
+        let dir = self
+            .dir_of("devices")
+            .ok_or(crate::Error::Unsupported("devices"))?;
+        for r in rules {
+            let file = if r.allow {
+                "devices.allow"
+            } else {
+                "devices.deny"
+            };
+            write(&dir.join(file), &r.line())?;
+        }
+        Ok(())
+    }
+
     fn frozen(&self) -> bool {
         self.dir_of("freezer")
             .and_then(|d| std::fs::read_to_string(d.join("freezer.state")).ok())

@@ -114,6 +114,13 @@ pub fn create(
     if let Some(r) = linux.resources() {
         cgroup.set(r)?;
     }
+    let spec_rules = linux
+        .resources()
+        .as_ref()
+        .and_then(|r| r.devices().clone())
+        .unwrap_or_default();
+    let nodes = linux.devices().clone().unwrap_or_default();
+    cgroup.set_devices(&rt_cgroups::devices::rules(&spec_rules, &nodes))?;
     let record = cgroup.record();
     let (cgroup_dirs, cgroup_unified) = cgroup_mount_dirs(layout, &record.path);
     let one_thread = rt_sys::single_threaded().map_err(Error::Fork)?;
