@@ -271,3 +271,91 @@ fn kill_all_reaches_exec_processes() {
     std::fs::remove_file(pidfile).unwrap();
     root.ok(&["delete", "--force", &id]);
 }
+
+#[test]
+fn update_changes_limits_of_a_running_container() {
+    need_root!();
+    let root = Root::new();
+    let (_b, id, _) = running(&root, |c| {
+        c["linux"]["resources"] = json!({"memory": {"limit": 67108864}, "pids": {"limit": 50}});
+    });
+    let read = |ctl: &str, file: &str| {
+        std::fs::read_to_string(format!("/sys/fs/cgroup/{ctl}/{id}/{file}"))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    root.ok(&[
+        "update",
+        "--memory",
+        "128m",
+        "--pids-limit",
+        "30",
+        "--cpu-share",
+        "256",
+        &id,
+    ]);
+    assert_eq!(
+        read("memory", "memory.limit_in_bytes"),
+        (128u64 << 20).to_string()
+    );
+    assert_eq!(read("pids", "pids.max"), "30");
+    assert_eq!(read("cpu", "cpu.shares"), "256");
+    // Raising the limit above the current memory+swap limit works in either order.
+    root.ok(&["update", "--memory", "512m", "--memory-swap", "1g", &id]);
+    assert_eq!(
+        read("memory", "memory.limit_in_bytes"),
+        (512u64 << 20).to_string()
+    );
+    assert_eq!(
+        read("memory", "memory.memsw.limit_in_bytes"),
+        (1u64 << 30).to_string()
+    );
+    // --resources - reads LinuxResources JSON from stdin.
+    let mut child = root
+        .cmd()
+        .args(["update", "--resources", "-", &id])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        child.stdin.as_mut().unwrap(),
+        br#"{"pids": {"limit": 12}, "cpu": {"quota": 50000, "period": 100000}}"#,
+    )
+    .unwrap();
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
+    assert_eq!(read("pids", "pids.max"), "12");
+    assert_eq!(read("cpu", "cpu.cfs_quota_us"), "50000");
+    let e = root.rt(&["update", "--blkio-weight", "300", &id]);
+    assert!(String::from_utf8_lossy(&e.stderr).contains("--blkio-weight is not supported"));
+    root.ok(&["kill", &id, "KILL"]);
+    assert!(eventually(5, || root.status(&id) == "stopped"));
+    let e = root.rt(&["update", "--memory", "1g", &id]);
+    assert!(String::from_utf8_lossy(&e.stderr).contains("not running"));
+    root.ok(&["delete", &id]);
+}
+
+#[test]
+fn pids_limit_stops_forks() {
+    need_root!();
+    let root = Root::new();
+    let (_b, id, _) = running(&root, |c| {
+        c["linux"]["resources"] = json!({"pids": {"limit": 4}})
+    });
+    let (_, out, _) = exec(
+        &root,
+        &[
+            &id,
+            "sh",
+            "-c",
+            "for i in 1 2 3 4 5 6; do sleep 5 & done 2>&1; echo done",
+        ],
+    );
+    // The init, the exec'd sh and two sleeps make four: the fifth fork fails.
+    assert!(
+        out.contains("can't fork: Resource temporarily unavailable"),
+        "{out}"
+    );
+    root.ok(&["delete", "--force", &id]);
+}

@@ -112,14 +112,34 @@ impl Manager for V1 {
 
     fn set(&self, r: &LinuxResources) -> Result<()> {
         if let Some(m) = r.memory() {
-            if let Some(limit) = m.limit() {
-                self.set_file("memory", "memory.limit_in_bytes", limit.to_string())?;
+            // memory.limit_in_bytes may never exceed memory.memsw.limit_in_bytes:
+            // when raising both, memsw must go first; when lowering, last.
+            let limit = m.limit().map(|v| ("memory.limit_in_bytes", v.to_string()));
+            let swap = m
+                .swap()
+                .map(|v| ("memory.memsw.limit_in_bytes", v.to_string()));
+            let set = |f: &Option<(&str, String)>| match f {
+                Some((file, v)) => self.set_file("memory", file, v.clone()),
+                None => Ok(()),
+            };
+            if set(&limit).is_err() {
+                set(&swap)?;
+                set(&limit)?;
+            } else {
+                set(&swap)?;
             }
             if let Some(res) = m.reservation() {
                 self.set_file("memory", "memory.soft_limit_in_bytes", res.to_string())?;
             }
-            if let Some(swap) = m.swap() {
-                self.set_file("memory", "memory.memsw.limit_in_bytes", swap.to_string())?;
+            if let Some(sw) = m.swappiness() {
+                self.set_file("memory", "memory.swappiness", sw.to_string())?;
+            }
+            if let Some(disable) = m.disable_oom_killer() {
+                self.set_file(
+                    "memory",
+                    "memory.oom_control",
+                    u8::from(disable).to_string(),
+                )?;
             }
         }
         if let Some(c) = r.cpu() {

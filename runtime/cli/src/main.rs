@@ -80,6 +80,8 @@ enum Command {
     Resume(commands::pause::Args),
     /// List a container's processes.
     Ps(commands::ps::Args),
+    /// Change a running container's resource limits.
+    Update(commands::update::Args),
     /// Write a default config.json.
     Spec(commands::spec::Args),
     /// Print the runtime features JSON.
@@ -147,6 +149,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Pause(a) => commands::pause::pause(&global, a).map(|()| 0),
         Command::Resume(a) => commands::pause::resume(&global, a).map(|()| 0),
         Command::Ps(a) => commands::ps::run(&global, a).map(|()| 0),
+        Command::Update(a) => commands::update::run(&global, a).map(|()| 0),
         Command::Spec(a) => commands::spec::run(a).map(|()| 0),
         Command::Features => commands::features::run().map(|()| 0),
     }

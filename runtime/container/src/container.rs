@@ -302,6 +302,16 @@ impl Runtime {
         Ok(created)
     }
 
+    /// Changes the limits of a live container.
+    pub fn update(&self, id: &str, resources: &oci_spec::runtime::LinuxResources) -> Result<()> {
+        let dir = self.store.open(id)?;
+        let st = dir.load()?;
+        if matches!(status_of(&dir, &st), Status::Stopped | Status::Creating) {
+            return Err(Error::NotRunning);
+        }
+        Ok(cgroup_of(&st)?.set(resources)?)
+    }
+
     /// Freezes a running container.
     pub fn pause(&self, id: &str) -> Result<()> {
         let dir = self.store.open(id)?;
