@@ -1,5 +1,12 @@
 //! One file per subcommand.
 
+/// `--format` of `list` and `ps`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
 pub mod create;
 pub mod delete;
 pub mod exec;

@@ -5,13 +5,8 @@ use std::process::Command;
 
 use rt_container::Runtime;
 
+use super::Format;
 use crate::Global;
-
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum Format {
-    Table,
-    Json,
-}
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
