@@ -7,12 +7,12 @@ use std::os::fd::AsFd;
 use std::path::PathBuf;
 
 use nix::sched::CloneFlags;
-use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::waitpid;
 use nix::unistd::{ForkResult, Pid};
 use oci_spec::runtime::{Linux, Process};
 
 use super::parent::{Created, Options};
+use super::supervise::{self, Event, Supervisor};
 use super::{chain, user_process};
 use crate::channel::{self, ChildEnd, ParentEnd, ToParent};
 use crate::namespaces::{self, Plan};
@@ -23,12 +23,8 @@ use crate::terminal;
 pub enum Error {
     #[error("talking to the exec'd process")]
     Channel(#[from] channel::Error),
-    #[error("{0}")]
-    Child(String),
-    #[error("exec'd process exited before it ran")]
-    ChildDied,
-    #[error("unexpected message {0:?}")]
-    Unexpected(ToParent),
+    #[error(transparent)]
+    Supervise(#[from] supervise::Error),
     #[error(transparent)]
     Namespaces(#[from] namespaces::Error),
     #[error("entering the container's cgroups")]
@@ -41,8 +37,6 @@ pub enum Error {
     Fork(#[source] rt_sys::Error),
     #[error("{0}")]
     Sys(&'static str, #[source] nix::errno::Errno),
-    #[error("cannot allocate tty if rt will detach without setting console socket")]
-    TerminalWithoutSocket,
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -108,14 +102,7 @@ fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
 
 /// Runs `launch.process` in the container; returns once it has been exec'd.
 pub fn exec(launch: &ExecLaunch<'_>, opts: &Options) -> Result<Created> {
-    if launch.process.terminal().unwrap_or(false)
-        && opts.console_socket.is_none()
-        && !opts.keep_terminal
-    {
-        return Err(Error::TerminalWithoutSocket);
-    }
-    nix::sys::prctl::set_child_subreaper(true)
-        .map_err(|e| Error::Sys("becoming a child subreaper", e))?;
+    supervise::prepare(launch.process, opts)?;
     let (chan, child_end) = channel::pair()?;
     let one_thread = rt_sys::single_threaded().map_err(Error::Fork)?;
     let stage_pid = match rt_sys::fork(one_thread).map_err(Error::Fork)? {
@@ -129,12 +116,7 @@ pub fn exec(launch: &ExecLaunch<'_>, opts: &Options) -> Result<Created> {
     let mut pid = None;
     let result = drive(&chan, opts, stage_pid, &mut pid);
     if result.is_err() {
-        let _ = kill(stage_pid, Signal::SIGKILL);
-        if let Some(p) = pid {
-            let _ = kill(p, Signal::SIGKILL);
-            let _ = waitpid(p, None);
-        }
-        let _ = waitpid(stage_pid, None);
+        supervise::abort(stage_pid, pid);
     }
     result
 }
@@ -145,31 +127,25 @@ fn drive(
     stage_pid: Pid,
     pid: &mut Option<Pid>,
 ) -> Result<Created> {
-    let mut terminal = None;
+    let mut children = Supervisor::new(chan, opts);
     loop {
-        let (msg, fd) = match chan.recv_with_fd() {
-            Ok(m) => m,
-            Err(channel::Error::Closed) => return Err(Error::ChildDied),
-            Err(e) => return Err(e.into()),
-        };
-        match msg {
-            ToParent::InitPid(p) => {
+        match children.next_event()? {
+            Event::InitPid(p) => {
                 let _ = waitpid(stage_pid, None);
-                *pid = Some(Pid::from_raw(p));
+                *pid = Some(p);
             }
-            ToParent::Terminal => {
-                let master = fd.ok_or(Error::Unexpected(ToParent::Terminal))?;
-                match &opts.console_socket {
-                    Some(path) => terminal::send_to_socket(path, master.as_fd())?,
-                    None => terminal = Some(master),
-                }
+            Event::Ready => {
+                let pid = pid.ok_or(supervise::Error::Unexpected(ToParent::Ready))?;
+                return Ok(Created {
+                    pid,
+                    terminal: children.into_terminal(),
+                });
             }
-            ToParent::Ready => {
-                let pid = pid.ok_or(Error::Unexpected(ToParent::Ready))?;
-                return Ok(Created { pid, terminal });
+            other => {
+                return Err(
+                    supervise::Error::Child(format!("unexpected {other:?} during exec")).into(),
+                )
             }
-            ToParent::Failed(msg) => return Err(Error::Child(msg)),
-            other => return Err(Error::Unexpected(other)),
         }
     }
 }

@@ -7,6 +7,11 @@
 //!   is pid 1 of a new pid namespace) and exits.
 //! - [`init`]: builds the rootfs and the process's identity inside the
 //!   namespaces, reports `Ready`, waits on the exec fifo for `start`, execs.
+//! - [`exec`]: `rt exec`'s parent, stage and process.
+//! - [`foreground`]: `rt run` (and attached `rt exec`) waiting for the process.
+//!
+//! Shared by the roles: [`supervise`] (the parents' message loop, checks and
+//! cleanup) and [`user_process`] (becoming the user's process, up to execve).
 //!
 //! The children get their configuration by inheriting the parent's memory at
 //! fork; they talk to the parent only through typed messages
@@ -18,6 +23,7 @@ pub mod foreground;
 pub mod init;
 pub mod parent;
 pub mod stage;
+pub mod supervise;
 pub mod user_process;
 
 use std::path::PathBuf;

@@ -1,32 +1,27 @@
 //! The parent role of `create`: the `rt` process itself.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 
-use nix::sys::signal::{kill, Signal};
 use nix::sys::stat::Mode;
 use nix::sys::wait::waitpid;
 use nix::unistd::{ForkResult, Pid};
 
+use super::supervise::{self, Event, Supervisor};
 use super::{stage, Launch};
-use crate::channel::{self, ParentEnd, ToChild, ToParent};
+use crate::channel::{self, ParentEnd, ToChild};
 use crate::hooks::{self, Kind};
 use crate::namespaces::{self, Plan};
 use crate::spec::Bundle;
 use crate::state::{self, ContainerDir, State, Status};
-use crate::terminal;
 
 /// Errors of the parent side of create.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("talking to the container init")]
     Channel(#[from] channel::Error),
-    #[error("{0}")]
-    Child(String),
-    #[error("container init exited before it was ready")]
-    ChildDied,
-    #[error("unexpected message {0:?} from the container init")]
-    Unexpected(ToParent),
+    #[error(transparent)]
+    Supervise(#[from] supervise::Error),
     #[error(transparent)]
     State(#[from] state::Error),
     #[error(transparent)]
@@ -35,8 +30,6 @@ pub enum Error {
     Namespaces(#[from] namespaces::Error),
     #[error(transparent)]
     Hooks(#[from] hooks::Error),
-    #[error(transparent)]
-    Terminal(#[from] terminal::Error),
     #[error("forking")]
     Fork(#[source] rt_sys::Error),
     #[error("creating exec fifo {path}")]
@@ -51,10 +44,6 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot allocate tty if rt will detach without setting console socket")]
-    TerminalWithoutSocket,
-    #[error("becoming a child subreaper")]
-    Subreaper(#[source] nix::errno::Errno),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -78,7 +67,7 @@ pub struct Created {
 
 /// Creates the container whose state directory `dir` was just made and whose
 /// initial state is `state`. On error, whatever was made is undone by the
-/// caller through [`crate::container::cleanup`].
+/// caller (the container module's teardown).
 pub fn create(
     dir: &ContainerDir,
     state: &mut State,
@@ -89,19 +78,13 @@ pub fn create(
 ) -> Result<Created> {
     let spec = &bundle.spec;
     let process = spec.process().as_ref().expect("validated: process");
-    if process.terminal().unwrap_or(false) && opts.console_socket.is_none() && !opts.keep_terminal {
-        return Err(Error::TerminalWithoutSocket);
-    }
+    supervise::prepare(process, opts)?;
     let linux = spec.linux().as_ref().expect("validated: linux");
     let fifo = dir.fifo();
     nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o622)).map_err(|source| Error::Fifo {
         path: fifo.clone(),
         source,
     })?;
-    // The init is a grandchild: becoming a subreaper makes it our child when the
-    // stage exits, so `run` can wait for it (and a caller that is a subreaper
-    // itself adopts it after we exit, as with runc).
-    nix::sys::prctl::set_child_subreaper(true).map_err(Error::Subreaper)?;
 
     // Directories and limits first, recorded before anything else can fail;
     // the stage then moves itself in (see rt_cgroups::Manager::enter).
@@ -149,12 +132,7 @@ pub fn create(
     let result = drive(dir, state, bundle, opts, &chan, stage_pid);
     if result.is_err() {
         // Do not leave the stage or the init behind.
-        let _ = kill(stage_pid, Signal::SIGKILL);
-        if state.pid > 0 {
-            let _ = kill(Pid::from_raw(state.pid), Signal::SIGKILL);
-            let _ = waitpid(Pid::from_raw(state.pid), None);
-        }
-        let _ = waitpid(stage_pid, None);
+        supervise::abort(stage_pid, (state.pid > 0).then(|| Pid::from_raw(state.pid)));
     }
     result
 }
@@ -169,24 +147,19 @@ fn drive(
 ) -> Result<Created> {
     let spec = &bundle.spec;
     let linux = spec.linux().as_ref().expect("validated: linux");
-    let mut terminal = None;
+    let mut children = Supervisor::new(chan, opts);
     loop {
-        let (msg, fd) = match chan.recv_with_fd() {
-            Ok(m) => m,
-            Err(channel::Error::Closed) => return Err(Error::ChildDied),
-            Err(e) => return Err(e.into()),
-        };
-        match msg {
-            ToParent::UserNamespaceReady => {
+        match children.next_event()? {
+            Event::UserNamespaceReady => {
                 let uid = linux.uid_mappings().as_deref().unwrap_or_default();
                 let gid = linux.gid_mappings().as_deref().unwrap_or_default();
                 namespaces::write_id_maps(stage_pid, uid, gid)?;
                 chan.send(&ToChild::MapsWritten)?;
             }
-            ToParent::InitPid(pid) => {
+            Event::InitPid(pid) => {
                 let _ = waitpid(stage_pid, None);
-                state.pid = pid;
-                state.start_time = state::proc_stat(Pid::from_raw(pid)).map_or(0, |(_, t)| t);
+                state.pid = pid.as_raw();
+                state.start_time = state::proc_stat(pid).map_or(0, |(_, t)| t);
                 dir.save(state)?;
                 if let Some(adj) = spec.process().as_ref().and_then(|p| p.oom_score_adj()) {
                     let path = PathBuf::from(format!("/proc/{pid}/oom_score_adj"));
@@ -194,28 +167,20 @@ fn drive(
                         .map_err(|source| Error::Write { path, source })?;
                 }
             }
-            ToParent::RuntimeHooks => {
+            Event::RuntimeHooks => {
                 let json = serde_json::to_vec(&state.oci(Status::Creating)).unwrap_or_default();
                 hooks::run(spec.hooks().as_ref(), Kind::Prestart, &json)?;
                 hooks::run(spec.hooks().as_ref(), Kind::CreateRuntime, &json)?;
                 chan.send(&ToChild::HooksDone)?;
             }
-            ToParent::Terminal => {
-                let master = fd.ok_or(Error::Unexpected(ToParent::Terminal))?;
-                match &opts.console_socket {
-                    Some(path) => terminal::send_to_socket(path, master.as_fd())?,
-                    None => terminal = Some(master),
-                }
-            }
-            ToParent::Ready => break,
-            ToParent::Failed(msg) => return Err(Error::Child(msg)),
+            Event::Ready => break,
         }
     }
     state.stored_status = Status::Created;
     dir.save(state)?;
     Ok(Created {
         pid: Pid::from_raw(state.pid),
-        terminal,
+        terminal: children.into_terminal(),
     })
 }
 
