@@ -85,7 +85,7 @@ pub struct State {
     #[serde(default)]
     pub start_time: u64,
     /// `creating` until create finished, then `created`; the live status is
-    /// derived by [`State::status`].
+    /// derived by [`ContainerDir::status`].
     pub stored_status: Status,
     pub bundle: PathBuf,
     pub rootfs: PathBuf,
@@ -149,7 +149,7 @@ impl State {
     }
 }
 
-/// The state letter and start time of `pid`, from /proc/<pid>/stat.
+/// The state letter and start time of `pid`, from `/proc/<pid>/stat`.
 pub fn proc_stat(pid: Pid) -> Option<(char, u64)> {
     let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = text.rsplit_once(')')?.1;

@@ -53,7 +53,7 @@ pub struct ExecLaunch<'a> {
 }
 
 /// The namespaces of the container's init that differ from ours, by type, as
-/// /proc/<pid>/ns paths.
+/// `/proc/<pid>/ns` paths.
 pub fn plan_for(init: Pid, linux: &Linux) -> Plan {
     let mut plan = Plan {
         create: CloneFlags::empty(),
