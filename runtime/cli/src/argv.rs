@@ -116,7 +116,7 @@ fn takes_value(arg: &str, sub: &str) -> bool {
     !body.contains('=') && value_flags(sub).contains(&body)
 }
 
-/// Rewrites `args` (without argv[0]) into the canonical order:
+/// Rewrites `args` (without `argv[0]`) into the canonical order:
 /// global flags, subcommand, its flags, `--`, positionals.
 pub fn normalise(args: Vec<String>) -> Vec<String> {
     let mut out = Vec::with_capacity(args.len() + 1);
