@@ -6,7 +6,10 @@
 //! guest agent) use this crate.
 
 pub mod devices;
+pub mod ebpf;
 mod layout;
+pub mod resources;
+pub mod stats;
 mod v1;
 mod v2;
 
@@ -56,6 +59,22 @@ pub enum Error {
     BadPath(String),
     #[error("resource {0} is not supported on this cgroup layout")]
     Unsupported(&'static str),
+    #[error("{file} is not available in {dir} (not supported by this kernel or hierarchy)")]
+    NoFile { file: String, dir: PathBuf },
+    #[error("invalid resource: {0}")]
+    Invalid(String),
+    #[error("loading the eBPF device filter: {log}")]
+    BpfLoad {
+        log: String,
+        #[source]
+        source: nix::errno::Errno,
+    },
+    #[error("attaching the eBPF device filter to {path}")]
+    BpfAttach {
+        path: PathBuf,
+        #[source]
+        source: rt_sys::Error,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -96,6 +115,12 @@ pub trait Manager: std::fmt::Debug {
     fn frozen(&self) -> bool;
     /// Host pids of every process in the cgroup.
     fn pids(&self) -> Result<Vec<Pid>>;
+    /// Resource usage, in runc's `events` shape.
+    fn stats(&self) -> Result<stats::Stats>;
+    /// A descriptor that becomes readable when the cgroup's memory controller
+    /// reports an event (an OOM on v1, any memory.events change on v2). Read
+    /// it to clear it, then compare [`Manager::stats`]' `oom_kill` count.
+    fn oom_watch(&self) -> Result<OwnedFd>;
     /// Removes the directories rt created (leaf first); parents still in use by
     /// other containers are left alone.
     fn destroy(&self) -> Result<()>;
@@ -190,12 +215,50 @@ impl Manager for Disabled {
     fn pids(&self) -> Result<Vec<Pid>> {
         Ok(Vec::new())
     }
+    fn stats(&self) -> Result<stats::Stats> {
+        Err(Error::Unsupported(
+            "statistics with --cgroup-manager disabled",
+        ))
+    }
+    fn oom_watch(&self) -> Result<OwnedFd> {
+        Err(Error::Unsupported(
+            "OOM events with --cgroup-manager disabled",
+        ))
+    }
     fn destroy(&self) -> Result<()> {
         Ok(())
     }
     fn record(&self) -> Record {
         Record::default()
     }
+}
+
+/// Applies one [`resources::Setting`] in `dir`, refusing a file the kernel
+/// does not offer rather than letting the write fail obscurely.
+pub(crate) fn apply(dir: &Path, s: &resources::Setting) -> Result<()> {
+    let path = dir.join(&s.file);
+    if !path.exists() {
+        return Err(Error::NoFile {
+            file: s.file.clone(),
+            dir: dir.to_path_buf(),
+        });
+    }
+    write(&path, &s.value)
+}
+
+/// Attaches the eBPF device filter built from `rules` to a cgroup2 directory.
+pub(crate) fn attach_device_filter(dir: &Path, rules: &[devices::Rule]) -> Result<()> {
+    let insns = ebpf::program(rules);
+    let prog = rt_sys::bpf::load_device_program(&insns)
+        .map_err(|(source, log)| Error::BpfLoad { log, source })?;
+    let cgroup = open_dir(dir)?;
+    use std::os::fd::AsFd;
+    rt_sys::bpf::attach_device_program(cgroup.as_fd(), prog.as_fd()).map_err(|source| {
+        Error::BpfAttach {
+            path: dir.to_path_buf(),
+            source,
+        }
+    })
 }
 
 pub(crate) fn write(path: &Path, value: &str) -> Result<()> {
@@ -225,6 +288,28 @@ pub(crate) fn open_dir(path: &Path) -> Result<OwnedFd> {
         .map(OwnedFd::from)
         .map_err(|source| Error::Read {
             path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// An inotify descriptor watching `file` for changes (v2's memory.events).
+pub(crate) fn watch_file(file: &Path) -> Result<OwnedFd> {
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    use std::os::fd::AsFd;
+    let err = |e: nix::errno::Errno| Error::Read {
+        path: file.to_path_buf(),
+        source: e.into(),
+    };
+    let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK).map_err(err)?;
+    inotify
+        .add_watch(file, AddWatchFlags::IN_MODIFY)
+        .map_err(err)?;
+    // The watch belongs to the inotify instance, which the duplicate keeps.
+    inotify
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|source| Error::Read {
+            path: file.to_path_buf(),
             source,
         })
 }

@@ -44,21 +44,11 @@ impl V1 {
             .map(|h| join(&h.mount, &self.record.path))
     }
 
-    fn set_file(&self, controller: &str, file: &str, value: String) -> Result<()> {
-        match self.dir_of(controller) {
-            Some(dir) => write(&dir.join(file), &value),
-            None => Err(crate::Error::Unsupported(controller_name(controller))),
-        }
-    }
-}
-
-fn controller_name(c: &str) -> &'static str {
-    match c {
-        "memory" => "memory",
-        "cpu" => "cpu",
-        "cpuset" => "cpuset",
-        "pids" => "pids",
-        _ => "cgroup controller",
+    fn apply(&self, s: &crate::resources::Setting) -> Result<()> {
+        let dir = self
+            .dir_of(s.controller)
+            .ok_or(crate::Error::Unsupported(s.controller))?;
+        crate::apply(&dir, s)
     }
 }
 
@@ -111,61 +101,29 @@ impl Manager for V1 {
     }
 
     fn set(&self, r: &LinuxResources) -> Result<()> {
-        if let Some(m) = r.memory() {
-            // memory.limit_in_bytes may never exceed memory.memsw.limit_in_bytes:
-            // when raising both, memsw must go first; when lowering, last.
-            let limit = m.limit().map(|v| ("memory.limit_in_bytes", v.to_string()));
-            let swap = m
-                .swap()
-                .map(|v| ("memory.memsw.limit_in_bytes", v.to_string()));
-            let set = |f: &Option<(&str, String)>| match f {
-                Some((file, v)) => self.set_file("memory", file, v.clone()),
-                None => Ok(()),
-            };
-            if set(&limit).is_err() {
-                set(&swap)?;
-                set(&limit)?;
-            } else {
-                set(&swap)?;
+        let settings = crate::resources::v1(r)?;
+        let mut i = 0;
+        while i < settings.len() {
+            let s = &settings[i];
+            match self.apply(s) {
+                // memory.limit_in_bytes may never exceed
+                // memory.memsw.limit_in_bytes: when raising both, memsw must
+                // be written first.
+                Err(e)
+                    if s.file == "memory.limit_in_bytes"
+                        && settings
+                            .get(i + 1)
+                            .is_some_and(|n| n.file == "memory.memsw.limit_in_bytes") =>
+                {
+                    self.apply(&settings[i + 1])?;
+                    self.apply(s).map_err(|_| e)?;
+                    i += 2;
+                }
+                r => {
+                    r?;
+                    i += 1;
+                }
             }
-            if let Some(res) = m.reservation() {
-                self.set_file("memory", "memory.soft_limit_in_bytes", res.to_string())?;
-            }
-            if let Some(sw) = m.swappiness() {
-                self.set_file("memory", "memory.swappiness", sw.to_string())?;
-            }
-            if let Some(disable) = m.disable_oom_killer() {
-                self.set_file(
-                    "memory",
-                    "memory.oom_control",
-                    u8::from(disable).to_string(),
-                )?;
-            }
-        }
-        if let Some(c) = r.cpu() {
-            if let Some(shares) = c.shares() {
-                self.set_file("cpu", "cpu.shares", shares.to_string())?;
-            }
-            if let Some(period) = c.period() {
-                self.set_file("cpu", "cpu.cfs_period_us", period.to_string())?;
-            }
-            if let Some(quota) = c.quota() {
-                self.set_file("cpu", "cpu.cfs_quota_us", quota.to_string())?;
-            }
-            if let Some(cpus) = c.cpus() {
-                self.set_file("cpuset", "cpuset.cpus", cpus.clone())?;
-            }
-            if let Some(mems) = c.mems() {
-                self.set_file("cpuset", "cpuset.mems", mems.clone())?;
-            }
-        }
-        if let Some(p) = r.pids() {
-            let v = if p.limit() > 0 {
-                p.limit().to_string()
-            } else {
-                "max".into()
-            };
-            self.set_file("pids", "pids.max", v)?;
         }
         Ok(())
     }
@@ -208,6 +166,33 @@ impl Manager for V1 {
             .or_else(|| self.roots().next().map(|r| join(r, &self.record.path)))
             .ok_or(crate::Error::NoCgroups)?;
         Ok(parse_pids(&read(&dir.join("cgroup.procs"))?))
+    }
+
+    fn stats(&self) -> Result<crate::stats::Stats> {
+        Ok(crate::stats::v1(&|c| self.dir_of(c)))
+    }
+
+    /// An eventfd registered for OOM notifications through
+    /// cgroup.event_control and memory.oom_control.
+    fn oom_watch(&self) -> Result<OwnedFd> {
+        use nix::sys::eventfd::{EfdFlags, EventFd};
+        use std::os::fd::AsRawFd;
+        let dir = self
+            .dir_of("memory")
+            .ok_or(crate::Error::Unsupported("memory"))?;
+        let control = dir.join("memory.oom_control");
+        let oom = std::fs::File::open(&control).map_err(|source| crate::Error::Read {
+            path: control.clone(),
+            source,
+        })?;
+        let efd = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+            .map_err(|e| crate::Error::Read {
+                path: control,
+                source: e.into(),
+            })?;
+        let line = format!("{} {}", efd.as_raw_fd(), oom.as_raw_fd());
+        write(&dir.join("cgroup.event_control"), &line)?;
+        Ok(OwnedFd::from(efd))
     }
 
     fn destroy(&self) -> Result<()> {

@@ -76,38 +76,8 @@ impl Manager for V2 {
 
     fn set(&self, r: &LinuxResources) -> Result<()> {
         let dir = self.dir();
-        if let Some(m) = r.memory() {
-            if let Some(limit) = m.limit() {
-                write(&dir.join("memory.max"), &max_or(limit))?;
-            }
-            if let Some(res) = m.reservation() {
-                write(&dir.join("memory.low"), &max_or(res))?;
-            }
-        }
-        if let Some(c) = r.cpu() {
-            if c.quota().is_some() || c.period().is_some() {
-                let quota = c
-                    .quota()
-                    .filter(|q| *q > 0)
-                    .map_or("max".into(), |q| q.to_string());
-                let period = c.period().unwrap_or(100_000);
-                write(&dir.join("cpu.max"), &format!("{quota} {period}"))?;
-            }
-            if let Some(shares) = c.shares() {
-                write(
-                    &dir.join("cpu.weight"),
-                    &shares_to_weight(shares).to_string(),
-                )?;
-            }
-            if let Some(cpus) = c.cpus() {
-                write(&dir.join("cpuset.cpus"), cpus)?;
-            }
-            if let Some(mems) = c.mems() {
-                write(&dir.join("cpuset.mems"), mems)?;
-            }
-        }
-        if let Some(p) = r.pids() {
-            write(&dir.join("pids.max"), &max_or(p.limit()))?;
+        for s in crate::resources::v2(r, &|f| dir.join(f).exists())? {
+            crate::apply(&dir, &s)?;
         }
         Ok(())
     }
@@ -119,14 +89,8 @@ impl Manager for V2 {
         crate::wait_state(&dir.join("cgroup.events"), |s| s.lines().any(|l| l == want))
     }
 
-    fn set_devices(&self, _rules: &[crate::devices::Rule]) -> Result<()> {
-        // cgroup v2 has no devices files: access control needs an eBPF
-        // program attached to the cgroup, which rt does not build yet. Say so
-        // on every create rather than pretend.
-        tracing::warn!(
-            "device access rules are not enforced on cgroup v2 yet (no eBPF device filter)"
-        );
-        Ok(())
+    fn set_devices(&self, rules: &[crate::devices::Rule]) -> Result<()> {
+        crate::attach_device_filter(&self.dir(), rules)
     }
 
     fn frozen(&self) -> bool {
@@ -137,40 +101,19 @@ impl Manager for V2 {
         Ok(parse_pids(&read(&self.dir().join("cgroup.procs"))?))
     }
 
+    fn stats(&self) -> Result<crate::stats::Stats> {
+        Ok(crate::stats::v2(&self.dir()))
+    }
+
+    fn oom_watch(&self) -> Result<OwnedFd> {
+        crate::watch_file(&self.dir().join("memory.events"))
+    }
+
     fn destroy(&self) -> Result<()> {
         remove_dirs(&self.record.created, &[self.dir()])
     }
 
     fn record(&self) -> Record {
         self.record.clone()
-    }
-}
-
-fn max_or(v: i64) -> String {
-    if v < 0 {
-        "max".into()
-    } else {
-        v.to_string()
-    }
-}
-
-/// runc's conversion of cgroup v1 cpu.shares [2, 262144] to cgroup v2
-/// cpu.weight [1, 10000].
-pub(crate) fn shares_to_weight(shares: u64) -> u64 {
-    if shares == 0 {
-        return 0;
-    }
-    1 + ((shares.saturating_sub(2)) * 9999) / 262142
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shares_conversion_matches_runc() {
-        assert_eq!(shares_to_weight(2), 1);
-        assert_eq!(shares_to_weight(1024), 39);
-        assert_eq!(shares_to_weight(262144), 10000);
     }
 }

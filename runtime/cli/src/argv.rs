@@ -37,6 +37,7 @@ fn value_flags(sub: &str) -> &'static [&'static str] {
             "cgroup",
         ],
         "ps" => &["format"],
+        "events" => &["interval"],
         "update" => &[
             "resources",
             "memory",
@@ -72,6 +73,7 @@ fn bool_flags(sub: &str) -> &'static [&'static str] {
             "no-subreaper",
         ],
         "kill" => &["all"],
+        "events" => &["stats"],
         "delete" => &["force"],
         "list" => &["quiet"],
         "spec" => &["rootless"],
@@ -110,6 +112,7 @@ fn takes_value(arg: &str, sub: &str) -> bool {
             (sub, arg),
             ("create" | "run" | "spec", "-b")
                 | ("list" | "ps", "-f")
+                | ("update", "-r")
                 | ("exec", "-e" | "-u" | "-g" | "-p" | "-c")
         );
     };
@@ -221,6 +224,18 @@ mod tests {
         assert_eq!(n("exec x --env A=1 sh"), "exec -- x --env A=1 sh");
         assert_eq!(n("ps --format json x"), "ps --format json -- x");
         assert_eq!(n("ps x -ef"), "ps -- x -ef");
+    }
+
+    #[test]
+    fn events_interval_takes_a_value() {
+        assert_eq!(
+            normalise(vec![n("events"), n("--interval"), n("100ms"), n("id")]),
+            [n("events"), n("--interval"), n("100ms"), n("--"), n("id")]
+        );
+        assert_eq!(
+            normalise(vec![n("events"), n("id"), n("-stats")]),
+            [n("events"), n("--stats"), n("--"), n("id")]
+        );
     }
 
     #[test]

@@ -80,6 +80,8 @@ enum Command {
     Resume(commands::pause::Args),
     /// List a container's processes.
     Ps(commands::ps::Args),
+    /// Resource statistics and OOM events of a container, as JSON lines.
+    Events(commands::events::Args),
     /// Change a running container's resource limits.
     Update(commands::update::Args),
     /// Write a default config.json.
@@ -150,6 +152,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Resume(a) => commands::pause::resume(&global, a).map(|()| 0),
         Command::Ps(a) => commands::ps::run(&global, a).map(|()| 0),
         Command::Update(a) => commands::update::run(&global, a).map(|()| 0),
+        Command::Events(a) => commands::events::run(&global, a).map(|()| 0),
         Command::Spec(a) => commands::spec::run(a).map(|()| 0),
         Command::Features => commands::features::run().map(|()| 0),
     }

@@ -342,6 +342,16 @@ impl Runtime {
         Ok(cgroup_of(&st)?.pids()?)
     }
 
+    /// The cgroup of a live (running or paused) container, for `events`.
+    pub fn live_cgroup(&self, id: &str) -> Result<Box<dyn rt_cgroups::Manager>> {
+        let dir = self.store.open(id)?;
+        let st = dir.load()?;
+        if matches!(status_of(&dir, &st), Status::Stopped | Status::Creating) {
+            return Err(Error::NotRunning);
+        }
+        cgroup_of(&st)
+    }
+
     /// Every container with its status.
     pub fn list(&self) -> Result<Vec<(State, Status)>> {
         let mut out = Vec::new();

@@ -87,6 +87,9 @@ impl Bundle {
             .get_mut("linux")
             .and_then(|l| l.as_object_mut())
             .and_then(|l| l.remove("timeOffsets"));
+        if let Some(r) = raw.pointer_mut("/linux/resources") {
+            rt_cgroups::resources::normalize_json(r);
+        }
         let spec: Spec = serde_json::from_value(raw).map_err(|source| Error::Parse {
             path: path.clone(),
             source,

@@ -3,6 +3,8 @@
 //! Every `unsafe` block of the runtime lives here, each with a `SAFETY:` comment
 //! stating why it holds. Callers get safe functions with typed errors.
 
+pub mod bpf;
+
 use std::fs;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 

@@ -9,6 +9,7 @@ pub enum Format {
 
 pub mod create;
 pub mod delete;
+pub mod events;
 pub mod exec;
 pub mod features;
 pub mod kill;

@@ -41,13 +41,17 @@ pub struct Args {
     /// Maximum number of pids (0 or -1 for none).
     #[arg(long, allow_hyphen_values = true)]
     pub pids_limit: Option<i64>,
-    /// Not supported yet: named so that asking for it fails clearly.
+    /// Block IO weight (10-1000).
     #[arg(long)]
     pub blkio_weight: Option<u16>,
+    /// CPU realtime period (microseconds; cgroup v1 only).
     #[arg(long)]
     pub cpu_rt_period: Option<u64>,
-    #[arg(long)]
+    /// CPU realtime runtime (microseconds; cgroup v1 only).
+    #[arg(long, allow_hyphen_values = true)]
     pub cpu_rt_runtime: Option<i64>,
+    /// Not supported (deprecated, and gone from the kernel, or Intel RDT):
+    /// named so that asking for them fails clearly.
     #[arg(long)]
     pub kernel_memory: Option<String>,
     #[arg(long)]
@@ -81,9 +85,6 @@ fn bytes(s: &str) -> anyhow::Result<i64> {
 
 fn from_flags(a: &Args) -> anyhow::Result<LinuxResources> {
     let unsupported = [
-        ("--blkio-weight", a.blkio_weight.is_some()),
-        ("--cpu-rt-period", a.cpu_rt_period.is_some()),
-        ("--cpu-rt-runtime", a.cpu_rt_runtime.is_some()),
         ("--kernel-memory", a.kernel_memory.is_some()),
         ("--kernel-memory-tcp", a.kernel_memory_tcp.is_some()),
         ("--l3-cache-schema", a.l3_cache_schema.is_some()),
@@ -108,7 +109,9 @@ fn from_flags(a: &Args) -> anyhow::Result<LinuxResources> {
         r.insert("memory".into(), m.into());
     }
     let mut c = serde_json::Map::new();
-    let cpu: [(&str, Option<serde_json::Value>); 5] = [
+    let cpu: [(&str, Option<serde_json::Value>); 7] = [
+        ("realtimePeriod", a.cpu_rt_period.map(Into::into)),
+        ("realtimeRuntime", a.cpu_rt_runtime.map(Into::into)),
         ("period", a.cpu_period.map(Into::into)),
         ("quota", a.cpu_quota.map(Into::into)),
         ("shares", a.cpu_share.map(Into::into)),
@@ -122,6 +125,9 @@ fn from_flags(a: &Args) -> anyhow::Result<LinuxResources> {
     }
     if !c.is_empty() {
         r.insert("cpu".into(), c.into());
+    }
+    if let Some(w) = a.blkio_weight {
+        r.insert("blockIO".into(), serde_json::json!({ "weight": w }));
     }
     if let Some(limit) = a.pids_limit {
         r.insert("pids".into(), serde_json::json!({ "limit": limit }));
@@ -139,7 +145,8 @@ pub fn run(g: &Global, a: Args) -> anyhow::Result<()> {
                 text = std::fs::read(path)
                     .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
             }
-            serde_json::from_slice(&text).map_err(|e| anyhow::anyhow!("parsing resources: {e}"))?
+            rt_cgroups::resources::parse(&text)
+                .map_err(|e| anyhow::anyhow!("parsing resources: {e}"))?
         }
         None => from_flags(&a)?,
     };
