@@ -165,6 +165,57 @@ fn update_raises_the_memory_limit_of_a_running_container() {
 }
 
 #[test]
+fn pids_limit_stops_forks() {
+    need_root!();
+    let root = Root::new();
+    let (_b, id) = running(&root, &["sleep", "1000"], json!({"pids": {"limit": 4}}));
+    let (_, out) = exec(
+        &root,
+        &id,
+        "for i in 1 2 3 4 5 6; do sleep 5 & done 2>&1; echo done",
+    );
+    // The init, the exec'd sh and two sleeps make four: the fifth fork fails.
+    assert!(
+        out.contains("can't fork: Resource temporarily unavailable"),
+        "{out}"
+    );
+    root.ok(&["delete", "--force", &id]);
+}
+
+/// hugetlb limits: on cgroup v2 written to hugetlb.<size>.max; a host with
+/// no hugetlb hierarchy (this CI host keeps hugetlb on its cgroup2 mount,
+/// which rt does not reconfigure) refuses them by name.
+#[test]
+fn hugetlb_limits() {
+    need_root!();
+    let root = Root::new();
+    let mut b = Bundle::new(&["sleep", "1000"]);
+    b.edit(|c| {
+        c["linux"]["resources"] = json!({"hugepageLimits": [{"pageSize": "2MB", "limit": 4194304}]})
+    });
+    let id = unique_id("huge");
+    let out = root.rt(&["run", "-d", "--bundle", b.path().to_str().unwrap(), &id]);
+    let v1_hugetlb = Path::new("/sys/fs/cgroup/hugetlb").exists();
+    if v2() || v1_hugetlb {
+        assert!(out.status.success(), "{out:?}");
+        let f = file(
+            &id,
+            ("hugetlb", "hugetlb.2MB.limit_in_bytes"),
+            "hugetlb.2MB.max",
+        );
+        assert_eq!(read(&f), "4194304");
+        let data = stats(&root, &id);
+        assert!(data["hugetlb"]["2MB"].is_object(), "{data}");
+        root.ok(&["delete", "--force", &id]);
+    } else {
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("hugetlb"), "{err}");
+        assert!(rt_testsupport::cgroup_dirs_named(&id).is_empty());
+    }
+}
+
+#[test]
 fn cpu_quota_throttles() {
     need_root!();
     let root = Root::new();

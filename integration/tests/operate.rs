@@ -342,27 +342,3 @@ fn update_changes_limits_of_a_running_container() {
     assert!(String::from_utf8_lossy(&e.stderr).contains("not running"));
     root.ok(&["delete", &id]);
 }
-
-#[test]
-fn pids_limit_stops_forks() {
-    need_root!();
-    let root = Root::new();
-    let (_b, id, _) = running(&root, |c| {
-        c["linux"]["resources"] = json!({"pids": {"limit": 4}})
-    });
-    let (_, out, _) = exec(
-        &root,
-        &[
-            &id,
-            "sh",
-            "-c",
-            "for i in 1 2 3 4 5 6; do sleep 5 & done 2>&1; echo done",
-        ],
-    );
-    // The init, the exec'd sh and two sleeps make four: the fifth fork fails.
-    assert!(
-        out.contains("can't fork: Resource temporarily unavailable"),
-        "{out}"
-    );
-    root.ok(&["delete", "--force", &id]);
-}

@@ -97,21 +97,39 @@ impl Plan {
     /// Opens every namespace to join first (paths resolve in the runtime's mount
     /// namespace), then joins them in order.
     pub fn join_all(&self) -> Result<()> {
+        let deferred = self.join_deferring(CloneFlags::empty())?;
+        join_opened(deferred)
+    }
+
+    /// Whether the plan joins an existing namespace of type `f`.
+    pub fn joins(&self, f: CloneFlags) -> bool {
+        self.join.iter().any(|(g, _)| *g == f)
+    }
+
+    /// Like [`Plan::join_all`], but the namespaces in `defer` are only
+    /// opened, and returned for a child to join with [`join_opened`].
+    ///
+    /// The cgroup namespace is deferred by exec: clone3(CLONE_INTO_CGROUP)
+    /// requires both the caller's cgroup and the target to lie inside the
+    /// caller's cgroup namespace, so the process must be born into the
+    /// container's cgroup before it joins that namespace.
+    pub fn join_deferring(&self, defer: CloneFlags) -> Result<Vec<Opened>> {
         let mut files = Vec::with_capacity(self.join.len());
         for (f, path) in &self.join {
             let file = File::open(path).map_err(|source| Error::Open {
                 path: path.clone(),
                 source,
             })?;
-            files.push((*f, path, file));
-        }
-        for (f, path, file) in files {
-            setns(&file, f).map_err(|source| Error::Join {
+            files.push(Opened {
+                flag: *f,
                 path: path.clone(),
-                source,
-            })?;
+                file,
+            });
         }
-        Ok(())
+        let (later, now): (Vec<Opened>, Vec<Opened>) =
+            files.into_iter().partition(|o| defer.contains(o.flag));
+        join_opened(now)?;
+        Ok(later)
     }
 
     pub fn unshare_user(&self) -> Result<()> {
@@ -141,6 +159,25 @@ impl Plan {
 
 /// Writes a process's uid_map and gid_map (run by the parent, which holds the
 /// privileges in the parent user namespace).
+/// A namespace file opened for joining.
+#[derive(Debug)]
+pub struct Opened {
+    flag: CloneFlags,
+    path: PathBuf,
+    file: File,
+}
+
+/// Joins opened namespaces in order.
+pub fn join_opened(opened: Vec<Opened>) -> Result<()> {
+    for o in opened {
+        setns(&o.file, o.flag).map_err(|source| Error::Join {
+            path: o.path.clone(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
 pub fn write_id_maps(pid: Pid, uid: &[LinuxIdMapping], gid: &[LinuxIdMapping]) -> Result<()> {
     let fmt = |maps: &[LinuxIdMapping]| -> String {
         maps.iter()

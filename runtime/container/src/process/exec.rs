@@ -168,13 +168,15 @@ fn stage_inner(
 ) -> Result<()> {
     rt_sys::close_fds_except(3 + launch.preserve_fds, chan.as_fd()).map_err(Error::Fork)?;
     let cgroup2 = launch.cgroup.enter(launch.plan.in_user_ns())?;
-    launch.plan.join_all()?;
+    // The cgroup namespace is joined by the child, once it is born in the
+    // container's cgroup (see Plan::join_deferring).
+    let deferred = launch.plan.join_deferring(CloneFlags::CLONE_NEWCGROUP)?;
     let forked = match &cgroup2 {
         Some(fd) => rt_sys::fork_into_cgroup(one_thread, fd.as_fd()),
         None => rt_sys::fork(one_thread),
     };
     match forked.map_err(Error::Fork)? {
-        ForkResult::Child => child(launch, chan),
+        ForkResult::Child => child(launch, chan, deferred),
         ForkResult::Parent { child } => {
             chan.send(&ToParent::InitPid(child.as_raw()))?;
             Ok(())
@@ -182,8 +184,9 @@ fn stage_inner(
     }
 }
 
-fn child(launch: &ExecLaunch<'_>, chan: &ChildEnd) -> ! {
-    let e = match child_inner(launch, chan) {
+fn child(launch: &ExecLaunch<'_>, chan: &ChildEnd, deferred: Vec<namespaces::Opened>) -> ! {
+    let joined = namespaces::join_opened(deferred).map_err(Error::from);
+    let e = match joined.and_then(|()| child_inner(launch, chan)) {
         Ok(prepared) => {
             // After Ready only the exec itself can fail; the parent may be gone.
             match chan.send(&ToParent::Ready) {

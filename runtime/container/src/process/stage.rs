@@ -57,7 +57,11 @@ fn stage(launch: &Launch<'_>, chan: &ChildEnd) -> Result<(), Error> {
     rt_sys::close_fds_except(3 + launch.preserve_fds, chan.as_fd()).map_err(Error::Fork)?;
     // Into the container's cgroups before anything else, so that the init and
     // everything it forks are born there.
-    let cgroup2 = launch.cgroup.enter(launch.plan.in_user_ns())?;
+    // A process may be cloned into a cgroup only from inside its cgroup
+    // namespace's tree: when joining an existing cgroup namespace, move the
+    // stage itself first instead.
+    let whole = launch.plan.in_user_ns() || launch.plan.joins(CloneFlags::CLONE_NEWCGROUP);
+    let cgroup2 = launch.cgroup.enter(whole)?;
     // The exec fifo, opened read-write so that opening never blocks (`start`
     // writes one byte to it), while we still hold the host's privileges: in a
     // user namespace the init could not open the runtime's file.

@@ -1,0 +1,258 @@
+//! QEMU's `microvm` machine: the command line, a boot that streams the
+//! serial console until a marker line, and the accelerator probe.
+//!
+//! On some hosts /dev/kvm exists but a stock kernel hangs under it (nested
+//! hypervisors), so KVM is used only after a test boot under it printed its
+//! marker; otherwise TCG, whose guests need `tsc_early_khz` to calibrate
+//! their clock. ACPI stays on: Debian kernels find virtio-mmio devices
+//! through it.
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::initramfs::Initramfs;
+use crate::kernel::Kernel;
+use crate::{io, Error, Result};
+
+/// The accelerator a guest runs under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+/// One guest: kernel, initramfs, command line, size.
+#[derive(Debug, Clone)]
+pub struct Machine {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// Appended to the console and accelerator arguments rt sets.
+    pub cmdline: String,
+    pub memory_mib: u32,
+    pub cpus: u32,
+    pub accel: Accel,
+    /// Further QEMU arguments (devices).
+    pub extra: Vec<String>,
+}
+
+/// What a boot printed, and whether the marker was among it.
+#[derive(Debug)]
+pub struct Outcome {
+    pub lines: Vec<String>,
+    pub reached: bool,
+}
+
+/// The host's TSC frequency in kHz, from /proc/cpuinfo's `cpu MHz`.
+pub fn tsc_khz() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let mhz: f64 = info
+        .lines()
+        .find(|l| l.starts_with("cpu MHz"))?
+        .split(':')
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()?;
+    Some((mhz * 1000.0) as u64)
+}
+
+impl Machine {
+    /// The kernel command line rt passes.
+    pub fn kernel_cmdline(&self) -> String {
+        let mut line = String::from("console=ttyS0 panic=-1 rdinit=/init");
+        if self.accel == Accel::Tcg {
+            if let Some(khz) = tsc_khz() {
+                line.push_str(&format!(" tsc_early_khz={khz}"));
+            }
+        }
+        if !self.cmdline.is_empty() {
+            line.push(' ');
+            line.push_str(&self.cmdline);
+        }
+        line
+    }
+
+    /// The qemu-system-x86_64 invocation, serial console on stdout.
+    pub fn command(&self) -> Command {
+        let mut c = Command::new("qemu-system-x86_64");
+        c.args(["-M", "microvm,acpi=on,isa-serial=on,rtc=on"]);
+        match self.accel {
+            Accel::Kvm => c.args(["-accel", "kvm", "-cpu", "host"]),
+            Accel::Tcg => c.args(["-accel", "tcg", "-cpu", "max"]),
+        };
+        c.args(["-m", &self.memory_mib.to_string()])
+            .args(["-smp", &self.cpus.to_string()])
+            .args(["-nodefaults", "-no-user-config", "-no-reboot"])
+            .args(["-display", "none", "-serial", "stdio"])
+            .arg("-kernel")
+            .arg(&self.kernel)
+            .arg("-initrd")
+            .arg(&self.initrd)
+            .args(["-append", &self.kernel_cmdline()])
+            .args(&self.extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        c
+    }
+
+    /// Boots the guest and streams its console to `echo` until a line
+    /// containing `marker` (then the guest is stopped), the guest exits, or
+    /// `timeout` passes.
+    pub fn boot(
+        &self,
+        marker: &str,
+        timeout: Duration,
+        mut echo: impl FnMut(&str),
+    ) -> Result<Outcome> {
+        let mut child = self.command().spawn().map_err(|source| Error::Spawn {
+            program: "qemu-system-x86_64".into(),
+            source,
+        })?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .split(b'\n')
+                .map_while(|l| l.ok())
+            {
+                let text = String::from_utf8_lossy(&line)
+                    .trim_end_matches('\r')
+                    .to_string();
+                if tx.send(text).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + timeout;
+        let mut out = Outcome {
+            lines: Vec::new(),
+            reached: false,
+        };
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    echo(&line);
+                    let hit = line.contains(marker);
+                    out.lines.push(line);
+                    if hit {
+                        out.reached = true;
+                        break;
+                    }
+                }
+                // The guest exited (its console closed) or time ran out.
+                Err(_) => break,
+            }
+        }
+        // Give a guest that reached its marker a moment to power off.
+        let grace = Instant::now() + Duration::from_secs(if out.reached { 5 } else { 0 });
+        while Instant::now() < grace {
+            if child.try_wait().ok().flatten().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = reader.join();
+        Ok(out)
+    }
+}
+
+/// Chooses the accelerator: KVM if /dev/kvm opens and a test boot under it
+/// prints its marker within `timeout`, TCG otherwise. The answer is cached
+/// in `cache` per guest kernel and host kernel.
+pub fn probe_accel(
+    kernel: &Kernel,
+    busybox: &Path,
+    cache: &Path,
+    timeout: Duration,
+) -> Result<Accel> {
+    let host = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let record = cache.join(format!("accel-{}-on-{}", kernel.version, host.trim()));
+    if let Ok(text) = std::fs::read_to_string(&record) {
+        match text.trim() {
+            "kvm" => return Ok(Accel::Kvm),
+            "tcg" => return Ok(Accel::Tcg),
+            _ => {}
+        }
+    }
+    let kvm_opens = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    let accel = if kvm_opens && test_boot(kernel, busybox, cache, timeout)? {
+        Accel::Kvm
+    } else {
+        Accel::Tcg
+    };
+    let word = if accel == Accel::Kvm { "kvm" } else { "tcg" };
+    std::fs::write(&record, word).map_err(io("writing", &record))?;
+    Ok(accel)
+}
+
+const PROBE_MARKER: &str = "RT-KVM-PROBE-OK";
+
+fn test_boot(kernel: &Kernel, busybox: &Path, cache: &Path, timeout: Duration) -> Result<bool> {
+    let initrd = cache.join("probe.initrd");
+    let mut i = Initramfs::new();
+    i.busybox(busybox)?;
+    i.data(
+        "/init",
+        format!("#!/bin/sh\necho {PROBE_MARKER}\npoweroff -f\n"),
+        0o755,
+    )?;
+    i.write(&initrd)?;
+    let m = Machine {
+        kernel: kernel.vmlinuz.clone(),
+        initrd: initrd.clone(),
+        cmdline: "quiet".into(),
+        memory_mib: 256,
+        cpus: 1,
+        accel: Accel::Kvm,
+        extra: Vec::new(),
+    };
+    let out = m.boot(PROBE_MARKER, timeout, |_| {})?;
+    let _ = std::fs::remove_file(&initrd);
+    tracing::info!(kvm = out.reached, "KVM probe boot");
+    Ok(out.reached)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcg_command_line_carries_the_tsc_frequency() {
+        let m = Machine {
+            kernel: "/k".into(),
+            initrd: "/i".into(),
+            cmdline: "quiet".into(),
+            memory_mib: 512,
+            cpus: 2,
+            accel: Accel::Tcg,
+            extra: vec![],
+        };
+        let line = m.kernel_cmdline();
+        assert!(line.starts_with("console=ttyS0"));
+        assert!(line.ends_with(" quiet"));
+        assert_eq!(line.contains("tsc_early_khz="), tsc_khz().is_some());
+        let kvm = Machine {
+            accel: Accel::Kvm,
+            ..m
+        };
+        assert!(!kvm.kernel_cmdline().contains("tsc_early_khz"));
+        let args: Vec<String> = kvm
+            .command()
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert!(args.windows(2).any(|w| w == ["-accel", "kvm"]));
+        assert!(args.iter().any(|a| a.starts_with("microvm,acpi=on")));
+    }
+}
