@@ -275,3 +275,195 @@ fn containerd_runc_shim_runs_rt() {
         );
     }
 }
+
+/// The cgroup v1 memory directory of a host pid.
+fn memory_cgroup_of(pid: &str) -> PathBuf {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let path = text
+        .lines()
+        .find_map(|l| l.split_once(":memory:").map(|(_, p)| p.to_string()))
+        .unwrap_or_else(|| panic!("no memory cgroup in {text}"));
+    PathBuf::from("/sys/fs/cgroup/memory").join(path.trim_start_matches('/'))
+}
+
+#[test]
+fn podman_operates_running_containers() {
+    if !root_or_skip("podman_operates_running_containers") {
+        return;
+    }
+    assert!(
+        have("podman"),
+        "podman missing: integration/install-deps installs it"
+    );
+    let p = Podman::new();
+    let archive = p.dir.path().join("busybox.tar");
+    rt_integration::image::busybox_oci_archive(&archive, "localhost/rt-busybox:latest");
+    let out = p.run(&["load", "-i", archive.to_str().unwrap()]);
+    assert!(out.status.success(), "podman load: {}", text(&out));
+    let out = p.run(&[
+        "run",
+        "-d",
+        "--name",
+        "rt-op",
+        "--network",
+        "none",
+        "localhost/rt-busybox:latest",
+        "sleep",
+        "1000",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // exec: output and exit status through conmon.
+    let out = p.run(&["exec", "rt-op", "sh", "-c", "echo in-container; exit 4"]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "in-container\n");
+    // exec -it: a pty through conmon's console socket. `script` gives podman
+    // a terminal of its own to relay.
+    let podman_cmd = format!(
+        "{:?}",
+        p.cmd().args([
+            "exec",
+            "-it",
+            "rt-op",
+            "sh",
+            "-c",
+            "tty; echo rows=$(stty size)"
+        ])
+    );
+    let shell_line = podman_cmd.replace('"', "'");
+    let out = output_via_files(Command::new("script").args(["-qec", &shell_line, "/dev/null"]));
+    let t = text(&out);
+    assert!(out.status.success(), "{shell_line}: {t}");
+    assert!(t.contains("/dev/pts/0"), "{t}");
+
+    // pause and unpause.
+    let out = p.run(&["pause", "rt-op"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = p.run(&["inspect", "--format", "{{.State.Status}}", "rt-op"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "paused");
+    let out = p.run(&["unpause", "rt-op"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = p.run(&["inspect", "--format", "{{.State.Status}}", "rt-op"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "running");
+
+    // update --memory reaches the container's cgroup.
+    let out = p.run(&["update", "--memory", "256m", "rt-op"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = p.run(&["inspect", "--format", "{{.State.Pid}}", "rt-op"]);
+    let pid = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let limit =
+        std::fs::read_to_string(memory_cgroup_of(&pid).join("memory.limit_in_bytes")).unwrap();
+    assert_eq!(limit.trim(), (256u64 << 20).to_string());
+
+    // stop: kill, then delete.
+    let out = p.run(&["stop", "-t", "1", "rt-op"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = p.run(&["inspect", "--format", "{{.State.Status}}", "rt-op"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "exited");
+    let out = p.run(&["rm", "rt-op"]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn containerd_operates_tasks() {
+    if !root_or_skip("containerd_operates_tasks") {
+        return;
+    }
+    assert!(
+        have("containerd") && have("ctr"),
+        "containerd missing: integration/install-deps installs it"
+    );
+    let c = Containerd::start();
+    let archive = c.dir.path().join("busybox.tar");
+    let image = "docker.io/library/rt-busybox:latest";
+    rt_integration::image::busybox_oci_archive(&archive, image);
+    let out = c.ctr(&["images", "import", "--no-unpack", archive.to_str().unwrap()]);
+    assert!(out.status.success(), "ctr import: {}", text(&out));
+    let id = format!("rt-task-{}", std::process::id());
+    let rt = rt_bin();
+    let out = c.ctr(&[
+        "run",
+        "-d",
+        "--snapshotter",
+        "native",
+        "--runc-binary",
+        rt.to_str().unwrap(),
+        image,
+        &id,
+        "sleep",
+        "1000",
+    ]);
+    assert!(out.status.success(), "ctr run -d: {}", text(&out));
+    let status = || {
+        let out = c.ctr(&["task", "ls"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| l.starts_with(&id))
+            .map(|l| l.split_whitespace().last().unwrap_or("").to_string())
+            .unwrap_or_default()
+    };
+    assert!(eventually(10, || status() == "RUNNING"), "{}", status());
+
+    // exec: output and exit status.
+    let out = c.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        &id,
+        "sh",
+        "-c",
+        "echo from-exec; exit 2",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("from-exec"), "{}", text(&out));
+
+    // pause and resume.
+    let out = c.ctr(&["task", "pause", &id]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(status(), "PAUSED");
+    let out = c.ctr(&["task", "resume", &id]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(status(), "RUNNING");
+
+    // ps lists the init's host pid.
+    let out = c.ctr(&["task", "ps", &id]);
+    assert!(out.status.success(), "{}", text(&out));
+    let pids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect();
+    assert_eq!(pids.len(), 1, "{}", text(&out));
+    let pid = &pids[0];
+    assert!(Path::new(&format!("/proc/{pid}")).exists());
+
+    // metrics: the shim reads the cgroup rt placed the init in.
+    let out = c.ctr(&["task", "metrics", "--format", "json", &id]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    let v: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim())
+        .unwrap_or_else(|e| panic!("{e}: {t}"));
+    let s = v.to_string();
+    assert!(s.contains("\"pids\"") && s.contains("\"current\":1"), "{s}");
+    let memory_cg = memory_cgroup_of(pid);
+    assert!(
+        memory_cg.ends_with(format!("default/{id}")),
+        "{}",
+        memory_cg.display()
+    );
+
+    let out = c.ctr(&["task", "kill", "-s", "KILL", &id]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(eventually(10, || status() == "STOPPED"), "{}", status());
+    let out = c.ctr(&["task", "delete", &id]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = c.ctr(&["container", "delete", &id]);
+    assert!(out.status.success(), "{}", text(&out));
+    drop(c);
+    let leaf = format!("default/{id}");
+    assert!(
+        eventually(5, || rt_testsupport::cgroup_dirs_named(&leaf).is_empty()),
+        "{leaf} left"
+    );
+}
