@@ -88,7 +88,7 @@ fn exec_flags_and_exit_status() {
     let (_b, id, _) = running(&root, |c| {
         c["process"]["capabilities"] = json!({"bounding": ["CAP_KILL", "CAP_CHOWN"], "effective": ["CAP_KILL"], "permitted": ["CAP_KILL"]});
     });
-    let (code, out, _) = exec(
+    let (code, out, err) = exec(
         &root,
         &[
             "--env",
@@ -108,7 +108,7 @@ fn exec_flags_and_exit_status() {
             "echo $A$B; pwd; id; grep NoNewPrivs /proc/self/status; exit 9",
         ],
     );
-    assert_eq!(code, 9);
+    assert_eq!(code, 9, "{out}{err}");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], "12");
     assert_eq!(lines[1], "/etc");

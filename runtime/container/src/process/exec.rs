@@ -128,24 +128,27 @@ fn drive(
     pid: &mut Option<Pid>,
 ) -> Result<Created> {
     let mut children = Supervisor::new(chan, opts);
+    // The stage reports the pid and the exec'd child reports Ready on the
+    // same channel; they race, so either may come first.
+    let mut ready = false;
     loop {
         match children.next_event()? {
             Event::InitPid(p) => {
                 let _ = waitpid(stage_pid, None);
                 *pid = Some(p);
             }
-            Event::Ready => {
-                let pid = pid.ok_or(supervise::Error::Unexpected(ToParent::Ready))?;
-                return Ok(Created {
-                    pid,
-                    terminal: children.into_terminal(),
-                });
-            }
+            Event::Ready => ready = true,
             other => {
                 return Err(
                     supervise::Error::Child(format!("unexpected {other:?} during exec")).into(),
                 )
             }
+        }
+        if let (true, Some(pid)) = (ready, *pid) {
+            return Ok(Created {
+                pid,
+                terminal: children.into_terminal(),
+            });
         }
     }
 }

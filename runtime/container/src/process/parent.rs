@@ -148,7 +148,10 @@ fn drive(
     let spec = &bundle.spec;
     let linux = spec.linux().as_ref().expect("validated: linux");
     let mut children = Supervisor::new(chan, opts);
-    loop {
+    // The stage's InitPid and the init's messages share the channel and may
+    // arrive in either order: finish only once both the pid and Ready came.
+    let mut ready = false;
+    while !(ready && state.pid != 0) {
         match children.next_event()? {
             Event::UserNamespaceReady => {
                 let uid = linux.uid_mappings().as_deref().unwrap_or_default();
@@ -173,7 +176,7 @@ fn drive(
                 hooks::run(spec.hooks().as_ref(), Kind::CreateRuntime, &json)?;
                 chan.send(&ToChild::HooksDone)?;
             }
-            Event::Ready => break,
+            Event::Ready => ready = true,
         }
     }
     state.stored_status = Status::Created;
