@@ -222,3 +222,35 @@ fn child_inner(launch: &ExecLaunch<'_>, chan: &ChildEnd) -> Result<user_process:
         launch.plan.in_user_ns(),
     )?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The exec'd child's Ready may overtake the stage's InitPid on the
+    /// shared channel (seen under load); exec must accept both orders.
+    #[test]
+    fn ready_before_init_pid_is_accepted() {
+        for first_ready in [true, false] {
+            let (chan, child) = channel::pair().unwrap();
+            let msgs = if first_ready {
+                [ToParent::Ready, ToParent::InitPid(4242)]
+            } else {
+                [ToParent::InitPid(4242), ToParent::Ready]
+            };
+            for m in &msgs {
+                child.send(m).unwrap();
+            }
+            let mut pid = None;
+            // No such child to reap: waitpid's ECHILD is ignored.
+            let created = drive(
+                &chan,
+                &Options::default(),
+                Pid::from_raw(i32::MAX),
+                &mut pid,
+            )
+            .unwrap();
+            assert_eq!(created.pid, Pid::from_raw(4242));
+        }
+    }
+}
