@@ -3,6 +3,7 @@
 mod argv;
 mod commands;
 mod logging;
+mod sealed;
 mod signal;
 
 use std::path::PathBuf;
@@ -100,6 +101,16 @@ pub struct Global {
 fn main() {
     let args = argv::normalise(std::env::args().skip(1).collect());
     let cli = Cli::parse_from(std::iter::once("rt".to_string()).chain(args));
+    // Processes of these commands become visible inside the container.
+    if matches!(
+        cli.command,
+        Command::Create(_) | Command::Run(_) | Command::Exec(_)
+    ) {
+        if let Err(e) = sealed::reexec_sealed() {
+            eprintln!("rt: {e:#}");
+            std::process::exit(1);
+        }
+    }
     let to_file = match logging::init(
         cli.log.as_deref(),
         matches!(cli.log_format, LogFormat::Json),

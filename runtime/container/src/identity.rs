@@ -31,6 +31,8 @@ pub enum Error {
     NotFound(String),
     #[error("exec: {0:?}: permission denied")]
     NotExecutable(String),
+    #[error("cwd {0:?} is outside of the container's root")]
+    CwdOutside(PathBuf),
     #[error("chdir to cwd ({0:?}) set in config.json failed")]
     Cwd(PathBuf, #[source] Errno),
 }
@@ -171,7 +173,14 @@ pub fn set_no_new_privs() -> Result<()> {
 }
 
 pub fn chdir(cwd: &Path) -> Result<()> {
-    nix::unistd::chdir(cwd).map_err(|e| Error::Cwd(cwd.to_path_buf(), e))
+    nix::unistd::chdir(cwd).map_err(|e| Error::Cwd(cwd.to_path_buf(), e))?;
+    // CVE-2024-21626: a cwd reached through a leaked descriptor
+    // (/proc/self/fd/N) lies outside the container's root, where getcwd
+    // fails (ENOENT) or answers "(unreachable)/...". Refuse it.
+    match nix::unistd::getcwd() {
+        Ok(p) if p.is_absolute() => Ok(()),
+        _ => Err(Error::CwdOutside(cwd.to_path_buf())),
+    }
 }
 
 /// The PATH of the process's environment (or the default).

@@ -179,7 +179,11 @@ fn stage_inner(
         None => rt_sys::fork(one_thread),
     };
     match forked.map_err(Error::Fork)? {
-        ForkResult::Child => child(launch, chan, deferred),
+        ForkResult::Child => {
+            // The process must hold no host directory (CVE-2024-21626).
+            drop(cgroup2);
+            child(launch, chan, deferred)
+        }
         ForkResult::Parent { child } => {
             chan.send(&ToParent::InitPid(child.as_raw()))?;
             Ok(())

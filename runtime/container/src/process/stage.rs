@@ -96,7 +96,11 @@ fn stage(launch: &Launch<'_>, chan: &ChildEnd) -> Result<(), Error> {
         None => rt_sys::fork(launch.one_thread),
     };
     match forked.map_err(Error::Fork)? {
-        ForkResult::Child => init::run(launch, chan, fifo),
+        ForkResult::Child => {
+            // The init must hold no host directory (CVE-2024-21626).
+            drop(cgroup2);
+            init::run(launch, chan, fifo)
+        }
         ForkResult::Parent { child } => {
             // Our pid namespace is the parent's, so `child` is the host pid.
             chan.send(&ToParent::InitPid(child.as_raw()))?;

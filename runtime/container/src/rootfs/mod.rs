@@ -31,6 +31,8 @@ pub enum Error {
         #[source]
         source: options::Error,
     },
+    #[error("{0} in the rootfs is a symlink: refusing to mount proc or sysfs on it")]
+    SymlinkDestination(PathBuf),
     #[error("rootfs propagation")]
     Propagation(#[source] options::Error),
     #[error(transparent)]
@@ -145,6 +147,9 @@ fn mount_one(ctx: &Context<'_>, root: std::os::fd::BorrowedFd<'_>, m: &Mount) ->
     if fstype == Some("cgroup") || fstype == Some("cgroup2") {
         return mount_cgroup(ctx, root, m, &opts);
     }
+    if matches!(fstype, Some("proc" | "sysfs")) {
+        refuse_symlink(root, dest)?;
+    }
     let bind = opts.is_bind() || fstype == Some("bind");
     let source = m.source().as_ref().map(|s| {
         if bind && s.is_relative() {
@@ -235,6 +240,26 @@ fn mount_one(ctx: &Context<'_>, root: std::os::fd::BorrowedFd<'_>, m: &Mount) ->
 
 /// Remounts a bind mount with `flags`, keeping the flags the kernel locks
 /// (nosuid, nodev, noexec, atime) as they are, which a user namespace requires.
+/// CVE-2019-16884 / CVE-2023-27561: proc and sysfs go onto real
+/// directories only. A rootfs whose /proc is a symlink would move the proc
+/// mount (and the masked paths and LSM attribute writes that rely on it)
+/// wherever the image points it, so it is refused as runc refuses it.
+fn refuse_symlink(root: std::os::fd::BorrowedFd<'_>, dest: &Path) -> Result<()> {
+    use nix::sys::stat::{fstatat, SFlag};
+    let rel = dest.strip_prefix("/").unwrap_or(dest);
+    use std::os::fd::AsRawFd;
+    match fstatat(
+        Some(root.as_raw_fd()),
+        rel,
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    ) {
+        Ok(st) if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFLNK => {
+            Err(Error::SymlinkDestination(dest.to_path_buf()))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn remount(target: &Path, flags: MsFlags) -> std::result::Result<(), Errno> {
     let current = nix::sys::statvfs::statvfs(target)?;
     let mut keep = MsFlags::empty();

@@ -1,0 +1,234 @@
+//! Regression tests for known runtime escapes: each attacks rt the way the
+//! CVE attacked runc and fails on an implementation that is vulnerable.
+
+use std::path::Path;
+
+use rt_testsupport::{eventually, output_via_files, root_or_skip, unique_id, Bundle, Root};
+use serde_json::{json, Value};
+
+macro_rules! need_root {
+    () => {
+        if !root_or_skip(module_path!()) {
+            return;
+        }
+    };
+}
+
+fn sha(path: &Path) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(std::fs::read(path).unwrap()).to_vec()
+}
+
+/// CVE-2019-5736: a process in the container opens /proc/1/exe while the
+/// init is still rt (the container is created, not started), waits until rt
+/// is no longer running, and writes through the descriptor. rt runs from a
+/// sealed memfd copy, so the write fails and the binary on disk is intact.
+#[test]
+fn cve_2019_5736_runtime_binary_cannot_be_overwritten() {
+    need_root!();
+    // Attack a copy, so that a vulnerable rt does not break the other tests.
+    let dir = tempfile::tempdir().unwrap();
+    let rt_copy = dir.path().join("rt");
+    std::fs::copy(rt_testsupport::rt_bin(), &rt_copy).unwrap();
+    let before = sha(&rt_copy);
+    let root = Root::new();
+    let rt = |args: &[&str]| {
+        output_via_files(
+            std::process::Command::new(&rt_copy)
+                .arg("--root")
+                .arg(root.dir.path())
+                .args(args),
+        )
+    };
+    let mut b = Bundle::new(&["sleep", "1000"]);
+    b.edit(|c| {
+        c["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs"}));
+    });
+    let id = unique_id("cve5736");
+    let out = rt(&["create", "--bundle", b.path().to_str().unwrap(), &id]);
+    assert!(out.status.success(), "{out:?}");
+    let attack = "exec 3</proc/1/exe || { echo open-failed > /tmp/result; exit 0; }; \
+                  echo opened > /tmp/opened; \
+                  while [ \"$(readlink /proc/1/exe)\" != /bin/busybox ]; do sleep 0.05; done; \
+                  sleep 1; \
+                  if printf '#!/bin/sh\\necho pwned\\n' >> /proc/self/fd/3; \
+                  then echo wrote > /tmp/result; else echo write-failed > /tmp/result; fi";
+    let out = rt(&[
+        "exec",
+        "-d",
+        "--cap",
+        "CAP_SYS_PTRACE",
+        &id,
+        "sh",
+        "-c",
+        attack,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let cat = |f: &str| {
+        let out = root.rt(&["exec", &id, "cat", f]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert!(eventually(10, || !cat("/tmp/opened").is_empty()
+        || !cat("/tmp/result").is_empty()));
+    let out = rt(&["start", &id]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(eventually(15, || !cat("/tmp/result").is_empty()));
+    let result = cat("/tmp/result");
+    assert_eq!(
+        sha(&rt_copy),
+        before,
+        "the runtime binary was rewritten ({result})"
+    );
+    assert_ne!(result, "wrote");
+    root.ok(&["delete", "--force", &id]);
+}
+
+/// CVE-2024-21626: a working directory of /proc/self/fd/N would be a host
+/// directory if rt leaked a descriptor (runc leaked a cgroup directory).
+/// No descriptor but stdio is open when the init sets its cwd, so every such
+/// cwd fails or stays inside the container.
+#[test]
+fn cve_2024_21626_no_host_directory_reachable_through_cwd() {
+    need_root!();
+    let root = Root::new();
+    for fd in 3..10 {
+        let mut b = Bundle::new(&["sh", "-c", "readlink /proc/self/cwd; ls .. | head -3"]);
+        b.edit(|c: &mut Value| c["process"]["cwd"] = format!("/proc/self/fd/{fd}").into());
+        let id = unique_id("cve21626");
+        let out = root.rt(&["run", "--bundle", b.path().to_str().unwrap(), &id]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !out.status.success(),
+            "cwd /proc/self/fd/{fd} worked: {stdout}"
+        );
+        let _ = root.rt(&["delete", "--force", &id]);
+    }
+    // And exec: its process sees only stdio too.
+    let (_b, id) = {
+        let b = Bundle::new(&["sleep", "1000"]);
+        let id = unique_id("cve21626");
+        root.ok(&["run", "-d", "--bundle", b.path().to_str().unwrap(), &id]);
+        (b, id)
+    };
+    let out = root.ok(&["exec", &id, "ls", "/proc/self/fd"]);
+    assert_eq!(
+        out.split_whitespace().collect::<Vec<_>>(),
+        ["0", "1", "2", "3"],
+        "fd 3 is ls's own directory"
+    );
+    let out = root.rt(&["exec", "--cwd", "/proc/self/fd/5", &id, "pwd"]);
+    assert!(!out.status.success(), "{out:?}");
+    root.ok(&["delete", "--force", &id]);
+}
+
+/// CVE-2022-29162: inheritable capabilities stay exactly as the spec lists
+/// them (empty here), for the init and for exec, so no file capability can be
+/// inherited into a process beyond the spec.
+#[test]
+fn cve_2022_29162_inheritable_capabilities_not_granted() {
+    need_root!();
+    let root = Root::new();
+    let mut b = Bundle::new(&["sleep", "1000"]);
+    b.edit(|c| {
+        c["process"]["capabilities"] = json!({
+            "bounding": ["CAP_KILL", "CAP_NET_BIND_SERVICE"],
+            "effective": ["CAP_KILL"],
+            "permitted": ["CAP_KILL"],
+            "inheritable": []
+        });
+    });
+    let id = unique_id("cve29162");
+    root.ok(&["run", "-d", "--bundle", b.path().to_str().unwrap(), &id]);
+    let caps = |out: &str, key: &str| {
+        out.lines()
+            .find(|l| l.starts_with(key))
+            .map(|l| l.split_whitespace().last().unwrap().to_string())
+            .unwrap()
+    };
+    let init = std::fs::read_to_string(format!(
+        "/proc/{}/status",
+        serde_json::from_str::<Value>(&root.ok(&["state", &id])).unwrap()["pid"]
+    ))
+    .unwrap();
+    assert_eq!(caps(&init, "CapInh:"), "0000000000000000");
+    assert_eq!(caps(&init, "CapAmb:"), "0000000000000000");
+    let out = root.ok(&["exec", &id, "cat", "/proc/self/status"]);
+    assert_eq!(caps(&out, "CapInh:"), "0000000000000000");
+    assert_eq!(caps(&out, "CapBnd:"), "0000000000000420");
+    root.ok(&["delete", "--force", &id]);
+}
+
+/// CVE-2019-16884 / CVE-2023-27561: a rootfs whose /proc is a symlink
+/// (pointing at a fake directory) could redirect the proc mount and with it
+/// the LSM and masked-path writes. rt refuses to mount proc onto a symlink.
+#[test]
+fn proc_symlink_in_rootfs_is_refused() {
+    need_root!();
+    let rootfs = tempfile::tempdir().unwrap();
+    rt_testsupport::make_rootfs(rootfs.path());
+    std::fs::remove_dir(rootfs.path().join("proc")).unwrap();
+    std::fs::create_dir(rootfs.path().join("fakeproc")).unwrap();
+    std::os::unix::fs::symlink("/fakeproc", rootfs.path().join("proc")).unwrap();
+    let root = Root::new();
+    let mut b = Bundle::new(&["cat", "/proc/keys"]);
+    b.edit(|c| c["root"]["path"] = json!(rootfs.path()));
+    let id = unique_id("procsym");
+    let out = root.rt(&["run", "--bundle", b.path().to_str().unwrap(), &id]);
+    assert!(!out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/proc") && err.contains("symlink"), "{err}");
+    assert!(rt_testsupport::cgroup_dirs_named(&id).is_empty());
+    assert!(!root.dir.path().join(&id).exists());
+}
+
+/// CVE-2021-30465: a symlink swapped under a mount destination while rt
+/// creates containers must never make a mount land outside the rootfs. A
+/// thread flips `/rootfs/flip` between a directory and a symlink to a host
+/// directory while containers mount a tmpfs on /flip/x.
+#[test]
+fn cve_2021_30465_swapped_symlink_cannot_redirect_a_mount() {
+    need_root!();
+    let rootfs = tempfile::tempdir().unwrap();
+    rt_testsupport::make_rootfs(rootfs.path());
+    let outside = tempfile::tempdir().unwrap();
+    let flip = rootfs.path().join("flip");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flipper = {
+        let (flip, target, stop) = (flip.clone(), outside.path().to_path_buf(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = std::fs::remove_file(&flip);
+                let _ = std::fs::create_dir_all(flip.join("x"));
+                let _ = std::fs::remove_dir_all(&flip);
+                let _ = std::os::unix::fs::symlink(&target, &flip);
+            }
+        })
+    };
+    let root = Root::new();
+    let mut b = Bundle::new(&["true"]);
+    b.edit(|c| {
+        c["root"]["path"] = json!(rootfs.path());
+        c["root"]["readonly"] = json!(false);
+        c["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"destination": "/flip/x", "type": "tmpfs", "source": "tmpfs"}));
+    });
+    for _ in 0..40 {
+        let id = unique_id("cve30465");
+        let _ = root.rt(&["run", "--bundle", b.path().to_str().unwrap(), &id]);
+        let _ = root.rt(&["delete", "--force", &id]);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    flipper.join().unwrap();
+    // Nothing was created in, or mounted on, the host directory.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(outside.path().to_str().unwrap()),
+        "a mount escaped"
+    );
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+}
