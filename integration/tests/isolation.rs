@@ -630,3 +630,20 @@ fn device_cgroup_denies_unlisted_devices() {
     );
     assert_eq!(out, "denied\nnull-ok\nallowed-ok\n");
 }
+
+/// Unknown capability names in the spec are skipped with a warning, as runc
+/// does, instead of failing the whole config.json.
+#[test]
+fn unknown_capabilities_warn_and_are_skipped() {
+    need_root!();
+    let (code, out, err) = run_with("grep CapBnd /proc/self/status", |c| {
+        c["process"]["capabilities"] = json!({
+            "bounding": ["CAP_KILL", "CAP_FROM_THE_FUTURE"],
+            "effective": ["CAP_KILL"],
+            "permitted": ["CAP_KILL", "CAP_FROM_THE_FUTURE"]
+        });
+    });
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out.trim(), "CapBnd:\t0000000000000020");
+    assert!(err.contains("CAP_FROM_THE_FUTURE"), "{err}");
+}

@@ -43,6 +43,32 @@ pub struct Bundle {
     pub time_offsets: Vec<(String, i64, u32)>,
 }
 
+/// Removes capability names this build does not know from a raw `process`
+/// object, with a warning, as runc does: a spec written for a newer kernel
+/// (CAP_BPF, CAP_CHECKPOINT_RESTORE on an older list) still runs. oci-spec
+/// would otherwise reject the whole document.
+pub fn drop_unknown_capabilities(process: &mut serde_json::Value) {
+    let Some(caps) = process
+        .get_mut("capabilities")
+        .and_then(|c| c.as_object_mut())
+    else {
+        return;
+    };
+    for (set, names) in caps.iter_mut() {
+        let Some(list) = names.as_array_mut() else {
+            continue;
+        };
+        list.retain(|name| {
+            let known =
+                serde_json::from_value::<oci_spec::runtime::Capability>(name.clone()).is_ok();
+            if !known {
+                tracing::warn!("ignoring unknown or unsupported capability {name} in {set}");
+            }
+            known
+        });
+    }
+}
+
 fn parse_time_offsets(v: &serde_json::Value) -> Result<Vec<(String, i64, u32)>> {
     let bad = |reason: String| Error::Invalid {
         field: "linux.timeOffsets",
@@ -87,6 +113,9 @@ impl Bundle {
             .get_mut("linux")
             .and_then(|l| l.as_object_mut())
             .and_then(|l| l.remove("timeOffsets"));
+        if let Some(p) = raw.get_mut("process") {
+            drop_unknown_capabilities(p);
+        }
         if let Some(r) = raw.pointer_mut("/linux/resources") {
             rt_cgroups::resources::normalize_json(r);
         }
@@ -281,6 +310,20 @@ mod tests {
     const BASE: &str = r#"{"ociVersion":"1.3.0","root":{"path":"rootfs"},
         "process":{"user":{"uid":0,"gid":0},"args":["sh"],"cwd":"/"},
         "linux":{"namespaces":[{"type":"mount"},{"type":"pid"}]}}"#;
+
+    #[test]
+    fn unknown_capabilities_are_dropped() {
+        let mut p = serde_json::json!({"capabilities": {
+            "bounding": ["CAP_KILL", "CAP_NOT_A_THING", "CAP_BPF"],
+            "effective": ["CAP_FUTURE"]
+        }});
+        drop_unknown_capabilities(&mut p);
+        assert_eq!(
+            p["capabilities"]["bounding"],
+            serde_json::json!(["CAP_KILL", "CAP_BPF"])
+        );
+        assert_eq!(p["capabilities"]["effective"], serde_json::json!([]));
+    }
 
     #[test]
     fn accepts_any_1x_version() {
