@@ -102,8 +102,15 @@ impl Bundle {
             path: path.clone(),
             source,
         })?;
+        Self::parse(dir, &text)
+    }
+
+    /// Parses and validates the text of `dir`'s config.json (what
+    /// [`Bundle::load`] read). Also the entry point of the config fuzz target.
+    pub fn parse(dir: PathBuf, text: &[u8]) -> Result<Bundle> {
+        let path = dir.join("config.json");
         let mut raw: serde_json::Value =
-            serde_json::from_slice(&text).map_err(|source| Error::Parse {
+            serde_json::from_slice(text).map_err(|source| Error::Parse {
                 path: path.clone(),
                 source,
             })?;
