@@ -51,6 +51,11 @@ impl Podman {
             .arg(self.dir.path().join("storage"))
             .arg("--runroot")
             .arg(self.dir.path().join("run"))
+            // Its own tmpdir too (exit files, locks): the default
+            // /run/libpod is shared, and one test's `system reset` would
+            // remove another's exit files mid-stop.
+            .arg("--tmpdir")
+            .arg(self.dir.path().join("tmp"))
             .args(["--storage-driver", "vfs", "--runtime"])
             .arg(rt_bin());
         c
@@ -147,6 +152,10 @@ fn podman_runs_with_rt() {
 struct Containerd {
     dir: tempfile::TempDir,
     child: Child,
+    /// The containerd namespace, which is also the parent of the containers'
+    /// cgroups: one per test, so that parallel tests never share (and leave
+    /// behind) a parent cgroup.
+    ns: String,
 }
 
 impl Containerd {
@@ -174,7 +183,11 @@ impl Containerd {
             .unwrap();
         let sock = d.join("containerd.sock");
         assert!(eventually(20, || sock.exists()), "containerd did not start");
-        Containerd { dir, child }
+        Containerd {
+            dir,
+            child,
+            ns: rt_testsupport::unique_id("rt-ns"),
+        }
     }
 
     fn ctr(&self, args: &[&str]) -> Output {
@@ -182,6 +195,7 @@ impl Containerd {
             Command::new("ctr")
                 .arg("--address")
                 .arg(self.dir.path().join("containerd.sock"))
+                .args(["--namespace", &self.ns])
                 .args(args),
         )
     }
@@ -189,6 +203,36 @@ impl Containerd {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
+        // A test that failed half-way leaves tasks: delete them with rt
+        // under the shim's state root, then stop the shims of our socket.
+        let runc_root = Path::new("/run/containerd/runc").join(&self.ns);
+        for e in std::fs::read_dir(&runc_root)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = output_via_files(
+                Command::new(rt_bin())
+                    .arg("--root")
+                    .arg(&runc_root)
+                    .args(["delete", "--force"])
+                    .arg(e.file_name()),
+            );
+        }
+        let _ = std::fs::remove_dir_all(&runc_root);
+        let sock = self.dir.path().join("containerd.sock");
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let text = String::from_utf8_lossy(&cmdline);
+            if text.contains("containerd-shim") && text.contains(sock.to_str().unwrap()) {
+                if let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         // Anything the shims mounted under our state dir.
@@ -249,7 +293,7 @@ fn containerd_runc_shim_runs_rt() {
     assert!(t.contains("hi from containerd"), "{t}");
     // The init was placed in the cgroup containerd asked for (ctr's default
     // spec has no cgroup namespace, so the path shows in full).
-    assert!(t.contains(&format!("pids:/default/{id}\n")), "{t}");
+    assert!(t.contains(&format!("pids:/{}/{id}\n", c.ns)), "{t}");
     // A fresh id: containerd may still be running the shim's deferred
     // `delete --force` of the first container.
     let id2 = format!("{id}-2");
@@ -267,8 +311,13 @@ fn containerd_runc_shim_runs_rt() {
         "exit 3",
     ]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let ns = c.ns.clone();
     drop(c);
-    for leaf in [format!("default/{id}"), format!("default/{id2}")] {
+    assert!(
+        eventually(5, || rt_testsupport::cgroup_dirs_named(&ns).is_empty()),
+        "{ns} left"
+    );
+    for leaf in [format!("{ns}/{id}"), format!("{ns}/{id2}")] {
         assert!(
             eventually(5, || rt_testsupport::cgroup_dirs_named(&leaf).is_empty()),
             "{leaf} left"
@@ -448,7 +497,7 @@ fn containerd_operates_tasks() {
     assert!(s.contains("\"pids\"") && s.contains("\"current\":1"), "{s}");
     let memory_cg = memory_cgroup_of(pid);
     assert!(
-        memory_cg.ends_with(format!("default/{id}")),
+        memory_cg.ends_with(format!("{}/{id}", c.ns)),
         "{}",
         memory_cg.display()
     );
@@ -460,10 +509,10 @@ fn containerd_operates_tasks() {
     assert!(out.status.success(), "{}", text(&out));
     let out = c.ctr(&["container", "delete", &id]);
     assert!(out.status.success(), "{}", text(&out));
+    let ns = c.ns.clone();
     drop(c);
-    let leaf = format!("default/{id}");
     assert!(
-        eventually(5, || rt_testsupport::cgroup_dirs_named(&leaf).is_empty()),
-        "{leaf} left"
+        eventually(5, || rt_testsupport::cgroup_dirs_named(&ns).is_empty()),
+        "{ns} left"
     );
 }
