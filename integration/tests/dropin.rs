@@ -64,6 +64,20 @@ impl Podman {
     fn run(&self, args: &[&str]) -> Output {
         output_via_files(self.cmd().args(args))
     }
+
+    /// A podman with the busybox image loaded as localhost/rt-busybox.
+    fn with_busybox() -> Podman {
+        assert!(
+            have("podman"),
+            "podman missing: integration/install-deps installs it"
+        );
+        let p = Podman::new();
+        let archive = p.dir.path().join("busybox.tar");
+        rt_integration::image::busybox_oci_archive(&archive, "localhost/rt-busybox:latest");
+        let out = p.run(&["load", "-i", archive.to_str().unwrap()]);
+        assert!(out.status.success(), "podman load: {}", text(&out));
+        p
+    }
 }
 
 impl Drop for Podman {
@@ -85,15 +99,7 @@ fn podman_runs_with_rt() {
     if !root_or_skip("podman_runs_with_rt") {
         return;
     }
-    assert!(
-        have("podman"),
-        "podman missing: integration/install-deps installs it"
-    );
-    let p = Podman::new();
-    let archive = p.dir.path().join("busybox.tar");
-    rt_integration::image::busybox_oci_archive(&archive, "localhost/rt-busybox:latest");
-    let out = p.run(&["load", "-i", archive.to_str().unwrap()]);
-    assert!(out.status.success(), "podman load: {}", text(&out));
+    let p = Podman::with_busybox();
     let out = p.run(&[
         "run",
         "--rm",
@@ -147,6 +153,8 @@ fn podman_runs_with_rt() {
     assert!(out.status.success(), "{}", text(&out));
 }
 
+const BUSYBOX_CTR: &str = "docker.io/library/rt-busybox:latest";
+
 /// A containerd of its own: temporary root, state and socket, the CRI plugin
 /// off (no CNI, no network set up).
 struct Containerd {
@@ -188,6 +196,21 @@ impl Containerd {
             child,
             ns: rt_testsupport::unique_id("rt-ns"),
         }
+    }
+
+    /// A started containerd with the busybox image imported as
+    /// [`BUSYBOX_CTR`].
+    fn with_busybox() -> Containerd {
+        assert!(
+            have("containerd") && have("ctr"),
+            "containerd missing: integration/install-deps installs it"
+        );
+        let c = Containerd::start();
+        let archive = c.dir.path().join("busybox.tar");
+        rt_integration::image::busybox_oci_archive(&archive, BUSYBOX_CTR);
+        let out = c.ctr(&["images", "import", "--no-unpack", archive.to_str().unwrap()]);
+        assert!(out.status.success(), "ctr import: {}", text(&out));
+        c
     }
 
     fn ctr(&self, args: &[&str]) -> Output {
@@ -259,16 +282,8 @@ fn containerd_runc_shim_runs_rt() {
     if !root_or_skip("containerd_runc_shim_runs_rt") {
         return;
     }
-    assert!(
-        have("containerd") && have("ctr"),
-        "containerd missing: integration/install-deps installs it"
-    );
-    let c = Containerd::start();
-    let archive = c.dir.path().join("busybox.tar");
-    let image = "docker.io/library/rt-busybox:latest";
-    rt_integration::image::busybox_oci_archive(&archive, image);
-    let out = c.ctr(&["images", "import", "--no-unpack", archive.to_str().unwrap()]);
-    assert!(out.status.success(), "ctr import: {}", text(&out));
+    let c = Containerd::with_busybox();
+    let image = BUSYBOX_CTR;
     let id = format!("rt-ctr-{}", std::process::id());
     let rt = rt_bin();
     let out = c.ctr(&[
@@ -340,15 +355,7 @@ fn podman_operates_running_containers() {
     if !root_or_skip("podman_operates_running_containers") {
         return;
     }
-    assert!(
-        have("podman"),
-        "podman missing: integration/install-deps installs it"
-    );
-    let p = Podman::new();
-    let archive = p.dir.path().join("busybox.tar");
-    rt_integration::image::busybox_oci_archive(&archive, "localhost/rt-busybox:latest");
-    let out = p.run(&["load", "-i", archive.to_str().unwrap()]);
-    assert!(out.status.success(), "podman load: {}", text(&out));
+    let p = Podman::with_busybox();
     let out = p.run(&[
         "run",
         "-d",
@@ -418,16 +425,8 @@ fn containerd_operates_tasks() {
     if !root_or_skip("containerd_operates_tasks") {
         return;
     }
-    assert!(
-        have("containerd") && have("ctr"),
-        "containerd missing: integration/install-deps installs it"
-    );
-    let c = Containerd::start();
-    let archive = c.dir.path().join("busybox.tar");
-    let image = "docker.io/library/rt-busybox:latest";
-    rt_integration::image::busybox_oci_archive(&archive, image);
-    let out = c.ctr(&["images", "import", "--no-unpack", archive.to_str().unwrap()]);
-    assert!(out.status.success(), "ctr import: {}", text(&out));
+    let c = Containerd::with_busybox();
+    let image = BUSYBOX_CTR;
     let id = format!("rt-task-{}", std::process::id());
     let rt = rt_bin();
     let out = c.ctr(&[

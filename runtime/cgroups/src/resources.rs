@@ -155,12 +155,7 @@ pub fn v2(r: &LinuxResources, has_file: &dyn Fn(&str) -> bool) -> Result<Vec<Set
         if let Some(idle) = c.idle() {
             set(&mut out, "cpu", "cpu.idle", idle);
         }
-        if let Some(cpus) = c.cpus().as_deref().filter(|s| !s.is_empty()) {
-            set(&mut out, "cpuset", "cpuset.cpus", cpus);
-        }
-        if let Some(mems) = c.mems().as_deref().filter(|s| !s.is_empty()) {
-            set(&mut out, "cpuset", "cpuset.mems", mems);
-        }
+        cpuset(&mut out, c);
     }
     if let Some(p) = r.pids() {
         set(&mut out, "pids", "pids.max", pids_value(p.limit()));
@@ -187,6 +182,16 @@ pub fn v2(r: &LinuxResources, has_file: &dyn Fn(&str) -> bool) -> Result<Vec<Set
         set(&mut out, controller, key.as_str(), value);
     }
     Ok(out)
+}
+
+/// cpuset.cpus and cpuset.mems: the same files on v1 and v2.
+fn cpuset(out: &mut Vec<Setting>, c: &oci_spec::runtime::LinuxCpu) {
+    if let Some(cpus) = c.cpus().as_deref().filter(|s| !s.is_empty()) {
+        set(out, "cpuset", "cpuset.cpus", cpus);
+    }
+    if let Some(mems) = c.mems().as_deref().filter(|s| !s.is_empty()) {
+        set(out, "cpuset", "cpuset.mems", mems);
+    }
 }
 
 fn kernel_memory_warning(kernel: Option<i64>, tcp: Option<i64>) {
@@ -324,12 +329,7 @@ pub fn v1(r: &LinuxResources) -> Result<Vec<Setting>> {
         if let Some(rt) = c.realtime_runtime().filter(|r| *r != 0) {
             set(&mut out, "cpu", "cpu.rt_runtime_us", rt);
         }
-        if let Some(cpus) = c.cpus().as_deref().filter(|s| !s.is_empty()) {
-            set(&mut out, "cpuset", "cpuset.cpus", cpus);
-        }
-        if let Some(mems) = c.mems().as_deref().filter(|s| !s.is_empty()) {
-            set(&mut out, "cpuset", "cpuset.mems", mems);
-        }
+        cpuset(&mut out, c);
     }
     if let Some(p) = r.pids() {
         set(&mut out, "pids", "pids.max", pids_value(p.limit()));
