@@ -213,6 +213,23 @@ impl Containerd {
         c
     }
 
+    /// `ctr run MODE --runc-binary rt BUSYBOX ID CMD...` (MODE: --rm or -d).
+    fn run_busybox(&self, mode: &str, id: &str, cmd: &[&str]) -> Output {
+        let rt = rt_bin();
+        let mut args = vec![
+            "run",
+            mode,
+            "--snapshotter",
+            "native",
+            "--runc-binary",
+            rt.to_str().unwrap(),
+            BUSYBOX_CTR,
+            id,
+        ];
+        args.extend_from_slice(cmd);
+        self.ctr(&args)
+    }
+
     fn ctr(&self, args: &[&str]) -> Output {
         output_via_files(
             Command::new("ctr")
@@ -283,22 +300,16 @@ fn containerd_runc_shim_runs_rt() {
         return;
     }
     let c = Containerd::with_busybox();
-    let image = BUSYBOX_CTR;
     let id = format!("rt-ctr-{}", std::process::id());
-    let rt = rt_bin();
-    let out = c.ctr(&[
-        "run",
+    let out = c.run_busybox(
         "--rm",
-        "--snapshotter",
-        "native",
-        "--runc-binary",
-        rt.to_str().unwrap(),
-        image,
         &id,
-        "sh",
-        "-c",
-        "echo hi from containerd; cat /proc/self/cgroup | grep pids",
-    ]);
+        &[
+            "sh",
+            "-c",
+            "echo hi from containerd; cat /proc/self/cgroup | grep pids",
+        ],
+    );
     let t = text(&out);
     assert!(
         out.status.success(),
@@ -312,19 +323,7 @@ fn containerd_runc_shim_runs_rt() {
     // A fresh id: containerd may still be running the shim's deferred
     // `delete --force` of the first container.
     let id2 = format!("{id}-2");
-    let out = c.ctr(&[
-        "run",
-        "--rm",
-        "--snapshotter",
-        "native",
-        "--runc-binary",
-        rt.to_str().unwrap(),
-        image,
-        &id2,
-        "sh",
-        "-c",
-        "exit 3",
-    ]);
+    let out = c.run_busybox("--rm", &id2, &["sh", "-c", "exit 3"]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     let ns = c.ns.clone();
     drop(c);
@@ -426,21 +425,8 @@ fn containerd_operates_tasks() {
         return;
     }
     let c = Containerd::with_busybox();
-    let image = BUSYBOX_CTR;
     let id = format!("rt-task-{}", std::process::id());
-    let rt = rt_bin();
-    let out = c.ctr(&[
-        "run",
-        "-d",
-        "--snapshotter",
-        "native",
-        "--runc-binary",
-        rt.to_str().unwrap(),
-        image,
-        &id,
-        "sleep",
-        "1000",
-    ]);
+    let out = c.run_busybox("-d", &id, &["sleep", "1000"]);
     assert!(out.status.success(), "ctr run -d: {}", text(&out));
     let status = || {
         let out = c.ctr(&["task", "ls"]);
