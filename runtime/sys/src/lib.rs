@@ -318,6 +318,30 @@ pub fn mount_setattr_recursive(fd: BorrowedFd<'_>, set: u64, clear: u64) -> Resu
         .map_err(|e| Error::Syscall("mount_setattr", e))
 }
 
+/// seccomp(SECCOMP_SET_MODE_FILTER, flags, prog): installs one classic-BPF
+/// filter on the calling thread (or, with SECCOMP_FILTER_FLAG_TSYNC, on every
+/// thread). Needs no_new_privs or CAP_SYS_ADMIN.
+pub fn seccomp_set_mode_filter(filter: &[libc::sock_filter], flags: u32) -> Result<()> {
+    let len = u16::try_from(filter.len()).map_err(|_| Error::Syscall("seccomp", Errno::E2BIG))?;
+    let prog = libc::sock_fprog {
+        len,
+        filter: filter.as_ptr().cast_mut(),
+    };
+    // SAFETY: `prog` points at `len` initialised instructions that outlive the
+    // call; the kernel copies the program and never writes through the pointer.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            flags,
+            &prog as *const libc::sock_fprog,
+        )
+    };
+    Errno::result(rc)
+        .map(drop)
+        .map_err(|e| Error::Syscall("seccomp", e))
+}
+
 /// _exit(2): ends the process at once, without running atexit handlers or
 /// flushing stdio buffers copied from the parent at fork.
 pub fn exit_now(code: i32) -> ! {

@@ -49,6 +49,9 @@ pub fn default_spec(rootless: bool) -> Value {
             "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
         }
     });
+    let bounding: Vec<String> = CAPS.iter().map(|c| c.to_string()).collect();
+    v["linux"]["seccomp"] = serde_json::to_value(rt_container::seccomp::default_profile(&bounding))
+        .expect("a seccomp profile serialises");
     if rootless {
         let uid = nix::unistd::getuid().as_raw();
         let gid = nix::unistd::getgid().as_raw();
@@ -99,6 +102,11 @@ mod tests {
             let spec: oci_spec::runtime::Spec =
                 serde_json::from_value(default_spec(rootless)).unwrap();
             rt_container::spec::validate(&spec).unwrap();
+            let profile = spec.linux().as_ref().unwrap().seccomp().as_ref().unwrap();
+            assert_eq!(
+                profile.default_action(),
+                oci_spec::runtime::LinuxSeccompAction::ScmpActErrno
+            );
         }
     }
 }

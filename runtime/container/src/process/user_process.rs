@@ -5,7 +5,6 @@
 use std::ffi::CString;
 
 use oci_spec::runtime::{Linux, LinuxPersonalityDomain, Process};
-use seccompiler::BpfProgram;
 
 use crate::{identity, lsm, seccomp};
 
@@ -33,7 +32,7 @@ pub struct Prepared {
     exe: CString,
     args: Vec<CString>,
     env: Vec<CString>,
-    late_filters: Vec<BpfProgram>,
+    late_filters: seccomp::Filters,
 }
 
 impl Prepared {
@@ -68,13 +67,13 @@ pub fn prepare(process: &Process, linux: &Linux, in_user_ns: bool) -> Result<Pre
     let exe = identity::lookup(first, identity::env_path(env))?;
     let filters = match linux.seccomp() {
         Some(s) => seccomp::compile(s)?,
-        None => Vec::new(),
+        None => seccomp::Filters::default(),
     };
     let nnp = process.no_new_privileges().unwrap_or(false);
     if !nnp {
         // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN: do it
         // while we still have it.
-        seccomp::load(&filters)?;
+        filters.load()?;
     }
     if let Some(c) = process.capabilities() {
         identity::drop_bounding(c)?;
@@ -91,7 +90,11 @@ pub fn prepare(process: &Process, linux: &Linux, in_user_ns: bool) -> Result<Pre
         exe: CString::new(exe.as_os_str().as_encoded_bytes()).map_err(|_| Error::Nul)?,
         args: to_cstrings(args)?,
         env: to_cstrings(env)?,
-        late_filters: if nnp { filters } else { Vec::new() },
+        late_filters: if nnp {
+            filters
+        } else {
+            seccomp::Filters::default()
+        },
     })
 }
 
@@ -99,7 +102,7 @@ impl Prepared {
     /// Loads the late seccomp filters, closes every descriptor but stdio and
     /// the `preserve_fds` after them on exec, and execs. Returns only on error.
     pub fn exec(self, preserve_fds: u32) -> Error {
-        if let Err(e) = seccomp::load(&self.late_filters) {
+        if let Err(e) = self.late_filters.load() {
             return e.into();
         }
         if let Err(e) = rt_sys::cloexec_from(3 + preserve_fds) {

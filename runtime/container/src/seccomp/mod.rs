@@ -6,14 +6,24 @@
 //! `defaultAction`) plus one filter per distinct non-allow rule action (a match
 //! gets that action, anything else is allowed). The kernel runs every filter and
 //! keeps the most restrictive answer, which is exactly the profile's meaning.
-//! Only the native x86_64 ABI is filtered; a process calling through the x86 or
-//! x32 ABI is killed by seccompiler's architecture check.
+//! Every filter is compiled once per ABI the profile lists (x86_64 always,
+//! x86 and x32 when named) behind a gate that kills unlisted ABIs; see arch.rs.
 
+mod arch;
+mod profile;
+mod x32;
+mod x86;
 mod x86_64;
+
+pub use arch::Abis;
+use arch::Table;
+pub use profile::default_profile;
 
 use std::collections::BTreeMap;
 
-use oci_spec::runtime::{LinuxSeccomp, LinuxSeccompAction, LinuxSeccompOperator, LinuxSyscall};
+use oci_spec::runtime::{
+    LinuxSeccomp, LinuxSeccompAction, LinuxSeccompFilterFlag, LinuxSeccompOperator, LinuxSyscall,
+};
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
     SeccompRule, TargetArch,
@@ -24,8 +34,8 @@ use seccompiler::{
 pub enum Error {
     #[error("seccomp action {0:?} is not supported")]
     Action(LinuxSeccompAction),
-    #[error("seccomp flag {0} is not supported")]
-    Flag(String),
+    #[error("seccompiler's filter head changed: rt cannot retarget it to other ABIs")]
+    Retarget,
     #[error("seccomp listenerPath (SCMP_ACT_NOTIFY) is not supported")]
     Notify,
     #[error("seccomp rule for {syscall}: argument index {index} out of range")]
@@ -33,29 +43,20 @@ pub enum Error {
     #[error("compiling the seccomp filter")]
     Compile(#[source] seccompiler::BackendError),
     #[error("loading the seccomp filter")]
-    Load(#[source] seccompiler::Error),
+    Load(#[source] rt_sys::Error),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// The syscall number of `name` on x86_64, if the kernel headers know it.
 pub fn syscall_nr(name: &str) -> Option<i64> {
-    x86_64::SYSCALLS
-        .binary_search_by(|(n, _)| n.cmp(&name))
-        .ok()
-        .map(|i| x86_64::SYSCALLS[i].1)
+    arch::native(name)
 }
 
 /// Refuses, by name, what rt cannot enforce. Called at validation time.
 pub fn check(s: &LinuxSeccomp) -> Result<()> {
     if s.listener_path().is_some() {
         return Err(Error::Notify);
-    }
-    for flag in s.flags().as_deref().unwrap_or_default() {
-        let name = serde_json::to_string(flag).unwrap_or_default();
-        if !name.contains("TSYNC") {
-            return Err(Error::Flag(name.trim_matches('"').to_string()));
-        }
     }
     action(s.default_action(), s.default_errno_ret())?;
     for rule in s.syscalls().as_deref().unwrap_or_default() {
@@ -105,7 +106,7 @@ type Rules = BTreeMap<i64, Vec<SeccompRule>>;
 
 /// Adds `rule` to `rules`: no args means "match unconditionally", which is an
 /// empty rule list in seccompiler and wins over conditional rules.
-fn add_rule(rules: &mut Rules, rule: &LinuxSyscall) -> Result<()> {
+fn add_rule(rules: &mut Rules, rule: &LinuxSyscall, table: Table) -> Result<()> {
     let mut conditions = Vec::new();
     for arg in rule.args().as_deref().unwrap_or_default() {
         let (mask, value) = match arg.op() {
@@ -124,12 +125,20 @@ fn add_rule(rules: &mut Rules, rule: &LinuxSyscall) -> Result<()> {
     }
     for name in rule.names() {
         // A syscall unknown on this architecture is skipped, as libseccomp does.
-        let Some(nr) = syscall_nr(name) else { continue };
+        for nr in arch::numbers(table, name) {
+            add_numbered(rules, nr, &conditions)?;
+        }
+    }
+    Ok(())
+}
+
+fn add_numbered(rules: &mut Rules, nr: i64, conditions: &[SeccompCondition]) -> Result<()> {
+    {
         if conditions.is_empty() {
             rules.insert(nr, Vec::new());
-            continue;
+            return Ok(());
         }
-        let rule = SeccompRule::new(conditions.clone()).map_err(Error::Compile)?;
+        let rule = SeccompRule::new(conditions.to_vec()).map_err(Error::Compile)?;
         match rules.get_mut(&nr) {
             Some(existing) if existing.is_empty() => {} // already unconditional
             Some(existing) => existing.push(rule),
@@ -141,11 +150,67 @@ fn add_rule(rules: &mut Rules, rule: &LinuxSyscall) -> Result<()> {
     Ok(())
 }
 
-/// Compiles the profile into the stack of filters to load, in order.
-pub fn compile(s: &LinuxSeccomp) -> Result<Vec<BpfProgram>> {
+/// A compiled profile: the filters to load, in order, and the seccomp(2)
+/// flags to load them with.
+#[derive(Debug, Default)]
+pub struct Filters {
+    programs: Vec<BpfProgram>,
+    flags: u32,
+}
+
+impl Filters {
+    /// Loads the filters into the calling thread (no_new_privs or
+    /// CAP_SYS_ADMIN required). Each program is applied on its own.
+    pub fn load(&self) -> Result<()> {
+        for p in &self.programs {
+            rt_sys::seccomp_set_mode_filter(&arch::to_libc(p), self.flags).map_err(Error::Load)?;
+        }
+        Ok(())
+    }
+
+    /// How many BPF programs the profile became.
+    pub fn len(&self) -> usize {
+        self.programs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.programs.is_empty()
+    }
+}
+
+fn flags(s: &LinuxSeccomp) -> u32 {
+    let mut bits = 0;
+    for f in s.flags().as_deref().unwrap_or_default() {
+        bits |= match f {
+            LinuxSeccompFilterFlag::SeccompFilterFlagTsync => libc::SECCOMP_FILTER_FLAG_TSYNC,
+            LinuxSeccompFilterFlag::SeccompFilterFlagLog => libc::SECCOMP_FILTER_FLAG_LOG,
+            LinuxSeccompFilterFlag::SeccompFilterFlagSpecAllow => {
+                libc::SECCOMP_FILTER_FLAG_SPEC_ALLOW
+            }
+        } as u32;
+    }
+    bits
+}
+
+/// Compiles the profile: the ABI gate, then the stack of filters for each
+/// ABI the profile lists.
+pub fn compile(s: &LinuxSeccomp) -> Result<Filters> {
     check(s)?;
+    let abis = Abis::from_spec(s.architectures().as_deref().unwrap_or_default());
+    let mut programs = vec![arch::gate(abis)];
+    programs.extend(compile_table(s, Table::Native { x32: abis.x32 })?);
+    if abis.x86 {
+        programs.extend(compile_table(s, Table::I386)?);
+    }
+    Ok(Filters {
+        programs,
+        flags: flags(s),
+    })
+}
+
+/// The stack of filters for one syscall table.
+fn compile_table(s: &LinuxSeccomp, table: Table) -> Result<Vec<BpfProgram>> {
     let default = action(s.default_action(), s.default_errno_ret())?;
-    let arch = TargetArch::x86_64;
     let mut all: Rules = BTreeMap::new();
     let mut groups: Vec<(SeccompAction, Rules)> = Vec::new();
     let syscalls = s.syscalls().as_deref().unwrap_or_default();
@@ -154,7 +219,7 @@ pub fn compile(s: &LinuxSeccomp) -> Result<Vec<BpfProgram>> {
         if a == default {
             continue;
         }
-        add_rule(&mut all, rule)?;
+        add_rule(&mut all, rule, table)?;
         if a != SeccompAction::Allow {
             let i = match groups.iter().position(|(g, _)| *g == a) {
                 Some(i) => i,
@@ -163,15 +228,15 @@ pub fn compile(s: &LinuxSeccomp) -> Result<Vec<BpfProgram>> {
                     groups.len() - 1
                 }
             };
-            add_rule(&mut groups[i].1, rule)?;
+            add_rule(&mut groups[i].1, rule, table)?;
         }
     }
     let mut programs = Vec::new();
     if default != SeccompAction::Allow {
-        programs.push(build(all, default, SeccompAction::Allow, arch)?);
+        programs.push(build(all, default, SeccompAction::Allow, table)?);
     }
     for (a, rules) in groups {
-        programs.push(build(rules, SeccompAction::Allow, a, arch)?);
+        programs.push(build(rules, SeccompAction::Allow, a, table)?);
     }
     Ok(programs)
 }
@@ -180,19 +245,12 @@ fn build(
     rules: Rules,
     mismatch: SeccompAction,
     matched: SeccompAction,
-    arch: TargetArch,
+    table: Table,
 ) -> Result<BpfProgram> {
-    let filter = SeccompFilter::new(rules, mismatch, matched, arch).map_err(Error::Compile)?;
-    filter.try_into().map_err(Error::Compile)
-}
-
-/// Loads the compiled filters into the calling thread (no_new_privs or
-/// CAP_SYS_ADMIN required). Each program is applied on its own.
-pub fn load(programs: &[BpfProgram]) -> Result<()> {
-    for p in programs {
-        seccompiler::apply_filter(p).map_err(Error::Load)?;
-    }
-    Ok(())
+    let filter =
+        SeccompFilter::new(rules, mismatch, matched, TargetArch::x86_64).map_err(Error::Compile)?;
+    let prog: BpfProgram = filter.try_into().map_err(Error::Compile)?;
+    arch::retarget(prog, table).ok_or(Error::Retarget)
 }
 
 #[cfg(test)]
@@ -221,8 +279,16 @@ mod tests {
             {"names":["clone"],"action":"SCMP_ACT_ALLOW","args":[{"index":0,"value":2114060288,"valueTwo":0,"op":"SCMP_CMP_MASKED_EQ"}]}
         ]}"#,
         );
-        let progs = compile(&p).unwrap();
-        assert_eq!(progs.len(), 2);
+        // The gate, the default filter and the ERRNO(1) filter.
+        assert_eq!(compile(&p).unwrap().len(), 3);
+        let mut p = p;
+        p.set_architectures(Some(vec![
+            oci_spec::runtime::Arch::ScmpArchX86_64,
+            oci_spec::runtime::Arch::ScmpArchX86,
+            oci_spec::runtime::Arch::ScmpArchX32,
+        ]));
+        // And the same two again for i386.
+        assert_eq!(compile(&p).unwrap().len(), 5);
     }
 
     #[test]

@@ -1,0 +1,232 @@
+//! The x86_64 family of ABIs one filter has to cover.
+//!
+//! A process on x86_64 can enter the kernel through three ABIs: native x86_64,
+//! x32 (x86_64's audit arch with bit 30 set in the syscall number) and i386
+//! (`int $0x80`, a different audit arch and its own numbers). seccompiler
+//! compiles for one audit arch and kills every other, so rt:
+//! - adds a small *gate* filter that kills any ABI the profile does not list
+//!   (as libseccomp's bad-arch action does) and allows the others through;
+//! - compiles the rules once per listed ABI with that ABI's syscall table, and
+//!   rewrites the arch check at the head of each compiled filter so that a
+//!   call from another ABI passes it (the gate has already judged it).
+//!
+//! x32 numbers share the x86_64 audit arch, so they go into the x86_64
+//! filters: a name maps to both numbers there.
+
+use oci_spec::runtime::Arch;
+use seccompiler::{sock_filter, BpfProgram};
+
+use super::{x32, x86, x86_64};
+
+/// `AUDIT_ARCH_X86_64` and `AUDIT_ARCH_I386` (linux/audit.h).
+pub const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+pub const AUDIT_ARCH_I386: u32 = 0x4000_0003;
+/// Set in the syscall number of every x32 call.
+pub const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+
+const RET_ALLOW: u32 = 0x7fff_0000;
+const RET_KILL_PROCESS: u32 = 0x8000_0000;
+
+// Classic BPF opcodes (linux/filter.h).
+const LD_W_ABS: u16 = 0x20;
+const JEQ_K: u16 = 0x15;
+const JSET_K: u16 = 0x45;
+const RET_K: u16 = 0x06;
+/// Offsets in `struct seccomp_data`.
+const NR_OFFSET: u32 = 0;
+const ARCH_OFFSET: u32 = 4;
+
+/// The ABIs a profile lets in, besides native x86_64 (always allowed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Abis {
+    pub x86: bool,
+    pub x32: bool,
+}
+
+impl Abis {
+    /// Reads `architectures`; ABIs of other machines cannot occur on x86_64
+    /// and are ignored, as libseccomp ignores them on this host.
+    pub fn from_spec(arches: &[Arch]) -> Self {
+        Abis {
+            x86: arches.contains(&Arch::ScmpArchX86),
+            x32: arches.contains(&Arch::ScmpArchX32),
+        }
+    }
+}
+
+/// Which table a filter is compiled from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    /// x86_64, plus x32 numbers when x32 is allowed.
+    Native {
+        x32: bool,
+    },
+    I386,
+}
+
+fn lookup(table: &[(&str, i64)], name: &str) -> Option<i64> {
+    table
+        .binary_search_by(|(n, _)| n.cmp(&name))
+        .ok()
+        .map(|i| table[i].1)
+}
+
+/// The numbers `name` has in `table`; empty when the ABI lacks the call (it
+/// is then skipped, as libseccomp does).
+pub fn numbers(table: Table, name: &str) -> Vec<i64> {
+    match table {
+        Table::Native { x32 } => {
+            let mut v: Vec<i64> = lookup(x86_64::SYSCALLS, name).into_iter().collect();
+            if x32 {
+                v.extend(lookup(x32::SYSCALLS, name).map(|n| n | i64::from(X32_SYSCALL_BIT)));
+            }
+            v
+        }
+        Table::I386 => lookup(x86::SYSCALLS, name).into_iter().collect(),
+    }
+}
+
+/// The x86_64 number of `name`.
+pub fn native(name: &str) -> Option<i64> {
+    lookup(x86_64::SYSCALLS, name)
+}
+
+fn stmt(code: u16, k: u32) -> sock_filter {
+    sock_filter {
+        code,
+        jt: 0,
+        jf: 0,
+        k,
+    }
+}
+
+fn jump(code: u16, k: u32, jt: u8, jf: u8) -> sock_filter {
+    sock_filter { code, jt, jf, k }
+}
+
+/// The gate: kills calls through an ABI the profile does not list.
+pub fn gate(abis: Abis) -> BpfProgram {
+    let verdict = |allowed: bool| if allowed { RET_ALLOW } else { RET_KILL_PROCESS };
+    vec![
+        stmt(LD_W_ABS, ARCH_OFFSET),
+        jump(JEQ_K, AUDIT_ARCH_I386, 0, 1),
+        stmt(RET_K, verdict(abis.x86)),
+        jump(JEQ_K, AUDIT_ARCH_X86_64, 1, 0),
+        stmt(RET_K, RET_KILL_PROCESS),
+        stmt(LD_W_ABS, NR_OFFSET),
+        jump(JSET_K, X32_SYSCALL_BIT, 0, 1),
+        stmt(RET_K, verdict(abis.x32)),
+        stmt(RET_K, RET_ALLOW),
+    ]
+}
+
+/// Rewrites the arch check seccompiler put at the head of `prog` (compiled
+/// for x86_64): the filter judges calls of `table`'s audit arch and lets the
+/// others through. Returns None if the head is not the expected sequence
+/// (a seccompiler change), so that rt refuses rather than filters wrongly.
+pub fn retarget(mut prog: BpfProgram, table: Table) -> Option<BpfProgram> {
+    let head_ok = prog.len() > 3
+        && prog[0].code == LD_W_ABS
+        && prog[0].k == ARCH_OFFSET
+        && prog[1].code == JEQ_K
+        && prog[1].k == AUDIT_ARCH_X86_64
+        && (prog[1].jt, prog[1].jf) == (1, 0)
+        && prog[2].code == RET_K;
+    if !head_ok {
+        return None;
+    }
+    if table == Table::I386 {
+        prog[1].k = AUDIT_ARCH_I386;
+    }
+    prog[2].k = RET_ALLOW;
+    Some(prog)
+}
+
+/// Converts to libc's instruction type for the seccomp(2) call.
+pub fn to_libc(prog: &[sock_filter]) -> Vec<libc::sock_filter> {
+    prog.iter()
+        .map(|i| libc::sock_filter {
+            code: i.code,
+            jt: i.jt,
+            jf: i.jf,
+            k: i.k,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables() {
+        assert_eq!(numbers(Table::Native { x32: false }, "read"), vec![0]);
+        assert_eq!(
+            numbers(Table::Native { x32: true }, "read"),
+            vec![0, 0x4000_0000]
+        );
+        assert_eq!(numbers(Table::I386, "read"), vec![3]);
+        assert_eq!(numbers(Table::I386, "mkdir"), vec![39]);
+        // socketcall exists on i386 only; newfstatat on x86_64 only.
+        assert!(numbers(Table::Native { x32: true }, "socketcall").is_empty());
+        assert_eq!(numbers(Table::I386, "socketcall"), vec![102]);
+        assert!(numbers(Table::I386, "newfstatat").is_empty());
+        for t in [x86_64::SYSCALLS, x86::SYSCALLS, x32::SYSCALLS] {
+            assert!(t.windows(2).all(|w| w[0].0 < w[1].0), "table sorted");
+        }
+    }
+
+    /// Runs a classic-BPF seccomp program over (arch, nr): the subset of
+    /// instructions gate() and seccompiler's head use.
+    fn run(prog: &[sock_filter], arch: u32, nr: u32) -> u32 {
+        let mut acc = 0;
+        let mut pc = 0;
+        loop {
+            let i = &prog[pc];
+            pc += 1;
+            match i.code {
+                LD_W_ABS => acc = if i.k == ARCH_OFFSET { arch } else { nr },
+                JEQ_K => pc += usize::from(if acc == i.k { i.jt } else { i.jf }),
+                JSET_K => pc += usize::from(if acc & i.k != 0 { i.jt } else { i.jf }),
+                RET_K => return i.k,
+                c => panic!("opcode {c:#x} not modelled"),
+            }
+        }
+    }
+
+    #[test]
+    fn gate_verdicts() {
+        let only_native = gate(Abis::default());
+        assert_eq!(run(&only_native, AUDIT_ARCH_X86_64, 0), RET_ALLOW);
+        assert_eq!(
+            run(&only_native, AUDIT_ARCH_X86_64, X32_SYSCALL_BIT),
+            RET_KILL_PROCESS
+        );
+        assert_eq!(run(&only_native, AUDIT_ARCH_I386, 3), RET_KILL_PROCESS);
+        assert_eq!(run(&only_native, 0xc000_00b7, 0), RET_KILL_PROCESS);
+        let all = gate(Abis {
+            x86: true,
+            x32: true,
+        });
+        assert_eq!(run(&all, AUDIT_ARCH_I386, 3), RET_ALLOW);
+        assert_eq!(run(&all, AUDIT_ARCH_X86_64, X32_SYSCALL_BIT | 1), RET_ALLOW);
+        assert_eq!(run(&all, 0xc000_00b7, 0), RET_KILL_PROCESS);
+    }
+
+    #[test]
+    fn retarget_head() {
+        let prog = vec![
+            stmt(LD_W_ABS, ARCH_OFFSET),
+            jump(JEQ_K, AUDIT_ARCH_X86_64, 1, 0),
+            stmt(RET_K, RET_KILL_PROCESS),
+            stmt(RET_K, 0x0005_0001),
+        ];
+        let native = retarget(prog.clone(), Table::Native { x32: false }).unwrap();
+        assert_eq!(run(&native, AUDIT_ARCH_X86_64, 0), 0x0005_0001);
+        assert_eq!(run(&native, AUDIT_ARCH_I386, 0), RET_ALLOW);
+        let i386 = retarget(prog.clone(), Table::I386).unwrap();
+        assert_eq!(run(&i386, AUDIT_ARCH_I386, 0), 0x0005_0001);
+        assert_eq!(run(&i386, AUDIT_ARCH_X86_64, 0), RET_ALLOW);
+        assert!(retarget(prog[1..].to_vec(), Table::I386).is_none());
+    }
+}
