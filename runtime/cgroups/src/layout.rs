@@ -1,6 +1,6 @@
 //! Which cgroup hierarchies the host has, read from /proc/self/mountinfo.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::{Error, Result};
 
@@ -84,6 +84,29 @@ impl Layout {
     pub fn is_unified(&self) -> bool {
         matches!(self, Layout::Unified(_))
     }
+
+    /// Whether the calling user may create `path` (a container path such as
+    /// "/a/b") in every hierarchy rt uses: the nearest existing ancestor is
+    /// writable. Always true for root; for a rootless user it means the
+    /// cgroup was delegated (chowned to the user, as systemd's Delegate=
+    /// does).
+    pub fn delegated(&self, path: &str) -> bool {
+        let roots: Vec<&Path> = match self {
+            Layout::Unified(root) => vec![root.as_path()],
+            Layout::V1 { hierarchies, .. } => {
+                hierarchies.iter().map(|h| h.mount.as_path()).collect()
+            }
+        };
+        roots.into_iter().all(|root| {
+            let mut dir = root.join(path.trim_start_matches('/'));
+            while !dir.exists() {
+                if !dir.pop() {
+                    return false;
+                }
+            }
+            nix::unistd::access(&dir, nix::unistd::AccessFlags::W_OK).is_ok()
+        })
+    }
 }
 
 /// mountinfo escapes space, tab, newline and backslash as octal.
@@ -129,6 +152,16 @@ mod tests {
         assert!(hierarchies[1].has("memory"));
         assert_eq!(hierarchies[2].controllers, vec!["name=systemd"]);
         assert_eq!(unified, Some(PathBuf::from("/sys/fs/cgroup/unified")));
+    }
+
+    #[test]
+    fn delegation_is_write_access_to_the_nearest_ancestor() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Layout::Unified(dir.path().to_path_buf());
+        // The test runs as root or as the owner of the directory.
+        assert!(l.delegated("/a/b/c"));
+        let missing = Layout::Unified(PathBuf::from("/nonexistent-cgroup-root"));
+        assert!(!missing.delegated("/x") || nix::unistd::geteuid().is_root());
     }
 
     #[test]

@@ -196,14 +196,14 @@ impl Manager for Disabled {
             || r.unified().as_ref().is_some_and(|u| !u.is_empty());
         if limits {
             return Err(Error::Unsupported(
-                "linux.resources with --cgroup-manager disabled",
+                "linux.resources without a cgroup (--cgroup-manager disabled, or rootless without a delegated cgroup)",
             ));
         }
         Ok(())
     }
     fn freeze(&self, _frozen: bool) -> Result<()> {
         Err(Error::Unsupported(
-            "freezing with --cgroup-manager disabled",
+            "freezing without a cgroup (--cgroup-manager disabled, or rootless without a delegated cgroup)",
         ))
     }
     fn set_devices(&self, _rules: &[devices::Rule]) -> Result<()> {
@@ -217,12 +217,12 @@ impl Manager for Disabled {
     }
     fn stats(&self) -> Result<stats::Stats> {
         Err(Error::Unsupported(
-            "statistics with --cgroup-manager disabled",
+            "statistics without a cgroup (--cgroup-manager disabled, or rootless without a delegated cgroup)",
         ))
     }
     fn oom_watch(&self) -> Result<OwnedFd> {
         Err(Error::Unsupported(
-            "OOM events with --cgroup-manager disabled",
+            "OOM events without a cgroup (--cgroup-manager disabled, or rootless without a delegated cgroup)",
         ))
     }
     fn destroy(&self) -> Result<()> {

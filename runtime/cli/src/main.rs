@@ -18,9 +18,10 @@ use clap::{Parser, Subcommand, ValueEnum};
     disable_help_subcommand = true
 )]
 struct Cli {
-    /// Directory for container state.
-    #[arg(long, global = false, default_value = "/run/rt")]
-    root: PathBuf,
+    /// Directory for container state (default /run/rt; $XDG_RUNTIME_DIR/rt
+    /// when run by a user other than root).
+    #[arg(long, global = false)]
+    root: Option<PathBuf>,
     /// Log file (default: stderr).
     #[arg(long)]
     log: Option<PathBuf>,
@@ -96,6 +97,8 @@ enum Command {
 pub struct Global {
     pub root: PathBuf,
     pub cgroups: bool,
+    /// Rootless mode: cgroups only where delegated.
+    pub rootless: bool,
 }
 
 fn main() {
@@ -136,19 +139,33 @@ fn main() {
     std::process::exit(code);
 }
 
+/// /run/rt for root; for another user $XDG_RUNTIME_DIR/rt (falling back to
+/// /run/user/UID/rt), as runc does with its own name.
+fn default_root(root_user: bool) -> PathBuf {
+    if root_user {
+        return PathBuf::from("/run/rt");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        Some(dir) => PathBuf::from(dir).join("rt"),
+        None => PathBuf::from(format!("/run/user/{}/rt", nix::unistd::geteuid())),
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<i32> {
     if cli.systemd_cgroup || cli.cgroup_manager == Some(CgroupManager::Systemd) {
         anyhow::bail!("the systemd cgroup driver is not supported: use --cgroup-manager cgroupfs");
     }
-    match cli.rootless.as_str() {
-        "auto" | "false" => {}
-        "true" if nix::unistd::geteuid().is_root() => {}
-        "true" => anyhow::bail!("rootless mode (--rootless true) is not supported yet"),
+    let root_user = nix::unistd::geteuid().is_root();
+    let rootless = match cli.rootless.as_str() {
+        "auto" => !root_user,
+        "true" => true,
+        "false" => false,
         other => anyhow::bail!("invalid --rootless value {other:?}: use auto, true or false"),
-    }
+    };
     let global = Global {
-        root: cli.root,
+        root: cli.root.unwrap_or_else(|| default_root(root_user)),
         cgroups: cli.cgroup_manager != Some(CgroupManager::Disabled),
+        rootless,
     };
     match cli.command {
         Command::Create(a) => commands::create::run(&global, a).map(|()| 0),

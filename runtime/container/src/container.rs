@@ -66,6 +66,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 pub struct Runtime {
     store: Store,
     cgroups: bool,
+    rootless: bool,
 }
 
 /// How `create` is asked for by the CLI.
@@ -84,7 +85,16 @@ impl Runtime {
         Runtime {
             store: Store::new(root),
             cgroups: true,
+            rootless: false,
         }
+    }
+
+    /// Rootless mode: a cgroup that is not delegated to the user (writable
+    /// by it) is skipped instead of failing the create; a spec that sets
+    /// resource limits is then refused.
+    pub fn rootless(mut self, rootless: bool) -> Runtime {
+        self.rootless = rootless;
+        self
     }
 
     /// With `false` (`--cgroup-manager disabled`) rt creates no cgroup and
@@ -125,10 +135,12 @@ impl Runtime {
             owner: owner(),
             annotations: bundle.spec.annotations().clone().unwrap_or_default(),
             backend: backend.name().to_string(),
-            cgroup: self.cgroups.then_some(rt_cgroups::Record {
-                path: cg_path,
-                created: Vec::new(),
-            }),
+            cgroup: self
+                .use_cgroup(&layout, &cg_path)
+                .then_some(rt_cgroups::Record {
+                    path: cg_path,
+                    created: Vec::new(),
+                }),
             config: bundle.spec.clone(),
         };
         let result = self.create_in(&dir, &mut state, &bundle, backend.as_ref(), &layout, req);
@@ -138,6 +150,17 @@ impl Runtime {
             return Err(e);
         }
         result
+    }
+
+    fn use_cgroup(&self, layout: &rt_cgroups::Layout, path: &str) -> bool {
+        if !self.cgroups {
+            return false;
+        }
+        if self.rootless && !layout.delegated(path) {
+            tracing::info!("cgroup {path} is not delegated to this user: running without a cgroup");
+            return false;
+        }
+        true
     }
 
     fn create_in(

@@ -7,6 +7,7 @@ pub mod channel;
 pub mod container;
 pub mod hooks;
 pub mod identity;
+pub mod idmap;
 pub mod lsm;
 pub mod namespaces;
 pub mod process;

@@ -5,8 +5,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use nix::sched::{setns, unshare, CloneFlags};
-use nix::unistd::Pid;
-use oci_spec::runtime::{Linux, LinuxIdMapping, LinuxNamespaceType};
+use oci_spec::runtime::{Linux, LinuxNamespaceType};
 
 /// Errors of namespace setup.
 #[derive(Debug, thiserror::Error)]
@@ -157,8 +156,6 @@ impl Plan {
     }
 }
 
-/// Writes a process's uid_map and gid_map (run by the parent, which holds the
-/// privileges in the parent user namespace).
 /// A namespace file opened for joining.
 #[derive(Debug)]
 pub struct Opened {
@@ -176,22 +173,6 @@ pub fn join_opened(opened: Vec<Opened>) -> Result<()> {
         })?;
     }
     Ok(())
-}
-
-pub fn write_id_maps(pid: Pid, uid: &[LinuxIdMapping], gid: &[LinuxIdMapping]) -> Result<()> {
-    let fmt = |maps: &[LinuxIdMapping]| -> String {
-        maps.iter()
-            .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
-            .collect()
-    };
-    write(
-        &Path::new("/proc").join(pid.to_string()).join("uid_map"),
-        &fmt(uid),
-    )?;
-    write(
-        &Path::new("/proc").join(pid.to_string()).join("gid_map"),
-        &fmt(gid),
-    )
 }
 
 fn write(path: &Path, text: &str) -> Result<()> {

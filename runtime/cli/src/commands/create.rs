@@ -59,7 +59,9 @@ pub struct Args {
 }
 
 pub fn run(g: &Global, a: Args) -> anyhow::Result<()> {
-    let rt = Runtime::new(&g.root).with_cgroups(g.cgroups);
+    let rt = Runtime::new(&g.root)
+        .with_cgroups(g.cgroups)
+        .rootless(g.rootless);
     rt.create(&a.flags.request(false))?;
     Ok(())
 }

@@ -25,7 +25,9 @@ pub struct Args {
 }
 
 pub fn run(g: &Global, a: Args) -> anyhow::Result<i32> {
-    let rt = Runtime::new(&g.root).with_cgroups(g.cgroups);
+    let rt = Runtime::new(&g.root)
+        .with_cgroups(g.cgroups)
+        .rootless(g.rootless);
     let id = a.flags.id.clone();
     let created = rt.create(&a.flags.request(!a.detach))?;
     if a.detach {

@@ -29,6 +29,8 @@ pub enum Error {
     #[error(transparent)]
     Namespaces(#[from] namespaces::Error),
     #[error(transparent)]
+    IdMap(#[from] crate::idmap::Error),
+    #[error(transparent)]
     Hooks(#[from] hooks::Error),
     #[error("forking")]
     Fork(#[source] rt_sys::Error),
@@ -156,7 +158,7 @@ fn drive(
             Event::UserNamespaceReady => {
                 let uid = linux.uid_mappings().as_deref().unwrap_or_default();
                 let gid = linux.gid_mappings().as_deref().unwrap_or_default();
-                namespaces::write_id_maps(stage_pid, uid, gid)?;
+                crate::idmap::write(stage_pid, uid, gid)?;
                 chan.send(&ToChild::MapsWritten)?;
             }
             Event::InitPid(pid) => {

@@ -60,6 +60,9 @@ pub fn prepare(process: &Process, linux: &Linux, in_user_ns: bool) -> Result<Pre
     {
         lsm::apply_apparmor(profile)?;
     }
+    if let Some(label) = process.selinux_label().as_deref().filter(|l| !l.is_empty()) {
+        lsm::apply_selinux(label)?;
+    }
     identity::chdir(process.cwd())?;
     let args = process.args().as_deref().unwrap_or_default();
     let env = process.env().as_deref().unwrap_or_default();

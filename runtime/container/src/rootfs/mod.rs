@@ -174,7 +174,17 @@ fn mount_one(ctx: &Context<'_>, root: std::os::fd::BorrowedFd<'_>, m: &Mount) ->
         fstype: m.typ().clone(),
         source,
     };
-    let data = (!opts.data.is_empty()).then_some(opts.data.as_str());
+    let label = ctx
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.mount_label().as_deref())
+        .filter(|_| !bind && fstype.is_some_and(crate::lsm::takes_mount_label));
+    let data = match label {
+        Some(l) => crate::lsm::with_mount_label(&opts.data, l),
+        None => opts.data.clone(),
+    };
+    let data = (!data.is_empty()).then_some(data.as_str());
     let first_flags = if bind {
         flags & (MsFlags::MS_BIND | MsFlags::MS_REC)
     } else {
