@@ -1,6 +1,8 @@
 //! Shared test support: skip-unless-root, the rt binary, busybox bundles,
 //! throwaway state roots.
 
+pub mod oci;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};

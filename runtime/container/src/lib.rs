@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod channel;
 pub mod container;
+pub mod defaults;
 pub mod hooks;
 pub mod identity;
 pub mod idmap;

@@ -265,12 +265,41 @@ pub fn openat2(
     flags: nix::fcntl::OFlag,
     resolve: nix::fcntl::ResolveFlag,
 ) -> std::result::Result<OwnedFd, Errno> {
+    openat2_mode(dir, path, flags, nix::sys::stat::Mode::empty(), resolve)
+}
+
+/// openat2(2) with a creation mode (for O_CREAT and O_TMPFILE).
+pub fn openat2_mode(
+    dir: BorrowedFd<'_>,
+    path: &std::path::Path,
+    flags: nix::fcntl::OFlag,
+    mode: nix::sys::stat::Mode,
+    resolve: nix::fcntl::ResolveFlag,
+) -> std::result::Result<OwnedFd, Errno> {
     let how = nix::fcntl::OpenHow::new()
         .flags(flags | nix::fcntl::OFlag::O_CLOEXEC)
+        .mode(mode)
         .resolve(resolve);
     let fd = nix::fcntl::openat2(dir.as_raw_fd(), path, how)?;
     // SAFETY: openat2 returned a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// fsetxattr(2): sets extended attribute `name` on the open file `fd`.
+pub fn fsetxattr(fd: BorrowedFd<'_>, name: &str, value: &[u8]) -> std::result::Result<(), Errno> {
+    let name = std::ffi::CString::new(name).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: `name` is NUL-terminated and `value` valid for its length; the
+    // kernel only reads both.
+    let rc = unsafe {
+        libc::fsetxattr(
+            fd.as_raw_fd(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    Errno::result(rc).map(drop)
 }
 
 /// `struct mount_attr` of mount_setattr(2).
