@@ -5,6 +5,8 @@
 pub mod bundle;
 pub mod digest;
 pub mod import;
+pub mod overlay;
+pub mod pull;
 pub mod reference;
 pub mod store;
 pub mod types;

@@ -94,6 +94,21 @@ impl Layer {
         self
     }
 
+    /// A character device node.
+    pub fn char_device(&mut self, name: &str, major: u32, minor: u32, mode: u32) -> &mut Self {
+        let mut h = tar::Header::new_gnu();
+        h.set_path(name).unwrap();
+        h.set_entry_type(tar::EntryType::Char);
+        h.set_mode(mode);
+        h.set_size(0);
+        h.set_device_major(major).unwrap();
+        h.set_device_minor(minor).unwrap();
+        h.set_mtime(1_600_000_000);
+        h.set_cksum();
+        self.b().append(&h, &b""[..]).unwrap();
+        self
+    }
+
     pub fn symlink(&mut self, name: &str, target: &str) -> &mut Self {
         self.raw(tar::EntryType::Symlink, name, Some(target), b"", 0o777)
     }

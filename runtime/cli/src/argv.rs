@@ -12,6 +12,7 @@ fn value_flags(sub: &str) -> &'static [&'static str] {
             "pid-file",
             "preserve-fds",
             "isolation",
+            "image",
         ],
         "run" => &[
             "bundle",
@@ -19,6 +20,7 @@ fn value_flags(sub: &str) -> &'static [&'static str] {
             "pid-file",
             "preserve-fds",
             "isolation",
+            "image",
         ],
         "list" => &["format"],
         "spec" => &["bundle"],
@@ -57,20 +59,28 @@ fn value_flags(sub: &str) -> &'static [&'static str] {
             "l3-cache-schema",
             "mem-bw-schema",
         ],
-        "" => &["root", "log", "log-format", "cgroup-manager", "rootless"],
+        "" => &[
+            "root",
+            "log",
+            "log-format",
+            "cgroup-manager",
+            "rootless",
+            "store",
+        ],
         _ => &[],
     }
 }
 
 fn bool_flags(sub: &str) -> &'static [&'static str] {
     match sub {
-        "create" => &["no-pivot", "no-new-keyring"],
+        "create" => &["no-pivot", "no-new-keyring", "overlay"],
         "run" => &[
             "detach",
             "keep",
             "no-pivot",
             "no-new-keyring",
             "no-subreaper",
+            "overlay",
         ],
         "kill" => &["all"],
         "events" => &["stats"],
@@ -142,6 +152,11 @@ pub fn normalise(args: Vec<String>) -> Vec<String> {
         }
         out.push(a.clone());
         let sub = a;
+        if sub == "image" {
+            // rt's own nested commands: no runc spellings to normalise.
+            out.extend(it.by_ref());
+            break;
+        }
         let mut flags = Vec::new();
         let mut positional = Vec::new();
         while let Some(a) = it.next() {

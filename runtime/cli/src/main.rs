@@ -37,6 +37,9 @@ struct Cli {
     /// cgroup manager: cgroupfs, systemd (not supported) or disabled.
     #[arg(long, value_enum)]
     cgroup_manager: Option<CgroupManager>,
+    /// Image store (default /var/lib/rt; $XDG_DATA_HOME/rt for other users).
+    #[arg(long)]
+    store: Option<PathBuf>,
     /// Rootless mode: auto, true or false.
     #[arg(long, default_value = "auto")]
     rootless: String,
@@ -90,6 +93,9 @@ enum Command {
     Spec(commands::spec::Args),
     /// Print the runtime features JSON.
     Features,
+    /// Manage images: import, pull, ls, inspect, rm, prune, unpack.
+    #[command(subcommand)]
+    Image(commands::image::Command),
 }
 
 /// Global options every command gets.
@@ -99,6 +105,8 @@ pub struct Global {
     pub cgroups: bool,
     /// Rootless mode: cgroups only where delegated.
     pub rootless: bool,
+    /// The image store.
+    pub store: PathBuf,
 }
 
 fn main() {
@@ -166,6 +174,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         root: cli.root.unwrap_or_else(|| default_root(root_user)),
         cgroups: cli.cgroup_manager != Some(CgroupManager::Disabled),
         rootless,
+        store: cli.store.unwrap_or_else(rt_images::store::default_root),
     };
     match cli.command {
         Command::Create(a) => commands::create::run(&global, a).map(|()| 0),
@@ -183,5 +192,6 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Events(a) => commands::events::run(&global, a).map(|()| 0),
         Command::Spec(a) => commands::spec::run(a).map(|()| 0),
         Command::Features => commands::features::run().map(|()| 0),
+        Command::Image(c) => commands::image::run(&global, c).map(|()| 0),
     }
 }

@@ -283,6 +283,9 @@ impl Runtime {
         if let Err(e) = dir.remove() {
             errors.push(crate::process::chain(&e));
         }
+        if let Err(e) = remove_image_bundle(self.store.root(), id, &st) {
+            errors.push(e);
+        }
         if errors.is_empty() {
             Ok(())
         } else {
@@ -387,6 +390,27 @@ impl Runtime {
         }
         Ok(out)
     }
+}
+
+/// Where `run --image` / `create --image` unpack a container's bundle: under
+/// the state root, in a directory `list` does not take for a container.
+pub fn image_bundle_dir(root: &Path, id: &str) -> PathBuf {
+    root.join(".bundles").join(id)
+}
+
+/// Removes the bundle `--image` made for the container (its rootfs
+/// unmounted first when it is an overlay), if that is where it ran from.
+fn remove_image_bundle(root: &Path, id: &str, st: &State) -> std::result::Result<(), String> {
+    let dir = image_bundle_dir(root, id);
+    if st.bundle != dir || !dir.exists() {
+        return Ok(());
+    }
+    let rootfs = dir.join("rootfs");
+    match nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+        Err(e) => return Err(format!("unmounting {}: {e}", rootfs.display())),
+    }
+    std::fs::remove_dir_all(&dir).map_err(|e| format!("removing {}: {e}", dir.display()))
 }
 
 /// The cgroup manager of a container, on the host's layout.

@@ -31,11 +31,46 @@ pub struct CreateFlags {
     /// Isolation backend (overrides the run.rt.isolation annotation).
     #[arg(long)]
     pub isolation: Option<String>,
+    /// Run an image from the store instead of a bundle: it is unpacked into
+    /// a bundle under the state root, removed on delete.
+    #[arg(long, conflicts_with = "bundle")]
+    pub image: Option<String>,
+    /// With --image: an overlayfs rootfs over layers shared in the store.
+    #[arg(long, requires = "image")]
+    pub overlay: bool,
     /// Container id.
     pub id: String,
 }
 
 impl CreateFlags {
+    /// With `--image`, unpacks the image into `<root>/.bundles/<id>` and
+    /// points `bundle` there.
+    pub fn prepare_image(&mut self, g: &Global) -> anyhow::Result<()> {
+        let Some(reference) = &self.image else {
+            return Ok(());
+        };
+        rt_container::spec::validate_id(&self.id)?;
+        let bundle = rt_container::container::image_bundle_dir(&g.root, &self.id);
+        anyhow::ensure!(
+            !bundle.exists() && !g.root.join(&self.id).exists(),
+            "container {} already exists",
+            self.id
+        );
+        let store = super::image::store(g)?;
+        super::image::unpack_bundle(&store, reference, &bundle, self.overlay, g.rootless)?;
+        self.bundle = bundle;
+        Ok(())
+    }
+
+    /// Removes what `prepare_image` made, after a failed create.
+    pub fn discard_image(&self, g: &Global) {
+        if self.image.is_some() {
+            let bundle = rt_container::container::image_bundle_dir(&g.root, &self.id);
+            let _ = rt_images::overlay::unmount(&bundle);
+            let _ = std::fs::remove_dir_all(bundle);
+        }
+    }
+
     pub fn request(&self, keep_terminal: bool) -> CreateRequest {
         CreateRequest {
             id: self.id.clone(),
@@ -58,10 +93,14 @@ pub struct Args {
     pub flags: CreateFlags,
 }
 
-pub fn run(g: &Global, a: Args) -> anyhow::Result<()> {
+pub fn run(g: &Global, mut a: Args) -> anyhow::Result<()> {
     let rt = Runtime::new(&g.root)
         .with_cgroups(g.cgroups)
         .rootless(g.rootless);
-    rt.create(&a.flags.request(false))?;
+    a.flags.prepare_image(g)?;
+    if let Err(e) = rt.create(&a.flags.request(false)) {
+        a.flags.discard_image(g);
+        return Err(e.into());
+    }
     Ok(())
 }

@@ -24,12 +24,19 @@ pub struct Args {
     pub flags: CreateFlags,
 }
 
-pub fn run(g: &Global, a: Args) -> anyhow::Result<i32> {
+pub fn run(g: &Global, mut a: Args) -> anyhow::Result<i32> {
     let rt = Runtime::new(&g.root)
         .with_cgroups(g.cgroups)
         .rootless(g.rootless);
     let id = a.flags.id.clone();
-    let created = rt.create(&a.flags.request(!a.detach))?;
+    a.flags.prepare_image(g)?;
+    let created = match rt.create(&a.flags.request(!a.detach)) {
+        Ok(c) => c,
+        Err(e) => {
+            a.flags.discard_image(g);
+            return Err(e.into());
+        }
+    };
     if a.detach {
         if let Err(e) = rt.start(&id) {
             let _ = rt.delete(&id, true);
