@@ -15,8 +15,6 @@ use crate::types::{ImageConfig, RunConfig};
 /// Errors of config generation.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("the image has neither Entrypoint nor Cmd: nothing to run")]
-    NoCommand,
     #[error("user {user:?} of the image: {reason}")]
     User { user: String, reason: String },
     #[error("reading {path} in the rootfs")]
@@ -51,10 +49,10 @@ pub fn config(
         .chain(rc.cmd.iter().flatten())
         .cloned()
         .collect();
-    if args.is_empty() {
-        return Err(Error::NoCommand);
+    // An image with neither keeps the default spec's `sh`, as umoci does.
+    if !args.is_empty() {
+        spec["process"]["args"] = json!(args);
     }
-    spec["process"]["args"] = json!(args);
     spec["process"]["env"] = json!(env(&rc));
     spec["process"]["cwd"] = json!(rc
         .working_dir
@@ -281,9 +279,11 @@ mod tests {
         assert_eq!(c["annotations"][ANNOTATION_STOP_SIGNAL], "SIGQUIT");
         assert_eq!(c["root"], json!({"path": "rootfs", "readonly": false}));
         let empty = ImageConfig::default();
-        assert!(matches!(
-            config(&empty, dir.path(), "x", false),
-            Err(Error::NoCommand)
-        ));
+        let c = config(&empty, dir.path(), "x", false).unwrap();
+        assert_eq!(
+            c["process"]["args"],
+            json!(["sh"]),
+            "no Entrypoint or Cmd: sh, as umoci"
+        );
     }
 }

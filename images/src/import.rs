@@ -79,7 +79,7 @@ pub fn import(store: &Store, path: &Path, name: Option<&str>) -> Result<Vec<Stri
         head.starts_with(&[0x1f, 0x8b])
     };
     let stream: Box<dyn Read> = if gzip {
-        Box::new(flate2::read::GzDecoder::new(reader))
+        Box::new(flate2::read::MultiGzDecoder::new(reader))
     } else {
         Box::new(reader)
     };

@@ -294,3 +294,28 @@ fn unknown_entry_kinds_and_root_replacement_are_refused() {
     let (_tmp, r) = unpack_layers(&[layer], false);
     assert!(r.unwrap_err().contains("rootfs itself"));
 }
+
+/// A layer that stops right after its last entry's data (no padding, no
+/// end-of-archive blocks, as umoci 0.4's insert writes) is accepted; one that
+/// stops inside an entry's data is refused even when its diffID matches.
+#[test]
+fn missing_trailer_tolerated_truncation_refused() {
+    if !rt_testsupport::root_or_skip("missing_trailer") {
+        return;
+    }
+    let full = Layer::new()
+        .file("a", b"first", 0o644)
+        .file("b", &[7u8; 700], 0o644)
+        .finish();
+    // Headers 512 + data 512 (padded "first") + header 512 + 700 bytes.
+    let no_trailer = full[..512 + 512 + 512 + 700].to_vec();
+    let (tmp, r) = unpack_layers(&[no_trailer], false);
+    r.unwrap();
+    assert_eq!(
+        std::fs::read(tmp.path().join("bundle/rootfs/b")).unwrap(),
+        vec![7u8; 700]
+    );
+    let truncated = full[..512 + 512 + 512 + 300].to_vec();
+    let (_tmp, r) = unpack_layers(&[truncated], false);
+    assert!(r.unwrap_err().contains("ends inside"));
+}

@@ -47,6 +47,8 @@ pub struct Applier<'a> {
     /// The last parent directory opened, until something is removed.
     cache: Option<(PathBuf, OwnedFd)>,
     pub notes: Vec<String>,
+    /// Where the last entry's data ends in the layer stream.
+    pub data_end: u64,
 }
 
 fn name_of(entry: &Path) -> String {
@@ -62,6 +64,7 @@ impl<'a> Applier<'a> {
             dir_times: Vec::new(),
             cache: None,
             notes: Vec::new(),
+            data_end: 0,
         }
     }
 
@@ -69,9 +72,11 @@ impl<'a> Applier<'a> {
     pub fn apply<R: Read>(&mut self, archive: &mut tar::Archive<R>) -> Result<(), Error> {
         self.created.clear();
         self.dir_times.clear();
+        self.data_end = 0;
         let entries = archive.entries().map_err(Error::Tar)?;
         for entry in entries {
             let mut e = entry.map_err(Error::Tar)?;
+            self.data_end = e.raw_file_position() + e.size();
             self.entry(&mut e)?;
         }
         self.finish_dirs();

@@ -100,7 +100,7 @@ pub fn apply_layer(
         Compression::None => apply_tar(outer, applier).map_err(wrap)?,
         Compression::Gzip => {
             let (diff, dec) =
-                apply_tar(flate2::read::GzDecoder::new(outer), applier).map_err(wrap)?;
+                apply_tar(flate2::read::MultiGzDecoder::new(outer), applier).map_err(wrap)?;
             (diff, dec.into_inner())
         }
         Compression::Zstd => {
@@ -122,10 +122,53 @@ pub fn apply_layer(
 }
 
 fn apply_tar<R: Read>(r: R, applier: &mut Applier<'_>) -> Result<((Digest, u64), R), Error> {
-    let mut archive = tar::Archive::new(Verifier::new(r));
+    let mut archive = tar::Archive::new(ZeroTail::new(Verifier::new(r)));
     applier.apply(&mut archive)?;
-    let v = archive.into_inner();
-    v.finish_into().map_err(Error::Tar)
+    let tail = archive.into_inner();
+    if tail.zeros > 0 && tail.real_len < applier.data_end {
+        return Err(Error::Tar(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the layer ends inside an entry's data",
+        )));
+    }
+    tail.inner.finish_into().map_err(Error::Tar)
+}
+
+/// Some writers (umoci 0.4's `insert`, for one) end a layer right after the
+/// last entry's data, without the padding and the two zero blocks. Go's
+/// reader accepts that; so does rt, by reading zeros after the end. This
+/// cannot hide a truncated layer: the diffID is computed on the real bytes
+/// underneath and checked.
+struct ZeroTail<R> {
+    inner: R,
+    zeros: usize,
+    /// Bytes the real stream gave.
+    real_len: u64,
+}
+
+impl<R> ZeroTail<R> {
+    fn new(inner: R) -> Self {
+        ZeroTail {
+            inner,
+            zeros: 0,
+            real_len: 0,
+        }
+    }
+}
+
+impl<R: Read> Read for ZeroTail<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        const MAX: usize = 511 + 1024;
+        let n = self.inner.read(buf)?;
+        if n > 0 || buf.is_empty() {
+            self.real_len += n as u64;
+            return Ok(n);
+        }
+        let n = buf.len().min(MAX - self.zeros);
+        buf[..n].fill(0);
+        self.zeros += n;
+        Ok(n)
+    }
 }
 
 /// Unpacks every layer of `image` into `rootfs`, which must not exist yet
