@@ -12,7 +12,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 
-use rt_testsupport::oci::{write_layout, Layer};
+use rt_testsupport::oci::{make_multi_platform, write_layout, Layer};
 use rt_testsupport::{output_via_files, root_or_skip, unique_id, Root};
 use serde_json::{json, Value};
 
@@ -71,6 +71,8 @@ fn layers() -> Vec<Vec<u8>> {
         .dir("srv/", 0o755)
         .owned_file("srv/owned", b"mine", 0o640, 1000, 1000)
         .file("srv/suid", b"s", 0o4755)
+        .char_device("srv/null", 1, 3, 0o666)
+        .xattr_file("srv/tagged", b"t", 0o644, "user.rt.test", b"yes")
         .finish();
     vec![l1.finish(), l2, l3]
 }
@@ -170,6 +172,19 @@ fn tree(root: &Path) -> BTreeMap<String, String> {
     out
 }
 
+fn xattr(path: &Path, key: &str) -> String {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import os,sys; print(os.getxattr(sys.argv[1], sys.argv[2]).decode())",
+        ])
+        .arg(path)
+        .arg(key)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 #[test]
 fn unpack_matches_umoci_and_runs() {
     need_root!();
@@ -213,6 +228,15 @@ fn unpack_matches_umoci_and_runs() {
         b.keys().filter(|k| !a.contains_key(*k)).collect::<Vec<_>>()
     );
     assert!(!a.contains_key("data/gone") && !a.contains_key("opq/a"));
+    for root in [&ours, &theirs] {
+        assert_eq!(
+            xattr(&root.join("rootfs/srv/tagged"), "user.rt.test"),
+            "yes",
+            "{}",
+            root.display()
+        );
+    }
+    assert!(a["srv/null"].starts_with("char:259"), "{}", a["srv/null"]);
     let hard = std::fs::metadata(ours.join("rootfs/srv/hard")).unwrap();
     assert_eq!(
         hard.ino(),
@@ -490,6 +514,55 @@ fn pull_from_local_registry() {
         String::from_utf8_lossy(&out.stderr).contains("404"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// An image index (two platforms) is resolved to the host's manifest, on
+/// import and on pull (skopeo pushes the whole index with --all).
+#[test]
+fn multi_platform_index() {
+    need_root!();
+    let env = Env::new();
+    let layout = env.tmp.path().join("multi");
+    write_layout(&layout, "t", &layers(), true, run_config());
+    make_multi_platform(&layout);
+    env.ok(&[
+        "image",
+        "import",
+        layout.to_str().unwrap(),
+        "--name",
+        "multi:1",
+    ]);
+    let inspect: Value = serde_json::from_str(&env.ok(&["image", "inspect", "multi:1"])).unwrap();
+    assert_eq!(inspect["config"]["architecture"], "amd64");
+    assert_eq!(
+        env.ok(&["run", "--image", "multi:1", &unique_id("multi")]),
+        EXPECTED
+    );
+    let reg = Registry::start(None);
+    let out = Command::new("skopeo")
+        .args([
+            "copy",
+            "--all",
+            "--insecure-policy",
+            "--dest-tls-verify=false",
+        ])
+        .arg(format!("oci:{}:t", layout.display()))
+        .arg(format!("docker://{}/multi/img:1", reg.addr))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = format!("{}/multi/img:1", reg.addr);
+    env.ok(&["image", "pull", &r]);
+    let inspect: Value = serde_json::from_str(&env.ok(&["image", "inspect", &r])).unwrap();
+    assert_eq!(inspect["config"]["architecture"], "amd64");
+    assert_eq!(
+        env.ok(&["run", "--image", &r, &unique_id("multi")]),
+        EXPECTED
     );
 }
 

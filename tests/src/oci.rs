@@ -94,6 +94,22 @@ impl Layer {
         self
     }
 
+    /// A regular file with an extended attribute (a PAX `SCHILY.xattr.` record).
+    pub fn xattr_file(
+        &mut self,
+        name: &str,
+        data: &[u8],
+        mode: u32,
+        key: &str,
+        value: &[u8],
+    ) -> &mut Self {
+        let record = format!("SCHILY.xattr.{key}");
+        self.b()
+            .append_pax_extensions([(record.as_str(), value)])
+            .unwrap();
+        self.file(name, data, mode)
+    }
+
     /// A character device node.
     pub fn char_device(&mut self, name: &str, major: u32, minor: u32, mode: u32) -> &mut Self {
         let mut h = tar::Header::new_gnu();
@@ -103,6 +119,8 @@ impl Layer {
         h.set_size(0);
         h.set_device_major(major).unwrap();
         h.set_device_minor(minor).unwrap();
+        h.set_uid(0);
+        h.set_gid(0);
         h.set_mtime(1_600_000_000);
         h.set_cksum();
         self.b().append(&h, &b""[..]).unwrap();
@@ -188,4 +206,41 @@ pub fn write_layout(
         "annotations": {"org.opencontainers.image.ref.name": tag}}]});
     std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
     md
+}
+
+/// Turns the single-image layout at `dir` into a multi-platform one: its
+/// index.json then names an image index holding the original (amd64)
+/// manifest and an arm64 manifest with the same layers.
+pub fn make_multi_platform(dir: &Path) {
+    let blobs = dir.join("blobs/sha256");
+    let read = |d: &str| -> Vec<u8> {
+        std::fs::read(blobs.join(d.trim_start_matches("sha256:"))).unwrap()
+    };
+    let put = |bytes: &[u8]| -> String {
+        let d = sha(bytes);
+        std::fs::write(blobs.join(d.trim_start_matches("sha256:")), bytes).unwrap();
+        d
+    };
+    let mut index: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let desc = index["manifests"][0].clone();
+    let manifest: Value = serde_json::from_slice(&read(desc["digest"].as_str().unwrap())).unwrap();
+    let mut config: Value =
+        serde_json::from_slice(&read(manifest["config"]["digest"].as_str().unwrap())).unwrap();
+    config["architecture"] = json!("arm64");
+    let config = serde_json::to_vec(&config).unwrap();
+    let mut arm = manifest.clone();
+    arm["config"]["digest"] = json!(put(&config));
+    arm["config"]["size"] = json!(config.len());
+    let arm = serde_json::to_vec(&arm).unwrap();
+    let mt = "application/vnd.oci.image.manifest.v1+json";
+    let image_index = serde_json::to_vec(&json!({"schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": mt, "digest": put(&arm), "size": arm.len(), "platform": {"architecture": "arm64", "os": "linux"}},
+            {"mediaType": mt, "digest": desc["digest"], "size": desc["size"], "platform": {"architecture": "amd64", "os": "linux"}},
+        ]})).unwrap();
+    index["manifests"][0] = json!({"mediaType": "application/vnd.oci.image.index.v1+json",
+        "digest": put(&image_index), "size": image_index.len(), "annotations": desc["annotations"]});
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
 }
