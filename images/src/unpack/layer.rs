@@ -10,6 +10,7 @@ use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag};
@@ -45,7 +46,7 @@ pub struct Applier<'a> {
     /// Directory mtimes, set once the layer is done (children change them).
     dir_times: Vec<(PathBuf, u64)>,
     /// The last parent directory opened, until something is removed.
-    cache: Option<(PathBuf, OwnedFd)>,
+    cache: Option<(PathBuf, Rc<OwnedFd>)>,
     pub notes: Vec<String>,
     /// Where the last entry's data ends in the layer stream.
     pub data_end: u64,
@@ -53,6 +54,12 @@ pub struct Applier<'a> {
 
 fn name_of(entry: &Path) -> String {
     entry.display().to_string()
+}
+
+/// Maps a syscall error on `entry` during `op`.
+fn fail(entry: &Path, op: &'static str) -> impl FnOnce(Errno) -> Error {
+    let entry = name_of(entry);
+    move |source| Error::Entry { entry, op, source }
 }
 
 impl<'a> Applier<'a> {
@@ -83,16 +90,21 @@ impl<'a> Applier<'a> {
         Ok(())
     }
 
-    fn parent(&mut self, entry: &Path, rel: &Path, create: bool) -> Result<BorrowedFd<'_>, Error> {
-        let fresh = !matches!(&self.cache, Some((p, _)) if p == rel);
-        if fresh {
-            let fd = safe::open_dir(self.root, rel, create).map_err(|e| Error::Unsafe {
-                entry: name_of(entry),
-                reason: safe::explain(e).to_string(),
-            })?;
-            self.cache = Some((rel.to_path_buf(), fd));
+    /// The directory `rel` (created if missing), shared with the cache so
+    /// that consecutive entries of one directory open it once.
+    fn parent(&mut self, entry: &Path, rel: &Path) -> Result<Rc<OwnedFd>, Error> {
+        if let Some((p, fd)) = &self.cache {
+            if p == rel {
+                return Ok(Rc::clone(fd));
+            }
         }
-        Ok(self.cache.as_ref().expect("just set").1.as_fd())
+        let fd = safe::open_dir(self.root, rel, true).map_err(|e| Error::Unsafe {
+            entry: name_of(entry),
+            reason: safe::explain(e).to_string(),
+        })?;
+        let fd = Rc::new(fd);
+        self.cache = Some((rel.to_path_buf(), Rc::clone(&fd)));
+        Ok(fd)
     }
 
     fn entry<R: Read>(&mut self, e: &mut tar::Entry<'_, R>) -> Result<(), Error> {
@@ -127,13 +139,10 @@ impl<'a> Applier<'a> {
         let gid = h.gid().map_err(Error::Tar)? as u32;
         let mtime = h.mtime().unwrap_or(0);
         let xattrs = xattrs(e)?;
-        let fail = |op: &'static str| {
-            let entry = name_of(&raw);
-            move |source| Error::Entry { entry, op, source }
-        };
+        let fail = |op| fail(&raw, op);
         match kind {
             EntryType::Directory => {
-                let dir = self.owned_parent(&raw, &parent)?;
+                let dir = self.parent(&raw, &parent)?;
                 if !is_dir(dir.as_fd(), name) {
                     self.remove(dir.as_fd(), name)
                         .map_err(fail("removing what is at"))?;
@@ -167,7 +176,7 @@ impl<'a> Applier<'a> {
                 self.dir_times.push((rel, mtime));
             }
             EntryType::Regular | EntryType::Continuous => {
-                let dir = self.owned_parent(&raw, &parent)?;
+                let dir = self.parent(&raw, &parent)?;
                 self.remove(dir.as_fd(), name)
                     .map_err(fail("removing what is at"))?;
                 let fd = rt_sys::openat2_mode(
@@ -199,7 +208,7 @@ impl<'a> Applier<'a> {
                         entry: name_of(&raw),
                         reason: "a symlink without a target".into(),
                     })?;
-                let dir = self.owned_parent(&raw, &parent)?;
+                let dir = self.parent(&raw, &parent)?;
                 self.remove(dir.as_fd(), name)
                     .map_err(fail("removing what is at"))?;
                 nix::unistd::symlinkat(target.as_ref(), Some(dir.as_raw_fd()), name)
@@ -240,7 +249,7 @@ impl<'a> Applier<'a> {
                             safe::explain(e)
                         ),
                     })?;
-                let dir = self.owned_parent(&raw, &parent)?;
+                let dir = self.parent(&raw, &parent)?;
                 self.remove(dir.as_fd(), name)
                     .map_err(fail("removing what is at"))?;
                 nix::unistd::linkat(
@@ -262,7 +271,7 @@ impl<'a> Applier<'a> {
                     EntryType::Block => SFlag::S_IFBLK,
                     _ => SFlag::S_IFIFO,
                 };
-                let dir = self.owned_parent(&raw, &parent)?;
+                let dir = self.parent(&raw, &parent)?;
                 self.remove(dir.as_fd(), name)
                     .map_err(fail("removing what is at"))?;
                 match nix::sys::stat::mknodat(Some(dir.as_raw_fd()), name, sflag, mode, dev) {
@@ -299,15 +308,6 @@ impl<'a> Applier<'a> {
         Ok(())
     }
 
-    fn owned_parent(&mut self, raw: &Path, parent: &Path) -> Result<OwnedFd, Error> {
-        self.parent(raw, parent, true)?
-            .try_clone_to_owned()
-            .map_err(|source| Error::Write {
-                entry: name_of(raw),
-                source,
-            })
-    }
-
     /// `.wh.NAME` and `.wh..wh..opq`.
     fn whiteout(
         &mut self,
@@ -316,11 +316,8 @@ impl<'a> Applier<'a> {
         name: &Path,
         target: &[u8],
     ) -> Result<(), Error> {
-        let fail = |op: &'static str| {
-            let entry = name_of(raw);
-            move |source| Error::Entry { entry, op, source }
-        };
-        let dir = self.owned_parent(raw, parent)?;
+        let fail = |op| fail(raw, op);
+        let dir = self.parent(raw, parent)?;
         if name.as_os_str() == OPAQUE {
             if self.opts.overlay {
                 let fd = rt_sys::openat2(
