@@ -75,6 +75,8 @@ pub fn default_root() -> PathBuf {
 /// An image in the store: its manifest and configuration.
 #[derive(Debug, Clone)]
 pub struct Image {
+    /// The stored name the reference resolved to.
+    pub name: String,
     pub manifest_desc: Descriptor,
     pub manifest: Manifest,
     pub config: ImageConfig,
@@ -307,6 +309,7 @@ impl Store {
         let manifest: Manifest = self.read_json(&desc, "manifest")?;
         let config: ImageConfig = self.read_json(&manifest.config, "image config")?;
         Ok(Image {
+            name,
             manifest_desc: desc,
             manifest,
             config,

@@ -62,10 +62,9 @@ pub fn run(g: &Global, c: Command) -> anyhow::Result<()> {
         Command::Pull(a) => super::pull::run(&store, a)?,
         Command::Ls { quiet } => list(&store, quiet)?,
         Command::Inspect { reference } => {
-            let (name, _) = store.resolve(&reference)?;
             let image = store.image(&reference)?;
             let v = json!({
-                "name": name,
+                "name": image.name,
                 "digest": image.manifest_desc.digest,
                 "manifest": image.manifest,
                 "config": image.config,
@@ -131,7 +130,6 @@ pub fn unpack_bundle(
     overlay: bool,
     rootless: bool,
 ) -> anyhow::Result<Vec<String>> {
-    let (name, _) = store.resolve(reference)?;
     let image = store.image(reference)?;
     let made = !bundle.exists();
     std::fs::create_dir_all(bundle).with_context(|| format!("creating {}", bundle.display()))?;
@@ -152,7 +150,7 @@ pub fn unpack_bundle(
         } else {
             rt_images::unpack::unpack(store, &image, &rootfs, opts)?
         };
-        let config = rt_images::bundle::config(&image.config, &rootfs, &name, rootless)?;
+        let config = rt_images::bundle::config(&image.config, &rootfs, &image.name, rootless)?;
         std::fs::write(&config_path, serde_json::to_vec_pretty(&config)?)
             .with_context(|| format!("writing {}", config_path.display()))?;
         Ok(notes)
