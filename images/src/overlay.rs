@@ -6,7 +6,7 @@
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
-use nix::mount::{umount2, MntFlags, MsFlags};
+use nix::mount::MsFlags;
 
 use crate::store::{self, Image, Store};
 use crate::unpack::{self, Applier, Error, Options};
@@ -109,12 +109,9 @@ pub fn mount(
 /// Unmounts `bundle/rootfs` if it is a mount; Ok if it is not.
 pub fn unmount(bundle: &Path) -> Result<(), Error> {
     let rootfs = bundle.join("rootfs");
-    match umount2(&rootfs, MntFlags::MNT_DETACH) {
-        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => Ok(()),
-        Err(e) => Err(Error::Io {
-            op: "unmounting",
-            path: rootfs,
-            source: e.into(),
-        }),
-    }
+    rt_container::rootfs::detach_if_mounted(&rootfs).map_err(|e| Error::Io {
+        op: "unmounting",
+        path: rootfs,
+        source: e.into(),
+    })
 }

@@ -283,8 +283,11 @@ impl Runtime {
         if let Err(e) = dir.remove() {
             errors.push(crate::process::chain(&e));
         }
-        if let Err(e) = remove_image_bundle(self.store.root(), id, &st) {
-            errors.push(e);
+        let image_bundle = image_bundle_dir(self.store.root(), id);
+        if st.bundle == image_bundle && image_bundle.exists() {
+            if let Err(e) = remove_image_bundle(&image_bundle) {
+                errors.push(e);
+            }
         }
         if errors.is_empty() {
             Ok(())
@@ -398,19 +401,13 @@ pub fn image_bundle_dir(root: &Path, id: &str) -> PathBuf {
     root.join(".bundles").join(id)
 }
 
-/// Removes the bundle `--image` made for the container (its rootfs
-/// unmounted first when it is an overlay), if that is where it ran from.
-fn remove_image_bundle(root: &Path, id: &str, st: &State) -> std::result::Result<(), String> {
-    let dir = image_bundle_dir(root, id);
-    if st.bundle != dir || !dir.exists() {
-        return Ok(());
-    }
+/// Removes a bundle `--image` made (its rootfs unmounted first when it is
+/// an overlay).
+pub fn remove_image_bundle(dir: &Path) -> std::result::Result<(), String> {
     let rootfs = dir.join("rootfs");
-    match nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH) {
-        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
-        Err(e) => return Err(format!("unmounting {}: {e}", rootfs.display())),
-    }
-    std::fs::remove_dir_all(&dir).map_err(|e| format!("removing {}: {e}", dir.display()))
+    crate::rootfs::detach_if_mounted(&rootfs)
+        .map_err(|e| format!("unmounting {}: {e}", rootfs.display()))?;
+    std::fs::remove_dir_all(dir).map_err(|e| format!("removing {}: {e}", dir.display()))
 }
 
 /// The cgroup manager of a container, on the host's layout.

@@ -66,8 +66,9 @@ impl CreateFlags {
     pub fn discard_image(&self, g: &Global) {
         if self.image.is_some() {
             let bundle = rt_container::container::image_bundle_dir(&g.root, &self.id);
-            let _ = rt_images::overlay::unmount(&bundle);
-            let _ = std::fs::remove_dir_all(bundle);
+            if let Err(e) = rt_container::container::remove_image_bundle(&bundle) {
+                tracing::warn!("{e}");
+            }
         }
     }
 

@@ -82,6 +82,14 @@ pub struct Context<'a> {
     pub cgroup_unified: bool,
 }
 
+/// Lazily unmounts `path` if something is mounted there; Ok when nothing is.
+pub fn detach_if_mounted(path: &Path) -> nix::Result<()> {
+    match nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH) {
+        Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Everything before pivot_root: propagation, the rootfs bind, the mounts,
 /// the devices.
 pub fn prepare(ctx: &Context<'_>) -> Result<()> {
