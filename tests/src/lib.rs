@@ -206,15 +206,7 @@ impl Root {
 
     /// Runs rt and asserts success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.rt(args);
-        assert!(
-            out.status.success(),
-            "rt {args:?} failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        expect_ok(args, self.rt(args))
     }
 
     pub fn status(&self, id: &str) -> String {
@@ -233,6 +225,18 @@ impl Drop for Root {
             }
         }
     }
+}
+
+/// Asserts that `rt args` succeeded; returns its stdout.
+pub fn expect_ok(args: &[&str], out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "rt {args:?} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Runs `cmd` with stdout and stderr in temporary files; waits for it only.
