@@ -13,6 +13,11 @@ fn value_flags(sub: &str) -> &'static [&'static str] {
             "preserve-fds",
             "isolation",
             "image",
+            "network",
+            "publish",
+            "ip",
+            "bridge",
+            "subnet",
         ],
         "run" => &[
             "bundle",
@@ -21,6 +26,11 @@ fn value_flags(sub: &str) -> &'static [&'static str] {
             "preserve-fds",
             "isolation",
             "image",
+            "network",
+            "publish",
+            "ip",
+            "bridge",
+            "subnet",
         ],
         "list" => &["format"],
         "spec" => &["bundle"],
@@ -121,6 +131,7 @@ fn takes_value(arg: &str, sub: &str) -> bool {
         return matches!(
             (sub, arg),
             ("create" | "run" | "spec", "-b")
+                | ("create" | "run", "-p")
                 | ("list" | "ps", "-f")
                 | ("update", "-r")
                 | ("exec", "-e" | "-u" | "-g" | "-p" | "-c")

@@ -96,6 +96,9 @@ enum Command {
     /// Manage images: import, pull, ls, inspect, rm, prune, unpack.
     #[command(subcommand)]
     Image(commands::image::Command),
+    /// Keeps a bridged container's DHCP lease (started by create).
+    #[command(hide = true)]
+    DhcpKeeper(commands::dhcp_keeper::Args),
 }
 
 /// Global options every command gets.
@@ -193,5 +196,6 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Spec(a) => commands::spec::run(a).map(|()| 0),
         Command::Features => commands::features::run().map(|()| 0),
         Command::Image(c) => commands::image::run(&global, c).map(|()| 0),
+        Command::DhcpKeeper(a) => commands::dhcp_keeper::run(a).map(|()| 0),
     }
 }

@@ -21,20 +21,25 @@ pub enum Error {
     Unsupported(String),
 }
 
+/// What a backend builds a container from.
+#[derive(Debug)]
+pub struct Sandbox<'a> {
+    pub dir: &'a ContainerDir,
+    pub bundle: &'a Bundle,
+    pub opts: &'a Options,
+    pub cgroup: &'a mut dyn rt_cgroups::Manager,
+    pub layout: &'a rt_cgroups::Layout,
+    /// The network to build once the sandbox's namespace exists.
+    pub network: Option<&'a crate::network::Plan>,
+}
+
 /// Builds a container's sandbox and its init, which then waits for `start`.
 pub trait Isolation: std::fmt::Debug {
     /// The name recorded in the state (`container`, `vm`).
     fn name(&self) -> &'static str;
-    /// Builds the sandbox; returns once the init waits on the exec fifo.
-    fn create(
-        &self,
-        dir: &ContainerDir,
-        state: &mut State,
-        bundle: &Bundle,
-        opts: &Options,
-        cgroup: &mut dyn rt_cgroups::Manager,
-        layout: &rt_cgroups::Layout,
-    ) -> parent::Result<Created>;
+    /// Builds the sandbox, and its network when `network` is set; returns
+    /// once the init waits on the exec fifo.
+    fn create(&self, sandbox: Sandbox<'_>, state: &mut State) -> parent::Result<Created>;
 }
 
 /// Linux namespaces on the host kernel (runc's model).
@@ -46,16 +51,8 @@ impl Isolation for Namespaces {
         "container"
     }
 
-    fn create(
-        &self,
-        dir: &ContainerDir,
-        state: &mut State,
-        bundle: &Bundle,
-        opts: &Options,
-        cgroup: &mut dyn rt_cgroups::Manager,
-        layout: &rt_cgroups::Layout,
-    ) -> parent::Result<Created> {
-        parent::create(dir, state, bundle, opts, cgroup, layout)
+    fn create(&self, sandbox: Sandbox<'_>, state: &mut State) -> parent::Result<Created> {
+        parent::create(sandbox, state)
     }
 }
 

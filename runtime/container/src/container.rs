@@ -10,6 +10,7 @@ use oci_spec::runtime::Process;
 
 use crate::backend::{self, Isolation};
 use crate::hooks::{self, Kind};
+use crate::network;
 use crate::process::exec;
 use crate::process::parent::{self, Created, Options};
 use crate::spec::{self, Bundle};
@@ -30,6 +31,8 @@ pub enum Error {
     Cgroups(#[from] rt_cgroups::Error),
     #[error(transparent)]
     Hooks(#[from] hooks::Error),
+    #[error(transparent)]
+    Network(#[from] network::Error),
     #[error("cannot start a container that has stopped")]
     StartStopped,
     #[error("cannot start a container in the {0} state")]
@@ -78,6 +81,8 @@ pub struct CreateRequest {
     pub options: Options,
     /// Overrides the `run.rt.isolation` annotation.
     pub isolation: Option<String>,
+    /// Annotations set over the bundle's (the CLI's `--network` and friends).
+    pub annotations: Vec<(String, String)>,
 }
 
 impl Runtime {
@@ -111,7 +116,12 @@ impl Runtime {
     /// Creates a container; on any failure nothing is left behind.
     pub fn create(&self, req: &CreateRequest) -> Result<Created> {
         spec::validate_id(&req.id)?;
-        let bundle = Bundle::load(&req.bundle)?;
+        let mut bundle = Bundle::load(&req.bundle)?;
+        if !req.annotations.is_empty() {
+            let mut all = bundle.spec.annotations().clone().unwrap_or_default();
+            all.extend(req.annotations.iter().cloned());
+            bundle.spec.set_annotations(Some(all));
+        }
         let backend =
             backend::select(bundle.spec.annotations().as_ref(), req.isolation.as_deref())?;
         let layout = rt_cgroups::Layout::detect()?;
@@ -142,10 +152,18 @@ impl Runtime {
                     created: Vec::new(),
                 }),
             config: bundle.spec.clone(),
+            network: None,
         };
-        let result = self.create_in(&dir, &mut state, &bundle, backend.as_ref(), &layout, req);
+        let result = self.create_in(
+            &dir,
+            &mut state,
+            &mut bundle,
+            backend.as_ref(),
+            &layout,
+            req,
+        );
         if let Err(e) = result {
-            let _ = teardown(&state, &layout);
+            let _ = self.teardown(&state, &layout);
             let _ = dir.remove();
             return Err(e);
         }
@@ -167,17 +185,34 @@ impl Runtime {
         &self,
         dir: &ContainerDir,
         state: &mut State,
-        bundle: &Bundle,
+        bundle: &mut Bundle,
         backend: &dyn Isolation,
         layout: &rt_cgroups::Layout,
         req: &CreateRequest,
     ) -> Result<Created> {
+        // The state (its annotations) is saved before any part of the
+        // network is made: a delete after a killed create finds it.
         dir.save(state)?;
+        let network = network::prepare(&mut bundle.spec, &self.store.dir(&req.id))?.map(|config| {
+            network::Plan {
+                config,
+                networking: network::networking(self.store.root()),
+            }
+        });
+        state.config = bundle.spec.clone();
         let mut cgroup = match &state.cgroup {
             Some(rec) => rt_cgroups::open(layout, rec.clone()),
             None => rt_cgroups::disabled(),
         };
-        let created = backend.create(dir, state, bundle, &req.options, cgroup.as_mut(), layout)?;
+        let sandbox = backend::Sandbox {
+            dir,
+            bundle,
+            opts: &req.options,
+            cgroup: cgroup.as_mut(),
+            layout,
+            network: network.as_ref(),
+        };
+        let created = backend.create(sandbox, state)?;
         if let Some(path) = &req.pid_file {
             write_pid_file(path, created.pid)?;
         }
@@ -273,8 +308,10 @@ impl Runtime {
         }
         let layout = rt_cgroups::Layout::detect()?;
         let mut errors = Vec::new();
-        if let Err(e) = teardown(&st, &layout) {
-            errors.push(crate::process::chain(&e));
+        match self.teardown(&st, &layout) {
+            Err(Error::Cleanup { errors: e, .. }) => errors.extend(e),
+            Err(e) => errors.push(crate::process::chain(&e)),
+            Ok(()) => {}
         }
         let json = serde_json::to_vec(&st.oci(Status::Stopped)).unwrap_or_default();
         if let Err(e) = hooks::run(st.config.hooks().as_ref(), Kind::Poststop, &json) {
@@ -423,9 +460,37 @@ fn status_of(dir: &ContainerDir, st: &State) -> Status {
     dir.status(st, || cgroup_of(st).is_ok_and(|c| c.frozen()))
 }
 
+impl Runtime {
+    /// Kills what is left of a container (its init, then everything in its
+    /// cgroup), removes its cgroups and tears down its network. Keeps going
+    /// past errors and reports them all.
+    fn teardown(&self, st: &State, layout: &rt_cgroups::Layout) -> Result<()> {
+        let mut errors = Vec::new();
+        if let Err(e) = kill_and_remove_cgroup(st, layout) {
+            errors.push(crate::process::chain(&e));
+        }
+        // The annotations were checked at create; a spec that never passed
+        // has no network to undo.
+        if let Ok(Some(config)) = rt_netns::Config::from_annotations(&st.annotations) {
+            let networking = network::networking(self.store.root());
+            if let Err(e) = networking.detach(&st.id, &config) {
+                errors.push(e.to_string());
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Cleanup {
+                id: st.id.clone(),
+                errors,
+            })
+        }
+    }
+}
+
 /// Kills what is left of a container (its init, then everything in its
-/// cgroup) and removes its cgroups. Keeps going past errors.
-fn teardown(st: &State, layout: &rt_cgroups::Layout) -> Result<()> {
+/// cgroup) and removes its cgroups.
+fn kill_and_remove_cgroup(st: &State, layout: &rt_cgroups::Layout) -> Result<()> {
     if st.init_alive()
         && !st
             .cgroup

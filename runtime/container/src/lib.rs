@@ -11,6 +11,7 @@ pub mod identity;
 pub mod idmap;
 pub mod lsm;
 pub mod namespaces;
+pub mod network;
 pub mod process;
 pub mod rootfs;
 pub mod seccomp;

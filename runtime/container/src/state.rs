@@ -100,6 +100,9 @@ pub struct State {
     /// The spec as it was at create (hooks at delete, cgroup paths, namespaces
     /// for exec), so config.json is never read again.
     pub config: Spec,
+    /// What rt built of the container's network (`run.rt.network`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<rt_netns::Attached>,
 }
 
 /// The runtime-spec state document (`rt state`, hooks' stdin).

@@ -247,6 +247,51 @@ pub fn kill(pid: Pid, signal: i32) -> Result<()> {
         .map_err(|e| Error::Syscall("kill", e))
 }
 
+/// Sends one gratuitous ARP request (an RFC 5227 announcement: sender and
+/// target address both `ip`) with hardware address `mac`, broadcast out of
+/// interface `ifindex` of the calling thread's network namespace, so that
+/// the segment's neighbour caches take the address's (new) owner at once.
+pub fn arp_announce(ifindex: u32, mac: [u8; 6], ip: [u8; 4]) -> Result<()> {
+    let fd = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Packet,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| Error::Syscall("socket(AF_PACKET)", e))?;
+    let mut arp = [0u8; 28];
+    arp[0..2].copy_from_slice(&1u16.to_be_bytes()); // Ethernet
+    arp[2..4].copy_from_slice(&0x0800u16.to_be_bytes()); // IPv4
+    arp[4] = 6;
+    arp[5] = 4;
+    arp[6..8].copy_from_slice(&1u16.to_be_bytes()); // request
+    arp[8..14].copy_from_slice(&mac);
+    arp[14..18].copy_from_slice(&ip);
+    arp[24..28].copy_from_slice(&ip);
+    // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
+    let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    to.sll_family = libc::AF_PACKET as u16;
+    to.sll_protocol = (libc::ETH_P_ARP as u16).to_be();
+    to.sll_ifindex = ifindex as i32;
+    to.sll_halen = 6;
+    to.sll_addr[..6].copy_from_slice(&[0xff; 6]);
+    // SAFETY: `arp` and `to` are live, initialised values for the whole call,
+    // and the lengths passed are theirs.
+    let rc = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            arp.as_ptr().cast(),
+            arp.len(),
+            0,
+            (&to as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    Errno::result(rc)
+        .map(drop)
+        .map_err(|e| Error::Syscall("sendto(ARP announcement)", e))
+}
+
 /// Sets the process's personality (personality(2)).
 pub fn set_personality(persona: libc::c_ulong) -> Result<()> {
     // SAFETY: personality takes an integer and touches no memory of ours.

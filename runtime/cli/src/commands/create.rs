@@ -38,6 +38,8 @@ pub struct CreateFlags {
     /// With --image: an overlayfs rootfs over layers shared in the store.
     #[arg(long, requires = "image")]
     pub overlay: bool,
+    #[command(flatten)]
+    pub network: NetworkFlags,
     /// Container id.
     pub id: String,
 }
@@ -84,7 +86,50 @@ impl CreateFlags {
                 keep_terminal,
             },
             isolation: self.isolation.clone(),
+            annotations: self.network.annotations(),
         }
+    }
+}
+
+/// The network flags: each sets a `run.rt.network*` annotation over the
+/// bundle's (see docs/networking.md).
+#[derive(Debug, clap::Args)]
+pub struct NetworkFlags {
+    /// Network mode: none, host, bridged, nat or host-only (run.rt.network).
+    #[arg(long)]
+    pub network: Option<String>,
+    /// Publish a port (nat): [hostIP:]hostPort:containerPort[/tcp|udp].
+    /// Repeatable (run.rt.network.ports).
+    #[arg(short = 'p', long)]
+    pub publish: Vec<String>,
+    /// A fixed address on the network's subnet (run.rt.network.ip).
+    #[arg(long)]
+    pub ip: Option<String>,
+    /// The bridge to attach to (run.rt.network.bridge).
+    #[arg(long)]
+    pub bridge: Option<String>,
+    /// The network's subnet, as a CIDR (run.rt.network.subnet).
+    #[arg(long)]
+    pub subnet: Option<String>,
+}
+
+impl NetworkFlags {
+    fn annotations(&self) -> Vec<(String, String)> {
+        use rt_netns::config::{BRIDGE, IP, MODE, PORTS, SUBNET};
+        let mut out = Vec::new();
+        let mut set = |k: &str, v: &Option<String>| {
+            if let Some(v) = v {
+                out.push((k.to_string(), v.clone()));
+            }
+        };
+        set(MODE, &self.network);
+        set(IP, &self.ip);
+        set(BRIDGE, &self.bridge);
+        set(SUBNET, &self.subnet);
+        if !self.publish.is_empty() {
+            out.push((PORTS.to_string(), self.publish.join(",")));
+        }
+        out
     }
 }
 

@@ -9,6 +9,7 @@ pub enum Format {
 
 pub mod create;
 pub mod delete;
+pub mod dhcp_keeper;
 pub mod events;
 pub mod exec;
 pub mod features;

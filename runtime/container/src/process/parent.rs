@@ -9,9 +9,11 @@ use nix::unistd::{ForkResult, Pid};
 
 use super::supervise::{self, Event, Supervisor};
 use super::{stage, Launch};
+use crate::backend::Sandbox;
 use crate::channel::{self, ParentEnd, ToChild};
 use crate::hooks::{self, Kind};
-use crate::namespaces::{self, Plan};
+use crate::namespaces;
+use crate::network::Plan;
 use crate::spec::Bundle;
 use crate::state::{self, ContainerDir, State, Status};
 
@@ -32,6 +34,8 @@ pub enum Error {
     IdMap(#[from] crate::idmap::Error),
     #[error(transparent)]
     Hooks(#[from] hooks::Error),
+    #[error(transparent)]
+    Network(#[from] rt_netns::Error),
     #[error("forking")]
     Fork(#[source] rt_sys::Error),
     #[error("creating exec fifo {path}")]
@@ -70,14 +74,15 @@ pub struct Created {
 /// Creates the container whose state directory `dir` was just made and whose
 /// initial state is `state`. On error, whatever was made is undone by the
 /// caller (the container module's teardown).
-pub fn create(
-    dir: &ContainerDir,
-    state: &mut State,
-    bundle: &Bundle,
-    opts: &Options,
-    cgroup: &mut dyn rt_cgroups::Manager,
-    layout: &rt_cgroups::Layout,
-) -> Result<Created> {
+pub fn create(sandbox: Sandbox<'_>, state: &mut State) -> Result<Created> {
+    let Sandbox {
+        dir,
+        bundle,
+        opts,
+        cgroup,
+        layout,
+        network,
+    } = sandbox;
     let spec = &bundle.spec;
     let process = spec.process().as_ref().expect("validated: process");
     supervise::prepare(process, opts)?;
@@ -113,7 +118,7 @@ pub fn create(
     let launch = Launch {
         id: &id,
         bundle,
-        plan: Plan::from_spec(linux),
+        plan: namespaces::Plan::from_spec(linux),
         no_pivot: opts.no_pivot,
         fifo,
         preserve_fds: opts.preserve_fds,
@@ -131,7 +136,7 @@ pub fn create(
         ForkResult::Parent { child } => child,
     };
     drop(child_end);
-    let result = drive(dir, state, bundle, opts, &chan, stage_pid);
+    let result = drive(dir, state, bundle, opts, network, &chan, stage_pid);
     if result.is_err() {
         // Do not leave the stage or the init behind.
         supervise::abort(stage_pid, (state.pid > 0).then(|| Pid::from_raw(state.pid)));
@@ -144,6 +149,7 @@ fn drive(
     state: &mut State,
     bundle: &Bundle,
     opts: &Options,
+    network: Option<&Plan>,
     chan: &ParentEnd,
     stage_pid: Pid,
 ) -> Result<Created> {
@@ -170,6 +176,12 @@ fn drive(
                     let path = PathBuf::from(format!("/proc/{pid}/oom_score_adj"));
                     std::fs::write(&path, adj.to_string())
                         .map_err(|source| Error::Write { path, source })?;
+                }
+                // The init's namespaces exist now; its process starts only
+                // after `start`, by which time its network is up.
+                if let Some(plan) = network {
+                    state.network = Some(plan.attach(&state.id, pid.as_raw())?);
+                    dir.save(state)?;
                 }
             }
             Event::RuntimeHooks => {
