@@ -230,6 +230,11 @@ fn nat_containers_reach_each_other_the_gateway_and_outside() {
     let a = run_detached(&root, &b, &flags);
     let c = run_detached(&root, &b, &flags);
     let (ip_a, ip_c) = (ip_of(&root, &a), ip_of(&root, &c));
+    // Forwarding is on, and recorded as held by this network.
+    assert_eq!(sh_ok("cat /proc/sys/net/ipv4/ip_forward").trim(), "1");
+    let holders = std::fs::read_to_string("/run/rt-net/forwarding.json").unwrap();
+    let record = root.dir.path().join(".networks/rtt-n1.json");
+    assert!(holders.contains(record.to_str().unwrap()), "{holders}");
     assert_eq!(ip_a, "10.231.1.2");
     assert_eq!(ip_c, "10.231.1.3");
     // The container's end is eth0 with the MAC rt recorded.
@@ -466,12 +471,21 @@ fn bridged_dhcp_lease_from_the_external_network_and_a_fixed_address() {
         .status
         .success());
     exec_ok(&root, &f, &format!("ping -c1 -W3 {ip}"));
-    delete_and_check(&root, &[d, f], &["rtt-b5"]);
-    // The lease was released, and the uplink is out of the (gone) bridge.
+    // When the container's process ends, its keeper releases the lease and
+    // exits, before any delete.
+    root.ok(&["kill", &d, "KILL"]);
     assert!(
-        eventually(5, || !in_leases(&ip)),
+        eventually(10, || !in_leases(&ip)),
         "lease of {ip} not released"
     );
+    let root_s = root.dir.path().to_string_lossy().into_owned();
+    let keeper = format!("pgrep -f '[d]hcp-keeper {root_s}/.networks/leases/{d}'");
+    assert!(
+        eventually(10, || !sh(&keeper).status.success()),
+        "keeper still running"
+    );
+    delete_and_check(&root, &[d, f], &["rtt-b5"]);
+    // The uplink is out of the (gone) bridge.
     let link = sh_ok("ip -o link show rttu5");
     assert!(!link.contains("master"), "{link}");
 }

@@ -314,3 +314,43 @@ fn rootless_without_delegation_refuses_limits() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn rootless_network_none_brings_lo_up_and_bridges_need_root() {
+    need_root!();
+    let env = Env::new();
+    // (Netlink, not /sys/class/net: a rootless /sys is the host's, bound.)
+    env.spec(&["ip", "-o", "link"], |_| {});
+    let b = env.bundle();
+    let id = unique_id("rln");
+    let out = env.rt(&[
+        "run",
+        "--network",
+        "none",
+        "--bundle",
+        b.to_str().unwrap(),
+        &id,
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(text.starts_with("1: lo: <LOOPBACK,UP,LOWER_UP>"), "{text}");
+    let out = env.rt(&[
+        "run",
+        "--network",
+        "nat",
+        "--bundle",
+        b.to_str().unwrap(),
+        &id,
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("network mode nat needs root"),
+        "{err}"
+    );
+    assert!(!env.xdg().join("rt").join(&id).exists());
+}

@@ -102,18 +102,14 @@ impl Networking {
         if !nix::unistd::geteuid().is_root() && !matches!(config.mode, Mode::None | Mode::Host) {
             return Err(Error::Rootless(config.mode));
         }
+        if !config.mode.uses_bridge() {
+            // host: nothing to build; none: the init brings `lo` up itself
+            // ([`loopback_up`]), which works rootless too.
+            return Ok(Attached::plain(config.mode));
+        }
         let path = PathBuf::from(format!("/proc/{pid}/ns/net"));
         let netns = File::open(&path).map_err(|source| Error::Netns { pid, source })?;
-        match config.mode {
-            Mode::Host => Ok(Attached::plain(Mode::Host)),
-            Mode::None => {
-                let mut nl = Netlink::in_netns(netns.as_fd())?;
-                let lo = nl.require("lo")?;
-                nl.set_link(&lo, true, None)?;
-                Ok(Attached::plain(Mode::None))
-            }
-            _ => self.attach_bridged(id, config, pid, netns.as_fd()),
-        }
+        self.attach_bridged(id, config, pid, netns.as_fd())
     }
 
     fn attach_bridged(
@@ -153,8 +149,6 @@ impl Networking {
             (ip, net.subnet.map(|s| s.prefix_len()), net.gateway)
         };
         let mut inside = Netlink::in_netns(netns)?;
-        let lo = inside.require("lo")?;
-        inside.set_link(&lo, true, None)?;
         let eth = inside.require(IFNAME)?;
         inside.set_link(&eth, true, None)?;
         let mut attached = Attached {
@@ -350,6 +344,14 @@ fn release_bridge(host: &mut Netlink, net: &Network) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// Sets `lo` up in the calling process's network namespace: the container's
+/// init does it for every mode with a namespace of its own.
+pub fn loopback_up() -> Result<()> {
+    let mut nl = Netlink::host()?;
+    let lo = nl.require("lo")?;
+    Ok(nl.set_link(&lo, true, None)?)
 }
 
 /// Address and default route on the container's interface.

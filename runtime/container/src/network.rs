@@ -52,6 +52,16 @@ pub fn networking(root: &Path) -> Networking {
     Networking::new(root, vec!["/proc/self/exe".into(), "dhcp-keeper".into()])
 }
 
+/// In the container's init, in its new network namespace: `lo` up, for
+/// every network mode that has a namespace of its own (rt's init has
+/// CAP_NET_ADMIN there, rootless included).
+pub fn init_side(spec: &Spec) -> Result<(), rt_netns::Error> {
+    match config_of(spec) {
+        Ok(Some(c)) if c.mode != Mode::Host => rt_netns::attach::loopback_up(),
+        _ => Ok(()),
+    }
+}
+
 /// The network config of a container's annotations (None: rt does no
 /// networking).
 pub fn config_of(spec: &Spec) -> Result<Option<Config>, Error> {

@@ -42,6 +42,8 @@ pub enum Error {
     Sys(&'static str, #[source] nix::errno::Errno),
     #[error(transparent)]
     RawSys(#[from] rt_sys::Error),
+    #[error(transparent)]
+    Network(#[from] rt_netns::Error),
     #[error("setting hostname requires a new UTS namespace")]
     HostnameWithoutUts,
 }
@@ -93,6 +95,7 @@ fn init(launch: &Launch<'_>, chan: &ChildEnd, mut fifo: File) -> Result<Infallib
         .unwrap_or(0);
     nix::unistd::setsid().map_err(|e| Error::Sys("setsid", e))?;
     launch.plan.unshare_cgroup()?;
+    crate::network::init_side(spec)?;
 
     let ctx = rootfs::Context {
         spec,
