@@ -473,13 +473,14 @@ fn bridged_dhcp_lease_from_the_external_network_and_a_fixed_address() {
     exec_ok(&root, &f, &format!("ping -c1 -W3 {ip}"));
     // When the container's process ends, its keeper releases the lease and
     // exits, before any delete.
+    let root_s = root.dir.path().to_string_lossy().into_owned();
+    let keeper = format!("pgrep -f '[d]hcp-keeper {root_s}/.networks/leases/{d}'");
+    assert!(sh(&keeper).status.success(), "no keeper runs");
     root.ok(&["kill", &d, "KILL"]);
     assert!(
         eventually(10, || !in_leases(&ip)),
         "lease of {ip} not released"
     );
-    let root_s = root.dir.path().to_string_lossy().into_owned();
-    let keeper = format!("pgrep -f '[d]hcp-keeper {root_s}/.networks/leases/{d}'");
     assert!(
         eventually(10, || !sh(&keeper).status.success()),
         "keeper still running"
