@@ -132,7 +132,7 @@ impl Networking {
             let net = locked.network.as_mut().expect("just joined");
             self.ensure_bridge(&mut host, net, config)?;
             locked.save()?;
-            let net = locked.network.as_ref().expect("just joined");
+            let net = locked.network.as_mut().expect("just joined");
             if net.mode == Mode::Nat {
                 self.forwarding.hold(&self.record_path(&net.bridge))?;
             }
@@ -145,8 +145,11 @@ impl Networking {
                 // out of the port it went in by.
                 sysctl(&format!("/sys/class/net/{veth}/brport/hairpin_mode"), "1")?;
             }
-            firewall::apply(net)?;
-            (ip, net.subnet.map(|s| s.prefix_len()), net.gateway)
+            let out = (ip, net.subnet.map(|s| s.prefix_len()), net.gateway);
+            if firewall::sync(net)? {
+                locked.save()?;
+            }
+            out
         };
         let mut inside = Netlink::in_netns(netns)?;
         let eth = inside.require(IFNAME)?;
@@ -309,7 +312,7 @@ impl Networking {
         };
         net.members.remove(id);
         if !net.members.is_empty() {
-            note(firewall::apply(net).map_err(|e| err(&e)));
+            note(firewall::sync(net).map(drop).map_err(|e| err(&e)));
             return note(locked.save().map_err(|e| err(&e)));
         }
         let net = locked.network.take().expect("checked");

@@ -89,9 +89,26 @@ pub fn rules(net: &Network) -> Option<String> {
     Some(s)
 }
 
+/// Brings the network's table up to date, unless the rules it would hold
+/// are the ones last applied (a container without published ports joins
+/// or leaves): `nft` is not run for nothing. Returns whether it ran (and
+/// `net.firewall` changed).
+pub fn sync(net: &mut Network) -> Result<bool, Error> {
+    let digest = rules(net).map(|r| {
+        use sha2::Digest;
+        format!("{:x}", sha2::Sha256::digest(r.as_bytes()))
+    });
+    if digest == net.firewall {
+        return Ok(false);
+    }
+    apply(net)?;
+    net.firewall = digest;
+    Ok(true)
+}
+
 /// Replaces the network's table with its current rules (or removes it, for
 /// a mode without rules).
-pub fn apply(net: &Network) -> Result<(), Error> {
+fn apply(net: &Network) -> Result<(), Error> {
     let t = table(&net.bridge);
     let mut script = format!("table ip {t}\ndelete table ip {t}\n");
     if let Some(r) = rules(net) {
@@ -166,6 +183,7 @@ mod tests {
             created_bridge: true,
             enslaved_uplink: None,
             route_localnet: None,
+            firewall: None,
             last: None,
             members,
         }

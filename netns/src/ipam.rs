@@ -87,6 +87,9 @@ pub struct Network {
     /// The previous `route_localnet` of a bridge rt did not create.
     #[serde(default)]
     pub route_localnet: Option<String>,
+    /// The digest of the nftables rules last applied (see firewall::sync).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firewall: Option<String>,
     /// The last address handed out: the next search starts after it, so a
     /// released address is not reused at once (stale ARP caches).
     pub last: Option<Ipv4Addr>,
@@ -103,6 +106,7 @@ impl Network {
             created_bridge: false,
             enslaved_uplink: None,
             route_localnet: None,
+            firewall: None,
             last: None,
             members: BTreeMap::new(),
         }
