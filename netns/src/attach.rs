@@ -99,9 +99,7 @@ fn local_mac(seed: &[u8; 32]) -> [u8; 6] {
 impl Networking {
     /// Builds the network of container `id` whose init is `pid`.
     pub fn attach(&self, id: &str, config: &Config, pid: i32) -> Result<Attached> {
-        if !nix::unistd::geteuid().is_root() && !matches!(config.mode, Mode::None | Mode::Host) {
-            return Err(Error::Rootless(config.mode));
-        }
+        config.check_caller()?;
         if !config.mode.uses_bridge() {
             // host: nothing to build; none: the init brings `lo` up itself
             // ([`loopback_up`]), which works rootless too.

@@ -54,6 +54,8 @@ pub enum Error {
     IpWithoutSubnet,
     #[error("{PORTS}: port {0} is published twice")]
     DuplicatePort(PortMap),
+    #[error("network mode {0} needs root (rootless containers can use none or host)")]
+    NeedsRoot(Mode),
 }
 
 /// How a container is connected.
@@ -311,6 +313,15 @@ impl Config {
             if !host(ip) || Some(ip) == gateway {
                 return Err(Error::IpOutsideSubnet { ip, subnet });
             }
+        }
+        Ok(())
+    }
+
+    /// Refuses the bridge modes to a caller that is not root: they make
+    /// links, rules and sysctls on the host.
+    pub fn check_caller(&self) -> Result<(), Error> {
+        if self.mode.uses_bridge() && !nix::unistd::geteuid().is_root() {
+            return Err(Error::NeedsRoot(self.mode));
         }
         Ok(())
     }

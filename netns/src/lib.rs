@@ -75,8 +75,6 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("network mode {0} needs root: rootless containers can use none or host")]
-    Rootless(Mode),
     #[error("announcing {0} (gratuitous ARP)")]
     Announce(std::net::Ipv4Addr, #[source] rt_sys::Error),
 }

@@ -21,8 +21,6 @@ pub enum Error {
     HostJoins(PathBuf),
     #[error("run.rt.network.dns: the bundle already mounts /etc/resolv.conf")]
     ResolvConfMounted,
-    #[error("network mode {0} needs root (rootless containers can use none or host)")]
-    Rootless(Mode),
     #[error("writing {path}")]
     Write {
         path: PathBuf,
@@ -78,9 +76,7 @@ pub fn prepare(spec: &mut Spec, state_dir: &Path) -> Result<Option<Config>, Erro
     let Some(config) = config_of(spec)? else {
         return Ok(None);
     };
-    if config.mode.uses_bridge() && !nix::unistd::geteuid().is_root() {
-        return Err(Error::Rootless(config.mode));
-    }
+    config.check_caller()?;
     let mut linux = spec.linux().clone().unwrap_or_default();
     let mut namespaces = linux.namespaces().clone().unwrap_or_default();
     let net = namespaces
