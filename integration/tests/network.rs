@@ -42,9 +42,11 @@ fn sh_ok(script: &str) -> String {
 }
 
 /// A namespace playing the external network, joined to the host by a veth
-/// pair (`host_if` here, `eth0` there). Removed on drop.
+/// pair (`host_if` here, `eth0` there). A `sleep` holds it (no `ip netns`
+/// name, so nothing is mounted under /run/netns); killed on drop, which
+/// takes the namespace and its links with it.
 struct Ext {
-    name: String,
+    holder: std::process::Child,
     host_if: String,
 }
 
@@ -52,33 +54,52 @@ impl Ext {
     /// With `host_addr`, the host end gets that address (a routed uplink);
     /// without, it stays bare (a bridged uplink).
     fn new(host_if: &str, host_addr: Option<&str>, ext_addr: &str, ext_gw: Option<&str>) -> Ext {
-        let name = format!("rtt-{host_if}-{}", std::process::id());
+        let holder = Command::new("unshare")
+            .args(["--net", "sleep", "3600"])
+            .spawn()
+            .unwrap();
+        let ns = format!("/proc/{}/ns/net", holder.id());
+        let ours = std::fs::read_link("/proc/self/ns/net").unwrap();
+        assert!(
+            eventually(5, || std::fs::read_link(&ns).is_ok_and(|n| n != ours)),
+            "the holder never entered its namespace"
+        );
         let ext = Ext {
-            name: name.clone(),
+            holder,
             host_if: host_if.into(),
         };
-        sh_ok(&format!(
-            "ip netns add {name} && ip link add {host_if} type veth peer name eth0 netns {name} && \
-             ip -n {name} addr add {ext_addr} dev eth0 && ip -n {name} link set eth0 up && \
-             ip -n {name} link set lo up && ip link set {host_if} up"
+        let pid = ext.holder.id();
+        sh_ok(&format!("ip link add {host_if} type veth peer name eth0 netns {pid} && ip link set {host_if} up"));
+        ext.sh_ok(&format!(
+            "ip addr add {ext_addr} dev eth0 && ip link set eth0 up && ip link set lo up"
         ));
         if let Some(a) = host_addr {
             sh_ok(&format!("ip addr add {a} dev {host_if}"));
         }
         if let Some(gw) = ext_gw {
-            sh_ok(&format!("ip -n {name} route add default via {gw}"));
+            ext.sh_ok(&format!("ip route add default via {gw}"));
         }
         ext
     }
 
     fn exec(&self, script: &str) -> Output {
-        sh(&format!("ip netns exec {} sh -c '{script}'", self.name))
+        sh(&format!(
+            "nsenter --net=/proc/{}/ns/net sh -c '{script}'",
+            self.holder.id()
+        ))
+    }
+
+    fn sh_ok(&self, script: &str) -> String {
+        sh_ok(&format!(
+            "nsenter --net=/proc/{}/ns/net sh -c '{script}'",
+            self.holder.id()
+        ))
     }
 
     /// Runs `f` on a thread inside the namespace (sockets it makes stay
     /// there).
     fn within<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let ns = std::fs::File::open(format!("/run/netns/{}", self.name)).unwrap();
+        let ns = std::fs::File::open(format!("/proc/{}/ns/net", self.holder.id())).unwrap();
         std::thread::scope(|s| {
             s.spawn(|| {
                 nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
@@ -92,7 +113,8 @@ impl Ext {
 
 impl Drop for Ext {
     fn drop(&mut self) {
-        let _ = sh(&format!("ip netns del {}", self.name));
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
         let _ = sh(&format!("ip link del {}", self.host_if));
     }
 }
@@ -311,10 +333,7 @@ fn published_port_from_localhost_host_address_outside_and_hairpin() {
     }
     // Without the port, the container is not reachable from outside.
     let ip = ip_of(&root, &w);
-    sh_ok(&format!(
-        "ip -n {} route add 10.231.2.0/24 via 198.51.100.65",
-        ext.name
-    ));
+    ext.sh_ok("ip route add 10.231.2.0/24 via 198.51.100.65");
     let direct = ext.within(|| http_get(&format!("{ip}:80")));
     assert!(
         direct.is_none(),
@@ -370,10 +389,7 @@ fn host_only_reaches_the_host_not_the_outside() {
         "host-only container reached the outside: {out:?}"
     );
     // Nor does the outside reach it, even with a route.
-    sh_ok(&format!(
-        "ip -n {} route add 10.231.4.0/24 via 198.51.100.129",
-        ext.name
-    ));
+    ext.sh_ok("ip route add 10.231.4.0/24 via 198.51.100.129");
     let out = ext.exec(&format!("busybox ping -c1 -W2 {}", ip_of(&root, &h)));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("100% packet loss"),
@@ -392,10 +408,10 @@ fn bridged_dhcp_lease_from_the_external_network_and_a_fixed_address() {
     let leases = tmp.path().join("leases");
     let pid_file = tmp.path().join("pid");
     let dnsmasq = sh(&format!(
-        "ip netns exec {} dnsmasq --conf-file=/dev/null --port=0 --interface=eth0 --bind-interfaces \
+        "nsenter --net=/proc/{}/ns/net dnsmasq --conf-file=/dev/null --port=0 --interface=eth0 --bind-interfaces \
          --dhcp-range=203.0.113.50,203.0.113.60,255.255.255.0,2m --dhcp-option=option:router,203.0.113.1 \
          --dhcp-option=option:T1,2 --dhcp-option=option:T2,4 --dhcp-leasefile={} --pid-file={} --dhcp-authoritative",
-        ext.name,
+        ext.holder.id(),
         leases.display(),
         pid_file.display()
     ));
