@@ -306,7 +306,9 @@ impl Networking {
             Err(e) => return note(Err(err(&e))),
         };
         let Some(net) = locked.network.as_mut() else {
-            return;
+            // Nothing recorded (torn down already): drop the lock file
+            // this call made.
+            return note(locked.save().map_err(|e| err(&e)));
         };
         net.members.remove(id);
         if !net.members.is_empty() {
@@ -401,6 +403,35 @@ fn read_sysctl(path: &str) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A teardown of what was never built (or was torn down already)
+    /// succeeds and leaves no lock file behind.
+    #[test]
+    fn detach_is_idempotent_and_leaves_nothing() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root (netlink)");
+            return;
+        }
+        let root = tempfile::tempdir().unwrap();
+        let n = Networking::new(root.path(), vec![]);
+        let annotations = [
+            ("run.rt.network", "nat"),
+            ("run.rt.network.bridge", "rtt-never0"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let config = Config::from_annotations(&annotations).unwrap().unwrap();
+        for _ in 0..2 {
+            n.detach("gone", &config).unwrap();
+        }
+        let left: Vec<_> = std::fs::read_dir(root.path().join(".networks"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
 
     #[test]
     fn derived_names_fit_and_differ_per_root() {
