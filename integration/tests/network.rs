@@ -133,6 +133,11 @@ fn bundle(script: &str) -> Bundle {
     b
 }
 
+/// `--network MODE --bridge BRIDGE --subnet SUBNET`.
+fn net_flags<'a>(mode: &'a str, bridge: &'a str, subnet: &'a str) -> [&'a str; 6] {
+    ["--network", mode, "--bridge", bridge, "--subnet", subnet]
+}
+
 /// `rt run -d` with extra flags; returns the container id.
 fn run_detached(root: &Root, b: &Bundle, flags: &[&str]) -> String {
     let id = unique_id("net");
@@ -241,14 +246,7 @@ fn nat_containers_reach_each_other_the_gateway_and_outside() {
     let ext = Ext::new("rttu1", Some("198.51.100.1/24"), "198.51.100.2/24", None);
     let root = Root::new();
     let b = bundle("sleep 1000");
-    let flags = [
-        "--network",
-        "nat",
-        "--bridge",
-        "rtt-n1",
-        "--subnet",
-        "10.231.1.0/24",
-    ];
+    let flags = net_flags("nat", "rtt-n1", "10.231.1.0/24");
     let a = run_detached(&root, &b, &flags);
     let c = run_detached(&root, &b, &flags);
     let (ip_a, ip_c) = (ip_of(&root, &a), ip_of(&root, &c));
@@ -293,14 +291,7 @@ fn published_port_from_localhost_host_address_outside_and_hairpin() {
     let ext = Ext::new("rttu2", Some("198.51.100.65/26"), "198.51.100.66/26", None);
     let root = Root::new();
     let web = bundle("echo hello-from-web > /dev/shm/index.html && httpd -f -p 80 -h /dev/shm");
-    let flags = [
-        "--network",
-        "nat",
-        "--bridge",
-        "rtt-n2",
-        "--subnet",
-        "10.231.2.0/24",
-    ];
+    let flags = net_flags("nat", "rtt-n2", "10.231.2.0/24");
     let mut web_flags = flags.to_vec();
     web_flags.extend(["-p", "18082:80"]);
     let w = run_detached(&root, &web, &web_flags);
@@ -357,25 +348,11 @@ fn host_only_reaches_the_host_not_the_outside() {
     let nat = run_detached(
         &root,
         &bundle("sleep 1000"),
-        &[
-            "--network",
-            "nat",
-            "--bridge",
-            "rtt-n3",
-            "--subnet",
-            "10.231.3.0/24",
-        ],
+        &net_flags("nat", "rtt-n3", "10.231.3.0/24"),
     );
     exec_ok(&root, &nat, "ping -c1 -W3 198.51.100.130");
     let web = bundle("echo host-only-web > /dev/shm/index.html && httpd -f -p 80 -h /dev/shm");
-    let flags = [
-        "--network",
-        "host-only",
-        "--bridge",
-        "rtt-h3",
-        "--subnet",
-        "10.231.4.0/24",
-    ];
+    let flags = net_flags("host-only", "rtt-h3", "10.231.4.0/24");
     let h = run_detached(&root, &web, &flags);
     let h2 = run_detached(&root, &bundle("sleep 1000"), &flags);
     exec_ok(&root, &h, "ping -c1 -W3 10.231.4.1");
@@ -579,14 +556,7 @@ fn concurrent_creates_get_distinct_addresses_and_a_full_subnet_is_refused() {
     need_root!();
     let root = Root::new();
     let b = bundle("sleep 1000");
-    let flags = [
-        "--network",
-        "nat",
-        "--bridge",
-        "rtt-n6",
-        "--subnet",
-        "10.231.6.0/29",
-    ];
+    let flags = net_flags("nat", "rtt-n6", "10.231.6.0/29");
     // A /29 holds the gateway and five containers.
     let ids: Vec<String> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..5)

@@ -128,8 +128,13 @@ impl Networking {
                 .join(id, config, &format_mac(&mac), &veth)?;
             locked.save()?;
             let net = locked.network.as_mut().expect("just joined");
-            self.ensure_bridge(&mut host, net, config)?;
-            locked.save()?;
+            let before = net.clone();
+            let made = self.ensure_bridge(&mut host, net, config);
+            // What it changed on the host is recorded, even if it then failed.
+            if *net != before {
+                locked.save()?;
+            }
+            made?;
             let net = locked.network.as_mut().expect("just joined");
             if net.mode == Mode::Nat {
                 self.forwarding.hold(&self.record_path(&net.bridge))?;

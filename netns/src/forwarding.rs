@@ -128,15 +128,10 @@ impl Forwarding {
     }
 
     fn save(&self, rec: &Record) -> Result<(), Error> {
-        let path = self.dir.join("forwarding.json");
-        let tmp = path.with_extension("json.tmp");
-        let io = |what| {
-            let path = tmp.clone();
-            move |source| Error::Io { what, path, source }
-        };
-        std::fs::write(&tmp, serde_json::to_vec(rec).expect("serialises"))
-            .map_err(io("writing"))?;
-        std::fs::rename(&tmp, &path).map_err(io("renaming"))
+        Ok(crate::lockfile::write_json(
+            &self.dir.join("forwarding.json"),
+            rec,
+        )?)
     }
 }
 

@@ -327,14 +327,7 @@ impl Locked {
             }
             return Ok(self.lock.remove()?);
         };
-        let tmp = self.path.with_extension("json.tmp");
-        let data = serde_json::to_vec_pretty(network).expect("a network record serialises");
-        let io = |what| {
-            let path = tmp.clone();
-            move |source| Error::Io { what, path, source }
-        };
-        std::fs::write(&tmp, data).map_err(io("writing"))?;
-        std::fs::rename(&tmp, &self.path).map_err(io("renaming"))
+        Ok(crate::lockfile::write_json(&self.path, network)?)
     }
 }
 

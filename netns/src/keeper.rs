@@ -60,10 +60,7 @@ fn now() -> u64 {
 }
 
 fn save(path: &Path, file: &LeaseFile) -> Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(file).expect("serialises"))
-        .map_err(io("writing", &tmp))?;
-    std::fs::rename(&tmp, path).map_err(io("renaming", &tmp))
+    Ok(crate::lockfile::write_json(path, file)?)
 }
 
 /// Writes the lease file of container `id` and starts `cmd FILE`.

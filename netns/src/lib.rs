@@ -45,6 +45,8 @@ pub enum Error {
     Forwarding(#[from] forwarding::Error),
     #[error(transparent)]
     Dhcp(#[from] dhcp::Error),
+    #[error(transparent)]
+    File(#[from] lockfile::Error),
     #[error("opening the network namespace of pid {pid}")]
     Netns {
         pid: i32,

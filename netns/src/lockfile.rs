@@ -1,4 +1,5 @@
-//! Lock files that go away with what they guard.
+//! Lock files that go away with what they guard, and the records they guard
+//! written whole ([`write_json`]).
 //!
 //! A network's lock (and the host's forwarding lock) is removed by the last
 //! user of what it guards, while still held. A process that opened it
@@ -92,6 +93,19 @@ impl LockFile {
             _ => Ok(()),
         }
     }
+}
+
+/// Writes `value` as JSON to `path` through a temporary file renamed into
+/// place: a reader (or a crash) never sees half a record.
+pub fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<(), Error> {
+    let tmp = path.with_extension("json.tmp");
+    let io = |what| {
+        let path = tmp.clone();
+        move |source| Error::Io { what, path, source }
+    };
+    let data = serde_json::to_vec_pretty(value).expect("rt's records serialise");
+    std::fs::write(&tmp, data).map_err(io("writing"))?;
+    std::fs::rename(&tmp, path).map_err(io("renaming"))
 }
 
 #[cfg(test)]
