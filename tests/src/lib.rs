@@ -288,3 +288,13 @@ pub fn cgroup_dirs_named(leaf: &str) -> Vec<PathBuf> {
     }
     out
 }
+
+/// Returns from the calling test, with a message, unless running as root.
+#[macro_export]
+macro_rules! need_root {
+    () => {
+        if !$crate::root_or_skip(module_path!()) {
+            return;
+        }
+    };
+}

@@ -188,13 +188,7 @@ impl Manager for Disabled {
         Ok(None)
     }
     fn set(&self, r: &LinuxResources) -> Result<()> {
-        let limits = r.memory().is_some()
-            || r.cpu().is_some()
-            || r.pids().is_some()
-            || r.block_io().is_some()
-            || r.hugepage_limits().as_ref().is_some_and(|h| !h.is_empty())
-            || r.unified().as_ref().is_some_and(|u| !u.is_empty());
-        if limits {
+        if resources::sets_limits(r) {
             return Err(Error::Unsupported(
                 "linux.resources without a cgroup (--cgroup-manager disabled, or rootless without a delegated cgroup)",
             ));

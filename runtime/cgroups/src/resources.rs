@@ -26,6 +26,12 @@ pub fn normalize_json(resources: &mut serde_json::Value) {
     }
 }
 
+/// Whether `r` asks for any limit at all (on either cgroup version), zeros
+/// meaning "unset" as in runc.
+pub fn sets_limits(r: &LinuxResources) -> bool {
+    !matches!(v1(r), Ok(s) if s.is_empty()) || !matches!(v2(r, &|_| false), Ok(s) if s.is_empty())
+}
+
 /// Parses a `LinuxResources` JSON document (as `rt update --resources` reads).
 pub fn parse(text: &[u8]) -> serde_json::Result<LinuxResources> {
     let mut v: serde_json::Value = serde_json::from_slice(text)?;
@@ -116,10 +122,10 @@ pub fn v2(r: &LinuxResources, has_file: &dyn Fn(&str) -> bool) -> Result<Vec<Set
         if let Some(swap) = swap_to_v2(m.swap(), m.limit())? {
             set(&mut out, "memory", "memory.swap.max", swap);
         }
-        if let Some(limit) = m.limit() {
+        if let Some(limit) = nonzero(m.limit()) {
             set(&mut out, "memory", "memory.max", max_or(limit));
         }
-        if let Some(res) = m.reservation() {
+        if let Some(res) = nonzero(m.reservation()) {
             set(&mut out, "memory", "memory.low", max_or(res));
         }
         if m.swappiness().is_some_and(|s| s <= 100) {
@@ -138,7 +144,7 @@ pub fn v2(r: &LinuxResources, has_file: &dyn Fn(&str) -> bool) -> Result<Vec<Set
                 "cpu.realtimeRuntime/realtimePeriod on cgroup v2",
             ));
         }
-        if c.quota().is_some() || c.period().is_some() {
+        if nonzero(c.quota()).is_some() || nonzero(c.period()).is_some() {
             let quota = c
                 .quota()
                 .filter(|q| *q > 0)
@@ -157,7 +163,7 @@ pub fn v2(r: &LinuxResources, has_file: &dyn Fn(&str) -> bool) -> Result<Vec<Set
         }
         cpuset(&mut out, c);
     }
-    if let Some(p) = r.pids() {
+    if let Some(p) = r.pids().as_ref().filter(|p| p.limit() != 0) {
         set(&mut out, "pids", "pids.max", pids_value(p.limit()));
     }
     if let Some(b) = r.block_io() {
@@ -168,7 +174,9 @@ pub fn v2(r: &LinuxResources, has_file: &dyn Fn(&str) -> bool) -> Result<Vec<Set
         set(&mut out, "hugetlb", file, max_or(h.limit()));
     }
     rdma(&mut out, r)?;
-    if r.network().is_some() {
+    if r.network().as_ref().is_some_and(|n| {
+        nonzero(n.class_id()).is_some() || n.priorities().as_ref().is_some_and(|p| !p.is_empty())
+    }) {
         return Err(Error::Unsupported("linux.resources.network on cgroup v2"));
     }
     for (key, value) in r.unified().iter().flatten() {
@@ -202,6 +210,14 @@ fn kernel_memory_warning(kernel: Option<i64>, tcp: Option<i64>) {
     }
 }
 
+/// runc's rule for the fields where zero means "not set" (weights, shares,
+/// limits, quota and period, pids): Docker sends `0` for every one it does
+/// not set, and a write of 0 would either fail (blkio.weight on hosts without
+/// BFQ) or impose a limit nobody asked for.
+fn nonzero<T: Default + PartialEq>(v: Option<T>) -> Option<T> {
+    v.filter(|v| *v != T::default())
+}
+
 fn pids_value(limit: i64) -> String {
     if limit > 0 {
         limit.to_string()
@@ -215,11 +231,11 @@ fn device(d: &LinuxThrottleDevice) -> String {
 }
 
 fn io_v2(out: &mut Vec<Setting>, b: &LinuxBlockIo, has_file: &dyn Fn(&str) -> bool) -> Result<()> {
-    if b.leaf_weight().is_some()
+    if nonzero(b.leaf_weight()).is_some()
         || b.weight_device()
             .iter()
             .flatten()
-            .any(|w| w.leaf_weight().is_some())
+            .any(|w| nonzero(w.leaf_weight()).is_some())
     {
         return Err(Error::Unsupported("blockIO.leafWeight on cgroup v2"));
     }
@@ -232,11 +248,11 @@ fn io_v2(out: &mut Vec<Setting>, b: &LinuxBlockIo, has_file: &dyn Fn(&str) -> bo
         }
     };
     let file = if bfq { "io.bfq.weight" } else { "io.weight" };
-    if let Some(w) = b.weight() {
+    if let Some(w) = nonzero(b.weight()) {
         set(out, "io", file, weight(w));
     }
     for d in b.weight_device().iter().flatten() {
-        if let Some(w) = d.weight() {
+        if let Some(w) = nonzero(d.weight()) {
             set(
                 out,
                 "io",
@@ -290,20 +306,22 @@ fn rdma(out: &mut Vec<Setting>, r: &LinuxResources) -> Result<()> {
 pub fn v1(r: &LinuxResources) -> Result<Vec<Setting>> {
     let mut out = Vec::new();
     if let Some(m) = r.memory() {
-        if let Some(limit) = m.limit() {
+        if let Some(limit) = nonzero(m.limit()) {
             set(&mut out, "memory", "memory.limit_in_bytes", limit);
         }
-        if let Some(swap) = m.swap() {
+        if let Some(swap) = nonzero(m.swap()) {
             set(&mut out, "memory", "memory.memsw.limit_in_bytes", swap);
         }
-        if let Some(res) = m.reservation() {
+        if let Some(res) = nonzero(m.reservation()) {
             set(&mut out, "memory", "memory.soft_limit_in_bytes", res);
         }
         if let Some(sw) = m.swappiness().filter(|s| *s <= 100) {
             set(&mut out, "memory", "memory.swappiness", sw);
         }
-        if let Some(disable) = m.disable_oom_killer() {
-            set(&mut out, "memory", "memory.oom_control", u8::from(disable));
+        // As runc: only `true` is written; `false` (Docker sends it in
+        // every spec) leaves the kernel's default.
+        if m.disable_oom_killer() == Some(true) {
+            set(&mut out, "memory", "memory.oom_control", 1);
         }
         kernel_memory_warning(m.kernel(), m.kernel_tcp());
     }
@@ -331,7 +349,7 @@ pub fn v1(r: &LinuxResources) -> Result<Vec<Setting>> {
         }
         cpuset(&mut out, c);
     }
-    if let Some(p) = r.pids() {
+    if let Some(p) = r.pids().as_ref().filter(|p| p.limit() != 0) {
         set(&mut out, "pids", "pids.max", pids_value(p.limit()));
     }
     if let Some(b) = r.block_io() {
@@ -343,7 +361,7 @@ pub fn v1(r: &LinuxResources) -> Result<Vec<Setting>> {
     }
     rdma(&mut out, r)?;
     if let Some(n) = r.network() {
-        if let Some(id) = n.class_id() {
+        if let Some(id) = nonzero(n.class_id()) {
             set(&mut out, "net_cls", "net_cls.classid", id);
         }
         for p in n.priorities().iter().flatten() {
@@ -362,18 +380,18 @@ pub fn v1(r: &LinuxResources) -> Result<Vec<Setting>> {
 }
 
 fn blkio_v1(out: &mut Vec<Setting>, b: &LinuxBlockIo) {
-    if let Some(w) = b.weight() {
+    if let Some(w) = nonzero(b.weight()) {
         set(out, "blkio", "blkio.weight", w);
     }
-    if let Some(w) = b.leaf_weight() {
+    if let Some(w) = nonzero(b.leaf_weight()) {
         set(out, "blkio", "blkio.leaf_weight", w);
     }
     for d in b.weight_device().iter().flatten() {
         let dev = format!("{}:{}", d.major(), d.minor());
-        if let Some(w) = d.weight() {
+        if let Some(w) = nonzero(d.weight()) {
             set(out, "blkio", "blkio.weight_device", format!("{dev} {w}"));
         }
-        if let Some(w) = d.leaf_weight() {
+        if let Some(w) = nonzero(d.leaf_weight()) {
             set(
                 out,
                 "blkio",
@@ -515,7 +533,7 @@ mod tests {
         let r = res(r#"{
             "memory": {"limit": 100, "swap": 200, "reservation": 50, "swappiness": 0, "disableOOMKiller": true},
             "cpu": {"shares": 512, "quota": 20000, "period": 100000, "burst": 1000, "idle": 1, "realtimePeriod": 1000000, "realtimeRuntime": 1000, "cpus": "0-1", "mems": "0"},
-            "pids": {"limit": 0},
+            "pids": {"limit": -1},
             "blockIO": {"weight": 10, "throttleWriteBpsDevice": [{"major": 253, "minor": 0, "rate": 4096}]},
             "hugepageLimits": [{"pageSize": "1GB", "limit": 0}],
             "network": {"classID": 1048577, "priorities": [{"name": "eth0", "priority": 5}]}
@@ -546,5 +564,27 @@ mod tests {
             ]
         );
         assert!(v1(&res(r#"{"unified": {"memory.high": "1"}}"#)).is_err());
+    }
+
+    /// What Docker 20.10 puts in every spec: zeros meaning "not set". runc
+    /// writes none of them; rt did, and blkio.weight does not exist on hosts
+    /// without BFQ, so every `docker run --runtime rt` failed.
+    const DOCKER_ZEROS: &str = r#"{
+        "devices": [{"allow": false, "access": "rwm"}],
+        "memory": {"limit": 0, "reservation": 0, "swap": 0, "disableOOMKiller": false},
+        "cpu": {"shares": 0, "quota": 0, "period": 0, "realtimePeriod": 0, "realtimeRuntime": 0, "cpus": "", "mems": ""},
+        "pids": {"limit": 0},
+        "blockIO": {"weight": 0, "leafWeight": 0, "weightDevice": [{"major": 8, "minor": 0, "weight": 0, "leafWeight": 0}]},
+        "network": {"classID": 0}
+    }"#;
+
+    #[test]
+    fn zero_means_unset_as_in_runc() {
+        let r = res(DOCKER_ZEROS);
+        assert_eq!(lines(&v1(&r).unwrap()), Vec::<String>::new());
+        assert_eq!(lines(&v2(&r, &|_| false).unwrap()), Vec::<String>::new());
+        assert!(!sets_limits(&r));
+        assert!(sets_limits(&res(r#"{"pids": {"limit": 5}}"#)));
+        assert!(sets_limits(&res(r#"{"unified": {"memory.high": "1"}}"#)));
     }
 }

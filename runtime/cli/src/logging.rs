@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 use std::fs::OpenOptions;
 use std::io::Write;
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -71,6 +72,12 @@ pub fn init(log: Option<&Path>, json: bool, debug: bool) -> anyhow::Result<bool>
                 .append(true)
                 .open(path)
                 .map_err(|e| anyhow::anyhow!("opening log file {}: {e}", path.display()))?;
+            // The file lives as long as the process, and the children rt
+            // forks (stage, init, exec'd process) keep its descriptor until
+            // they exec: their log lines land here, and no later open can
+            // take its number while the logger still writes to it.
+            let f: &'static std::fs::File = Box::leak(Box::new(f));
+            rt_sys::keep_in_children(f.as_fd());
             (Box::new(f), true)
         }
         _ => (Box::new(std::io::stderr()), false),

@@ -197,7 +197,7 @@ fn child(launch: &ExecLaunch<'_>, chan: &ChildEnd, deferred: Vec<namespaces::Ope
         Ok(prepared) => {
             // After Ready only the exec itself can fail; the parent may be gone.
             match chan.send(&ToParent::Ready) {
-                Ok(()) => Error::from(prepared.exec(launch.preserve_fds)),
+                Ok(()) => Error::from(prepared.exec()),
                 Err(e) => e.into(),
             }
         }
@@ -224,6 +224,7 @@ fn child_inner(launch: &ExecLaunch<'_>, chan: &ChildEnd) -> Result<user_process:
         p,
         launch.linux,
         launch.plan.in_user_ns(),
+        launch.preserve_fds,
     )?)
 }
 

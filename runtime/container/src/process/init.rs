@@ -144,7 +144,12 @@ fn init(launch: &Launch<'_>, chan: &ChildEnd, mut fifo: File) -> Result<Infallib
         let master = terminal::setup_in_container(size, user.uid(), user.gid())?;
         chan.send_with_fd(&ToParent::Terminal, Some(master.as_fd()))?;
     }
-    let prepared = user_process::prepare(process, linux, launch.plan.in_user_ns())?;
+    let prepared = user_process::prepare(
+        process,
+        linux,
+        launch.plan.in_user_ns(),
+        launch.preserve_fds,
+    )?;
     chan.send(&ToParent::Ready)?;
     let mut byte = [0u8; 1];
     fifo.read_exact(&mut byte)
@@ -153,6 +158,6 @@ fn init(launch: &Launch<'_>, chan: &ChildEnd, mut fifo: File) -> Result<Infallib
     // tells `start` that the user's process runs.
     hooks::run(hooks, Kind::StartContainer, &state)?;
     // Nothing of the runtime's reaches the user's process but stdio and the
-    // preserved descriptors.
-    Err(prepared.exec(launch.preserve_fds).into())
+    // preserved descriptors: `prepare` made the rest close-on-exec.
+    Err(prepared.exec().into())
 }

@@ -43,8 +43,17 @@ impl Prepared {
 }
 
 /// Sets up the calling process as `process` describes, up to (not including)
-/// the exec. `in_user_ns` tells whether setgroups may be refused.
-pub fn prepare(process: &Process, linux: &Linux, in_user_ns: bool) -> Result<Prepared, Error> {
+/// the exec. `in_user_ns` tells whether setgroups may be refused. Every
+/// descriptor but stdio and the `preserve_fds` after them is made
+/// close-on-exec here, before any seccomp filter is loaded: no profile may
+/// make a syscall of rt's fail (close_range is missing from many).
+pub fn prepare(
+    process: &Process,
+    linux: &Linux,
+    in_user_ns: bool,
+    preserve_fds: u32,
+) -> Result<Prepared, Error> {
+    rt_sys::cloexec_from(3 + preserve_fds)?;
     identity::set_rlimits(process.rlimits().as_deref().unwrap_or_default())?;
     if let Some(p) = linux.personality() {
         let persona = match p.domain() {
@@ -102,13 +111,9 @@ pub fn prepare(process: &Process, linux: &Linux, in_user_ns: bool) -> Result<Pre
 }
 
 impl Prepared {
-    /// Loads the late seccomp filters, closes every descriptor but stdio and
-    /// the `preserve_fds` after them on exec, and execs. Returns only on error.
-    pub fn exec(self, preserve_fds: u32) -> Error {
+    /// Loads the late seccomp filters and execs. Returns only on error.
+    pub fn exec(self) -> Error {
         if let Err(e) = self.late_filters.load() {
-            return e.into();
-        }
-        if let Err(e) = rt_sys::cloexec_from(3 + preserve_fds) {
             return e.into();
         }
         let e = nix::unistd::execve(&self.exe, &self.args, &self.env).unwrap_err();

@@ -1,0 +1,112 @@
+//! The correctness sweep against runc's behaviour: each test here failed on
+//! rt before its fix (see the comments for what went wrong).
+
+use std::path::Path;
+use std::time::Duration;
+
+use rt_testsupport::{eventually, need_root, unique_id, Bundle, Root};
+use serde_json::{json, Value};
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// `rt run` of `args` in a fresh bundle with `edit` applied: (exit code,
+/// stdout + stderr).
+fn run(args: &[&str], edit: impl FnOnce(&mut Value)) -> (i32, String) {
+    let root = Root::new();
+    let mut b = Bundle::new(args);
+    b.edit(edit);
+    let out = root.rt(&[
+        "run",
+        "--bundle",
+        b.path().to_str().unwrap(),
+        &unique_id("conf"),
+    ]);
+    (out.status.code().unwrap_or(-1), text(&out))
+}
+
+/// A profile that allows everything but answers `close_range` with `errno`:
+/// rt used close_range after loading the user's filter, so every container
+/// under such a profile (written before 2020, or the runtime-spec's
+/// generated default) died right after start with "close_range failed: EPERM".
+#[test]
+fn close_range_refused_by_the_profile() {
+    need_root!();
+    for (errno, nnp) in [(1, true), (38, true), (1, false), (38, false)] {
+        let (code, out) = run(&["sh", "-c", "echo hello; ls /proc/self/fd"], |c| {
+            c["process"]["noNewPrivileges"] = nnp.into();
+            c["linux"]["seccomp"] = json!({
+                "defaultAction": "SCMP_ACT_ALLOW",
+                "syscalls": [{"names": ["close_range"], "action": "SCMP_ACT_ERRNO", "errnoRet": errno}]
+            });
+        });
+        assert_eq!(code, 0, "errno {errno}, nnp {nnp}: {out}");
+        let mut lines = out.lines();
+        assert_eq!(lines.next(), Some("hello"), "{out}");
+        // stdio and ls's own directory: nothing of rt's leaked.
+        let fds: Vec<&str> = lines.collect();
+        assert_eq!(fds, ["0", "1", "2", "3"], "errno {errno}, nnp {nnp}: {out}");
+    }
+}
+
+/// With `--debug --log FILE` the stage closed the log file's descriptor by
+/// number, exec.fifo took it, and the init's debug line (an ambient
+/// capability skipped, in a user namespace) went into the fifo: the init read
+/// it as `start`, the process ran during `create`, and `rt start` failed.
+#[test]
+fn debug_log_in_children_goes_to_the_log_file() {
+    need_root!();
+    let root = Root::new();
+    let out_dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        out_dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let mut b = Bundle::new(&["sh", "-c", "echo ran > /tmp/marker"]);
+    b.edit(|c| {
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"type": "user"}));
+        c["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 300000, "size": 65536}]);
+        c["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 300000, "size": 65536}]);
+        c["process"]["capabilities"]["ambient"] = json!(["CAP_NET_BIND_SERVICE"]);
+        c["process"]["capabilities"]["inheritable"] = json!([]);
+        c["mounts"].as_array_mut().unwrap().push(json!({
+            "destination": "/tmp", "type": "bind", "source": out_dir.path(), "options": ["rbind"]
+        }));
+    });
+    let log = b.path().join("rt.log");
+    let id = unique_id("log");
+    let global = ["--debug", "--log", log.to_str().unwrap()];
+    let create = [
+        &global[..],
+        &["create", "--bundle", b.path().to_str().unwrap(), &id],
+    ]
+    .concat();
+    root.ok(&create);
+    std::thread::sleep(Duration::from_millis(300));
+    let marker = out_dir.path().join("marker");
+    assert!(!marker.exists(), "the process ran before start");
+    assert_eq!(root.status(&id), "created");
+    root.ok(&[&global[..], &["start", &id]].concat());
+    assert!(eventually(10, || marker.exists()));
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains("ambient capability CAP_NET_BIND_SERVICE is not permitted"),
+        "{logged}"
+    );
+    assert!(eventually(10, || root.status(&id) == "stopped"));
+    root.ok(&["delete", &id]);
+}
+
+#[allow(dead_code)]
+fn exists(p: &Path) -> bool {
+    p.exists()
+}
