@@ -110,3 +110,39 @@ fn debug_log_in_children_goes_to_the_log_file() {
 fn exists(p: &Path) -> bool {
     p.exists()
 }
+
+/// The resource fields Docker 20.10 sends in every spec, zero meaning "not
+/// set". rt wrote `blkio.weight 0`, which does not exist on hosts without
+/// the BFQ scheduler (this one), and refused the container.
+fn docker_zeros() -> Value {
+    json!({
+        "devices": [{"allow": false, "access": "rwm"}],
+        "memory": {"limit": 0, "reservation": 0, "swap": 0, "kernel": 0, "kernelTCP": 0,
+                   "disableOOMKiller": false},
+        "cpu": {"shares": 0, "quota": 0, "period": 0, "realtimeRuntime": 0, "realtimePeriod": 0,
+                "cpus": "", "mems": ""},
+        "pids": {"limit": 0},
+        "blockIO": {"weight": 0}
+    })
+}
+
+#[test]
+fn docker_zero_resources_are_unset() {
+    need_root!();
+    let (code, out) = run(&["echo", "zeros"], |c| {
+        c["linux"]["resources"] = docker_zeros();
+    });
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("zeros"), "{out}");
+    // And `update` with the same document changes nothing and succeeds.
+    let root = Root::new();
+    let b = Bundle::new(&["sleep", "100"]);
+    let id = unique_id("zeros");
+    root.ok(&["run", "-d", "--bundle", b.path().to_str().unwrap(), &id]);
+    let file = b.path().join("resources.json");
+    let mut zeros = docker_zeros();
+    zeros.as_object_mut().unwrap().remove("devices");
+    std::fs::write(&file, zeros.to_string()).unwrap();
+    root.ok(&["update", "--resources", file.to_str().unwrap(), &id]);
+    root.ok(&["delete", "--force", &id]);
+}

@@ -22,7 +22,10 @@ fn text(o: &Output) -> String {
 }
 
 /// podman with its own storage, run root and containers.conf, so nothing of
-/// the host's podman is touched.
+/// the host's podman is touched. Its locks are files under its own tmpdir
+/// (`lock_type = "file"`): with the default shared-memory segment
+/// /libpod_lock, two tests starting podman for the first time together
+/// raced ("failed to create 2048 locks in /libpod_lock: file exists").
 struct Podman {
     dir: tempfile::TempDir,
 }
@@ -36,6 +39,7 @@ impl Podman {
         let conf = format!(
             "[containers]\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=32768:32768\"]\n\
              [engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n\
+             lock_type = \"file\"\n\
              runtime_supports_json = [\"rt\"]\n\
              [engine.runtimes]\nrt = [\"{}\"]\n",
             rt_bin().display()
@@ -76,6 +80,8 @@ impl Podman {
         rt_integration::image::busybox_oci_archive(&archive, "localhost/rt-busybox:latest");
         let out = p.run(&["load", "-i", archive.to_str().unwrap()]);
         assert!(out.status.success(), "podman load: {}", text(&out));
+        // The locks are this podman's own files, not the shared segment.
+        assert!(p.dir.path().join("tmp/locks").exists());
         p
     }
 }
