@@ -146,3 +146,54 @@ fn docker_zero_resources_are_unset() {
     root.ok(&["update", "--resources", file.to_str().unwrap(), &id]);
     root.ok(&["delete", "--force", &id]);
 }
+
+/// A spec that shares every namespace of the caller (no `mount` entry):
+/// rt refused it outright; runc runs it, chrooted into the rootfs. rt now
+/// runs it with nothing mounted, and refuses by name what would need mounts.
+#[test]
+fn container_without_a_mount_namespace() {
+    need_root!();
+    let share_all = |c: &mut Value| {
+        c["linux"]["namespaces"] = json!([]);
+        c["mounts"] = json!([]);
+        let linux = c["linux"].as_object_mut().unwrap();
+        linux.remove("maskedPaths");
+        linux.remove("readonlyPaths");
+        linux.remove("sysctl");
+        c["root"]["readonly"] = false.into();
+        c.as_object_mut().unwrap().remove("hostname");
+    };
+    let (code, out) = run(&["sh", "-c", "cat /etc/passwd; echo ok"], share_all);
+    assert_eq!(code, 0, "{out}");
+    // The rootfs's passwd (two lines), not the host's.
+    assert!(out.starts_with("root:x:0:0:root:/root:/bin/sh\nnobody:"), "{out}");
+    assert!(out.ends_with("ok\n"), "{out}");
+
+    // exec lands in the container's root too.
+    let root = Root::new();
+    let mut b = Bundle::new(&["sleep", "100"]);
+    b.edit(share_all);
+    let id = unique_id("nomnt");
+    root.ok(&["run", "-d", "--bundle", b.path().to_str().unwrap(), &id]);
+    let out = root.ok(&["exec", &id, "cat", "/etc/passwd"]);
+    assert_eq!(out.lines().count(), 2, "{out}");
+    root.ok(&["delete", "--force", &id]);
+
+    // With mounts and no mount namespace: refused by name, nothing left.
+    let root = Root::new();
+    let mut b = Bundle::new(&["true"]);
+    b.edit(|c| c["linux"]["namespaces"] = json!([{"type": "pid"}]));
+    let id = unique_id("nomnt");
+    let out = root.rt(&["run", "--bundle", b.path().to_str().unwrap(), &id]);
+    assert!(!out.status.success());
+    let err = text(&out);
+    assert!(err.contains("mounts without a mount namespace"), "{err}");
+    assert!(!root.dir.path().join(&id).exists());
+    assert!(rt_testsupport::cgroup_dirs_named(&id).is_empty());
+    let rootfs = rt_testsupport::shared_rootfs().to_str().unwrap().to_string();
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(
+        !mounts.lines().any(|l| l.contains(&rootfs)),
+        "a mount was left in the host's tree: {mounts}"
+    );
+}

@@ -358,6 +358,7 @@ impl Runtime {
             process,
             linux: &linux,
             plan: exec::plan_for(Pid::from_raw(st.pid), &linux),
+            chroot: exec::chroot_for(Pid::from_raw(st.pid), &linux),
             cgroup: cgroup.as_ref(),
             preserve_fds: opts.preserve_fds,
         };

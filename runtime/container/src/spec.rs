@@ -226,9 +226,12 @@ pub fn validate(spec: &Spec) -> Result<()> {
     let namespaces = linux.namespaces().as_deref().unwrap_or_default();
     let has = |t: LinuxNamespaceType| namespaces.iter().any(|n| n.typ() == t);
     if !has(LinuxNamespaceType::Mount) {
-        return Err(Error::Unsupported(
-            "a container without a mount namespace".into(),
-        ));
+        if let Some(what) = crate::rootfs::needs_mount_namespace(spec) {
+            return Err(Error::Unsupported(format!(
+                "{what} without a mount namespace (linux.namespaces has no \"mount\": \
+                 rt mounts nothing into the caller's tree)"
+            )));
+        }
     }
     for (i, a) in namespaces.iter().enumerate() {
         if namespaces[..i].iter().any(|b| b.typ() == a.typ()) {
@@ -348,8 +351,16 @@ mod tests {
 
     #[test]
     fn needs_mount_namespace_and_args() {
+        // Without a mount namespace: fine with nothing to mount...
         let s = BASE.replace(r#"{"type":"mount"},"#, "");
-        assert!(validate(&spec(&s)).is_err());
+        validate(&spec(&s)).unwrap();
+        // ...and refused, by name, with mounts.
+        let s = s.replace(
+            r#""linux":{"#,
+            r#""mounts":[{"destination":"/proc","type":"proc","source":"proc"}],"linux":{"#,
+        );
+        let e = validate(&spec(&s)).unwrap_err().to_string();
+        assert!(e.contains("mounts without a mount namespace"), "{e}");
         let s = BASE.replace(r#""args":["sh"],"#, "");
         assert!(validate(&spec(&s)).is_err());
     }

@@ -50,6 +50,18 @@ pub struct ExecLaunch<'a> {
     pub plan: Plan,
     pub cgroup: &'a dyn rt_cgroups::Manager,
     pub preserve_fds: u32,
+    /// The init's root (`/proc/<pid>/root`) to chroot into, for a container
+    /// without a mount namespace: there is no namespace whose root to join.
+    pub chroot: Option<PathBuf>,
+}
+
+/// The init's root, when the container has no mount namespace of its own.
+pub fn chroot_for(init: Pid, linux: &Linux) -> Option<PathBuf> {
+    let namespaces = linux.namespaces().as_deref().unwrap_or_default();
+    let mount = namespaces
+        .iter()
+        .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Mount);
+    (!mount).then(|| PathBuf::from(format!("/proc/{init}/root")))
 }
 
 /// The namespaces of the container's init that differ from ours, by type, as
@@ -212,6 +224,10 @@ fn child(launch: &ExecLaunch<'_>, chan: &ChildEnd, deferred: Vec<namespaces::Ope
 
 fn child_inner(launch: &ExecLaunch<'_>, chan: &ChildEnd) -> Result<user_process::Prepared> {
     let p = launch.process;
+    if let Some(root) = &launch.chroot {
+        nix::unistd::chroot(root).map_err(|e| Error::Sys("chroot into the container's root", e))?;
+        nix::unistd::chdir("/").map_err(|e| Error::Sys("chdir to /", e))?;
+    }
     if p.terminal().unwrap_or(false) {
         nix::unistd::setsid().map_err(|e| Error::Sys("setsid", e))?;
         let size = p

@@ -44,6 +44,8 @@ pub enum Error {
     RawSys(#[from] rt_sys::Error),
     #[error(transparent)]
     Network(#[from] rt_netns::Error),
+    #[error("{0} without a mount namespace is not supported by rt")]
+    NeedsMountNamespace(&'static str),
     #[error("setting hostname requires a new UTS namespace")]
     HostnameWithoutUts,
 }
@@ -106,7 +108,13 @@ fn init(launch: &Launch<'_>, chan: &ChildEnd, mut fifo: File) -> Result<Infallib
         cgroup_dirs: launch.cgroup_dirs.clone(),
         cgroup_unified: launch.cgroup_unified,
     };
-    rootfs::prepare(&ctx)?;
+    let mount_ns = launch.plan.has(CloneFlags::CLONE_NEWNS);
+    if mount_ns {
+        rootfs::prepare(&ctx)?;
+    } else if let Some(what) = rootfs::needs_mount_namespace(spec) {
+        // Validated at create; the network's resolv.conf may add a mount.
+        return Err(Error::NeedsMountNamespace(what));
+    }
     if hooks::any(hooks, Kind::Prestart) || hooks::any(hooks, Kind::CreateRuntime) {
         chan.send(&ToParent::RuntimeHooks)?;
         match chan.recv()? {
@@ -116,7 +124,7 @@ fn init(launch: &Launch<'_>, chan: &ChildEnd, mut fifo: File) -> Result<Infallib
     }
     let state = hook_state(launch, host_pid);
     hooks::run(hooks, Kind::CreateContainer, &state)?;
-    rootfs::enter(&launch.bundle.rootfs, launch.no_pivot)?;
+    rootfs::enter(&launch.bundle.rootfs, launch.no_pivot, mount_ns)?;
 
     if let Some(h) = spec.hostname().as_deref().filter(|h| !h.is_empty()) {
         if !launch.plan.has(CloneFlags::CLONE_NEWUTS) {
@@ -134,7 +142,9 @@ fn init(launch: &Launch<'_>, chan: &ChildEnd, mut fifo: File) -> Result<Infallib
         let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
         std::fs::write(&path, value).map_err(io("writing sysctl", &path))?;
     }
-    rootfs::finish(spec)?;
+    if mount_ns {
+        rootfs::finish(spec)?;
+    }
 
     let user = process.user();
     if process.terminal().unwrap_or(false) {

@@ -31,7 +31,7 @@ pub enum Error {
         #[source]
         source: options::Error,
     },
-    #[error("{0} in the rootfs is a symlink: refusing to mount proc or sysfs on it")]
+    #[error("{0} in the rootfs is a symlink: proc and sysfs must be mounted on ordinary directory")]
     SymlinkDestination(PathBuf),
     #[error("rootfs propagation")]
     Propagation(#[source] options::Error),
@@ -92,6 +92,36 @@ pub fn detach_if_mounted(path: &Path) -> nix::Result<()> {
 
 /// Everything before pivot_root: propagation, the rootfs bind, the mounts,
 /// the devices.
+/// The first part of `spec` that needs a mount namespace of the container's
+/// own, if any. Without one (a spec that shares the caller's), every mount
+/// would land in the caller's tree, so rt makes none (as runc, it only
+/// chroots into the rootfs) and refuses, by name, whatever would need one.
+pub fn needs_mount_namespace(spec: &Spec) -> Option<&'static str> {
+    let linux = spec.linux().as_ref();
+    let non_empty = |v: Option<&Vec<String>>| v.is_some_and(|v| !v.is_empty());
+    if spec.mounts().as_ref().is_some_and(|m| !m.is_empty()) {
+        Some("mounts")
+    } else if non_empty(linux.and_then(|l| l.masked_paths().as_ref())) {
+        Some("linux.maskedPaths")
+    } else if non_empty(linux.and_then(|l| l.readonly_paths().as_ref())) {
+        Some("linux.readonlyPaths")
+    } else if linux
+        .and_then(|l| l.devices().as_ref())
+        .is_some_and(|d| !d.is_empty())
+    {
+        Some("linux.devices")
+    } else if linux
+        .and_then(|l| l.rootfs_propagation().as_deref())
+        .is_some_and(|p| !p.is_empty())
+    {
+        Some("linux.rootfsPropagation")
+    } else if spec.root().as_ref().and_then(|r| r.readonly()) == Some(true) {
+        Some("root.readonly")
+    } else {
+        None
+    }
+}
+
 pub fn prepare(ctx: &Context<'_>) -> Result<()> {
     // Nothing we mount propagates back to the host.
     mount(
@@ -256,8 +286,6 @@ fn mount_one(ctx: &Context<'_>, root: std::os::fd::BorrowedFd<'_>, m: &Mount) ->
     Ok(())
 }
 
-/// Remounts a bind mount with `flags`, keeping the flags the kernel locks
-/// (nosuid, nodev, noexec, atime) as they are, which a user namespace requires.
 /// CVE-2019-16884 / CVE-2023-27561: proc and sysfs go onto real
 /// directories only. A rootfs whose /proc is a symlink would move the proc
 /// mount (and the masked paths and LSM attribute writes that rely on it)
@@ -278,6 +306,8 @@ fn refuse_symlink(root: std::os::fd::BorrowedFd<'_>, dest: &Path) -> Result<()> 
     }
 }
 
+/// Remounts a bind mount with `flags`, keeping the flags the kernel locks
+/// (nosuid, nodev, noexec, atime) as they are, which a user namespace requires.
 fn remount(target: &Path, flags: MsFlags) -> std::result::Result<(), Errno> {
     let current = nix::sys::statvfs::statvfs(target)?;
     let mut keep = MsFlags::empty();
@@ -391,9 +421,14 @@ fn mount_cgroup(
 
 /// Makes the rootfs the process's root: pivot_root, or with `no_pivot` a
 /// MS_MOVE and chroot (for ramfs roots, where pivot_root is impossible).
-pub fn enter(rootfs: &Path, no_pivot: bool) -> Result<()> {
+pub fn enter(rootfs: &Path, no_pivot: bool, mount_ns: bool) -> Result<()> {
     nix::unistd::chdir(rootfs).map_err(step("chdir to rootfs"))?;
-    if no_pivot {
+    if !mount_ns {
+        // No mount namespace of the container's own: nothing may be mounted
+        // or moved, since every mount would land in the caller's tree. As
+        // runc does, the process is only chrooted into the rootfs.
+        nix::unistd::chroot(".").map_err(step("chroot"))?;
+    } else if no_pivot {
         mount(
             Some(rootfs),
             "/",
