@@ -197,3 +197,116 @@ fn container_without_a_mount_namespace() {
         "a mount was left in the host's tree: {mounts}"
     );
 }
+
+/// A detached `sleep` with `edit` applied, in its own root.
+fn sleeping(edit: impl FnOnce(&mut Value)) -> (Root, Bundle, String) {
+    let root = Root::new();
+    let mut b = Bundle::new(&["sleep", "1000"]);
+    b.edit(edit);
+    let id = unique_id("exec");
+    root.ok(&["run", "-d", "--bundle", b.path().to_str().unwrap(), &id]);
+    (root, b, id)
+}
+
+fn status_field(status: &str, key: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// runc's `exec --cap X` raises X in bounding, effective and permitted only;
+/// rt also put it in inheritable and ambient.
+#[test]
+fn exec_cap_goes_to_bounding_effective_permitted() {
+    need_root!();
+    let (root, _b, id) = sleeping(|_| {});
+    let out = root.ok(&["exec", "--cap", "CAP_SYS_ADMIN", &id, "cat", "/proc/self/status"]);
+    let bit = 1u64 << 21;
+    for key in ["CapBnd:", "CapEff:", "CapPrm:"] {
+        let v = u64::from_str_radix(&status_field(&out, key), 16).unwrap();
+        assert_eq!(v & bit, bit, "{key} {out}");
+    }
+    assert_eq!(status_field(&out, "CapInh:"), "0000000000000000", "{out}");
+    assert_eq!(status_field(&out, "CapAmb:"), "0000000000000000", "{out}");
+    root.ok(&["delete", "--force", &id]);
+}
+
+/// `exec --env K=V` replaces K of process.env; rt passed both values.
+#[test]
+fn exec_env_overrides_the_spec() {
+    need_root!();
+    let (root, _b, id) = sleeping(|c| {
+        c["process"]["env"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!("K=from_spec"));
+    });
+    let out = root.ok(&["exec", "--env", "K=from_cli", "-e", "NEW=1", &id, "cat", "/proc/self/environ"]);
+    let vars: Vec<&str> = out.split('\0').filter(|v| !v.is_empty()).collect();
+    assert_eq!(vars.iter().filter(|v| v.starts_with("K=")).count(), 1, "{vars:?}");
+    assert!(vars.contains(&"K=from_cli") && vars.contains(&"NEW=1"), "{vars:?}");
+    root.ok(&["delete", "--force", &id]);
+}
+
+/// `exec --ignore-paused` runs in a paused container: the process starts
+/// frozen and runs at `resume` (rt refused the flag).
+#[test]
+fn exec_ignore_paused_runs_at_resume() {
+    need_root!();
+    let out_dir = tempfile::tempdir().unwrap();
+    let (root, b, id) = sleeping(|c| {
+        c["mounts"].as_array_mut().unwrap().push(json!({
+            "destination": "/tmp", "type": "bind", "source": out_dir.path(), "options": ["rbind"]
+        }));
+    });
+    root.ok(&["pause", &id]);
+    let out = root.rt(&["exec", &id, "true"]);
+    assert!(!out.status.success() && text(&out).contains("--ignore-paused"), "{}", text(&out));
+    let pid_file = b.path().join("exec.pid");
+    root.ok(&[
+        "exec", "-d", "--ignore-paused", "--pid-file", pid_file.to_str().unwrap(), &id,
+        "sh", "-c", "echo ran > /tmp/marker",
+    ]);
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let marker = out_dir.path().join("marker");
+    assert!(!marker.exists(), "the process ran in a paused container");
+    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    assert!(!st.is_empty(), "the exec'd process {pid} is gone");
+    root.ok(&["resume", &id]);
+    assert!(eventually(10, || marker.exists()));
+    root.ok(&["delete", "--force", &id]);
+}
+
+/// `exec --cgroup SUB` (and v1's `ctrl,ctrl:SUB`) runs the process in a
+/// sub-cgroup of the container's, made if missing; delete removes it.
+#[test]
+fn exec_into_a_sub_cgroup() {
+    need_root!();
+    let (root, _b, id) = sleeping(|_| {});
+    // The path of the hierarchy whose controllers include `ctrl`.
+    let path_of = |out: &str, ctrl: &str| -> String {
+        out.lines()
+            .find_map(|l| {
+                let mut f = l.splitn(3, ':');
+                let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
+                ctrls.split(',').any(|c| c == ctrl).then(|| path.to_string())
+            })
+            .unwrap_or_default()
+    };
+    let out = root.ok(&["exec", "--cgroup", "sub/deeper", &id, "cat", "/proc/self/cgroup"]);
+    for ctrl in ["memory", "pids", "cpu"] {
+        assert_eq!(path_of(&out, ctrl), "/sub/deeper", "{ctrl} {out}");
+    }
+    let out = root.ok(&["exec", "--cgroup", "memory,pids:m", &id, "cat", "/proc/self/cgroup"]);
+    for (ctrl, want) in [("memory", "/m"), ("pids", "/m"), ("cpu", "/")] {
+        assert_eq!(path_of(&out, ctrl), want, "{ctrl} {out}");
+    }
+    let out = root.rt(&["exec", "--cgroup", "../escape", &id, "true"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    root.ok(&["delete", "--force", &id]);
+    assert!(rt_testsupport::cgroup_dirs_named(&id).is_empty());
+}

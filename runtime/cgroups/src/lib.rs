@@ -126,6 +126,132 @@ pub trait Manager: std::fmt::Debug {
     fn destroy(&self) -> Result<()>;
     /// What the container state keeps.
     fn record(&self) -> Record;
+    /// Where `exec` puts a process: this cgroup's directories, or with
+    /// `sub` (`exec --cgroup`) a sub-cgroup of it, made if missing.
+    fn placement(&self, sub: &Sub) -> Result<Placement>;
+}
+
+/// `exec --cgroup`: sub-cgroups of the container's, by controller (v1), as
+/// runc 1.1 takes them: `PATH` for every hierarchy, or `ctrl[,ctrl]:PATH`
+/// (repeatable) for the hierarchies of those controllers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sub {
+    /// The path for every hierarchy not named below.
+    pub all: Option<String>,
+    /// (controllers, path) pairs.
+    pub by_controller: Vec<(Vec<String>, String)>,
+}
+
+impl Sub {
+    /// Parses `--cgroup` values.
+    pub fn parse(values: &[String]) -> Result<Sub> {
+        let mut sub = Sub::default();
+        for v in values {
+            let (ctrls, path) = match v.split_once(':') {
+                Some((c, p)) => (Some(c), p),
+                None => (None, v.as_str()),
+            };
+            let clean = path.trim_start_matches('/');
+            if clean.is_empty() || clean.split('/').any(|p| p == ".." || p == ".") {
+                return Err(Error::Invalid(format!("exec --cgroup {v:?}: a relative sub-cgroup path without . or ..")));
+            }
+            match ctrls {
+                None if sub.all.is_some() => {
+                    return Err(Error::Invalid(format!("exec --cgroup {v:?}: a second path for every controller")))
+                }
+                None => sub.all = Some(clean.to_string()),
+                Some(c) => sub.by_controller.push((
+                    c.split(',').map(str::to_string).collect(),
+                    clean.to_string(),
+                )),
+            }
+        }
+        Ok(sub)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.all.is_none() && self.by_controller.is_empty()
+    }
+
+    /// The sub-path for a hierarchy with `controllers` (None: no sub-cgroup).
+    fn for_controllers(&self, controllers: &[String]) -> Option<&str> {
+        self.by_controller
+            .iter()
+            .find(|(cs, _)| cs.iter().any(|c| controllers.contains(c)))
+            .map(|(_, p)| p.as_str())
+            .or(self.all.as_deref())
+    }
+}
+
+/// The directories a process joins, from [`Manager::placement`].
+#[derive(Debug, Clone, Default)]
+pub struct Placement {
+    /// v1 directories (their `tasks` file), with whether it is the freezer's.
+    pub v1: Vec<(PathBuf, bool)>,
+    /// The cgroup2 directory.
+    pub v2: Option<PathBuf>,
+    /// Whether the cgroup2 directory is where freezing happens (v2 hosts).
+    pub v2_freezes: bool,
+}
+
+impl Placement {
+    /// As [`Manager::enter`], for the calling single-threaded process. With
+    /// `defer_freezer`, the directory that freezes (v1 freezer, or cgroup2 on
+    /// a v2 host) is not entered: its procs file is opened and returned, for
+    /// the process to write `0` to as its last step (`exec
+    /// --ignore-paused`: entering a frozen cgroup freezes the writer).
+    pub fn enter(&self, whole: bool, defer_freezer: bool) -> Result<Entered> {
+        let mut last = None;
+        for (dir, freezer) in &self.v1 {
+            let tasks = dir.join("tasks");
+            if *freezer && defer_freezer {
+                last = Some(open_write(&tasks)?);
+            } else {
+                write(&tasks, "0")?;
+            }
+        }
+        let mut clone_into = None;
+        if let Some(dir) = &self.v2 {
+            if self.v2_freezes && defer_freezer {
+                last = Some(open_write(&dir.join("cgroup.procs"))?);
+            } else {
+                clone_into = enter_v2(dir, whole)?;
+            }
+        }
+        Ok(Entered { clone_into, last })
+    }
+}
+
+/// What [`Placement::enter`] leaves to do.
+#[derive(Debug)]
+pub struct Entered {
+    /// The cgroup2 directory to clone the child into.
+    pub clone_into: Option<OwnedFd>,
+    /// The procs file of a frozen cgroup to write `0` to last.
+    pub last: Option<std::fs::File>,
+}
+
+fn open_write(path: &Path) -> Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|source| Error::Write {
+            path: path.to_path_buf(),
+            value: "0".into(),
+            source,
+        })
+}
+
+/// Makes the sub-cgroup `sub` of `dir` (if missing) and returns it, with
+/// the directories it made (removed with the container's, see
+/// `remove_dirs`).
+pub(crate) fn sub_dir(dir: &Path, sub: Option<&str>) -> Result<(PathBuf, Vec<PathBuf>)> {
+    let Some(sub) = sub else {
+        return Ok((dir.to_path_buf(), Vec::new()));
+    };
+    let mut made = Vec::new();
+    let leaf = create_dirs(dir, sub, &mut made)?;
+    Ok((leaf, made))
 }
 
 /// The absolute path of a container's cgroup inside each hierarchy.
@@ -224,6 +350,14 @@ impl Manager for Disabled {
     }
     fn record(&self) -> Record {
         Record::default()
+    }
+    fn placement(&self, sub: &Sub) -> Result<Placement> {
+        if !sub.is_empty() {
+            return Err(Error::Unsupported(
+                "exec --cgroup without a cgroup (--cgroup-manager disabled, or rootless without a delegated cgroup)",
+            ));
+        }
+        Ok(Placement::default())
     }
 }
 
@@ -340,6 +474,11 @@ pub(crate) fn remove_dirs(created: &[PathBuf], leaves: &[PathBuf]) -> Result<()>
         .iter()
         .chain(created.iter().rev().filter(|d| !leaves.contains(d)));
     for dir in order {
+        if leaves.contains(dir) {
+            // Sub-cgroups of the container's own (`exec --cgroup`, or made
+            // by the workload when delegated) go first, deepest first.
+            remove_descendants(dir);
+        }
         let is_leaf = leaves.contains(dir);
         match remove_dir_retrying(dir, is_leaf) {
             Ok(()) => {}
@@ -353,6 +492,21 @@ pub(crate) fn remove_dirs(created: &[PathBuf], leaves: &[PathBuf]) -> Result<()>
         }
     }
     first_err.map_or(Ok(()), Err)
+}
+
+/// Removes every directory below `dir`, deepest first; errors surface when
+/// `dir` itself cannot be removed.
+fn remove_descendants(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            let child = e.path();
+            remove_descendants(&child);
+            let _ = remove_dir_retrying(&child, true);
+        }
+    }
 }
 
 fn remove_dir_retrying(dir: &Path, retry: bool) -> std::io::Result<()> {
@@ -392,6 +546,23 @@ pub(crate) fn parse_pids(text: &str) -> Vec<Pid> {
         .filter_map(|l| l.trim().parse().ok())
         .map(Pid::from_raw)
         .collect()
+}
+
+#[cfg(test)]
+mod sub_tests {
+    use super::*;
+
+    #[test]
+    fn exec_cgroup_forms() {
+        let s = Sub::parse(&["a/b".into(), "memory,pids:m".into()]).unwrap();
+        assert_eq!(s.all.as_deref(), Some("a/b"));
+        assert_eq!(s.for_controllers(&["pids".into()]), Some("m"));
+        assert_eq!(s.for_controllers(&["cpu".into(), "cpuacct".into()]), Some("a/b"));
+        for bad in ["../x", "", "/", "a/../b", "cpu:.."] {
+            assert!(Sub::parse(&[bad.into()]).is_err(), "{bad}");
+        }
+        assert!(Sub::parse(&["a".into(), "b".into()]).is_err());
+    }
 }
 
 #[cfg(test)]

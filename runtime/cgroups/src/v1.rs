@@ -203,4 +203,21 @@ impl Manager for V1 {
     fn record(&self) -> Record {
         self.record.clone()
     }
+
+    fn placement(&self, sub: &crate::Sub) -> Result<crate::Placement> {
+        let mut p = crate::Placement::default();
+        for h in &self.hierarchies {
+            let dir = join(&h.mount, &self.record.path);
+            let (dir, made) = crate::sub_dir(&dir, sub.for_controllers(&h.controllers))?;
+            if h.has("cpuset") {
+                inherit_cpuset(&h.mount, &made)?;
+            }
+            p.v1.push((dir, h.has("freezer")));
+        }
+        if let Some(u) = &self.unified {
+            let dir = join(u, &self.record.path);
+            p.v2 = Some(crate::sub_dir(&dir, sub.for_controllers(&[]))?.0);
+        }
+        Ok(p)
+    }
 }

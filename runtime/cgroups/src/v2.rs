@@ -116,4 +116,17 @@ impl Manager for V2 {
     fn record(&self) -> Record {
         self.record.clone()
     }
+
+    fn placement(&self, sub: &crate::Sub) -> Result<crate::Placement> {
+        if !sub.by_controller.is_empty() {
+            return Err(crate::Error::Unsupported(
+                "exec --cgroup CONTROLLER:PATH on cgroup v2 (one hierarchy: give only PATH)",
+            ));
+        }
+        Ok(crate::Placement {
+            v1: Vec::new(),
+            v2: Some(crate::sub_dir(&self.dir(), sub.all.as_deref())?.0),
+            v2_freezes: true,
+        })
+    }
 }

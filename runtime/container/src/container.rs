@@ -41,7 +41,7 @@ pub enum Error {
     NotRunning,
     #[error("container not paused")]
     NotPaused,
-    #[error("cannot exec in a paused container")]
+    #[error("cannot exec in a paused container (use --ignore-paused to override)")]
     ExecPaused,
     #[error("cannot exec in a stopped container")]
     ExecStopped,
@@ -70,6 +70,13 @@ pub struct Runtime {
     store: Store,
     cgroups: bool,
     rootless: bool,
+}
+
+/// How `exec` places its process (runc's `--ignore-paused`, `--cgroup`).
+#[derive(Debug, Default)]
+pub struct ExecHow {
+    pub ignore_paused: bool,
+    pub cgroup: rt_cgroups::Sub,
 }
 
 /// How `create` is asked for by the CLI.
@@ -337,21 +344,24 @@ impl Runtime {
     }
 
     /// Runs `process` in a running (or created) container, returning once it
-    /// has been exec'd.
+    /// has been exec'd. With `how.ignore_paused`, a paused container is no
+    /// obstacle: the process starts frozen and runs at `resume`.
     pub fn exec(
         &self,
         id: &str,
         process: &Process,
         opts: &Options,
         pid_file: Option<&Path>,
+        how: &ExecHow,
     ) -> Result<Created> {
         let dir = self.store.open(id)?;
         let st = dir.load()?;
-        match status_of(&dir, &st) {
-            Status::Created | Status::Running => {}
+        let paused = match status_of(&dir, &st) {
+            Status::Created | Status::Running => false,
+            Status::Paused if how.ignore_paused => true,
             Status::Paused => return Err(Error::ExecPaused),
             _ => return Err(Error::ExecStopped),
-        }
+        };
         let linux = st.config.linux().clone().unwrap_or_default();
         let cgroup = cgroup_of(&st)?;
         let launch = exec::ExecLaunch {
@@ -359,7 +369,8 @@ impl Runtime {
             linux: &linux,
             plan: exec::plan_for(Pid::from_raw(st.pid), &linux),
             chroot: exec::chroot_for(Pid::from_raw(st.pid), &linux),
-            cgroup: cgroup.as_ref(),
+            placement: cgroup.placement(&how.cgroup)?,
+            defer_freezer: paused,
             preserve_fds: opts.preserve_fds,
         };
         let created = exec::exec(&launch, opts)?;

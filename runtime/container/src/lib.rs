@@ -19,4 +19,4 @@ pub mod spec;
 pub mod state;
 pub mod terminal;
 
-pub use container::{CreateRequest, Runtime};
+pub use container::{CreateRequest, ExecHow, Runtime};

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use oci_spec::runtime::{Capability, Process};
 use rt_container::process::foreground;
 use rt_container::process::parent::Options;
-use rt_container::Runtime;
+use rt_container::{ExecHow, Runtime};
 
 use crate::Global;
 
@@ -54,12 +54,14 @@ pub struct Args {
     /// Write the process's pid here.
     #[arg(long)]
     pub pid_file: Option<PathBuf>,
-    /// Exec even into a paused container (not supported).
+    /// Exec even into a paused container: the process starts frozen and
+    /// runs at `resume`.
     #[arg(long)]
     pub ignore_paused: bool,
-    /// Sub-cgroup to run in (not supported).
+    /// Run in a sub-cgroup of the container's, made if missing: PATH, or on
+    /// cgroup v1 CONTROLLER[,CONTROLLER]:PATH (repeatable).
     #[arg(long)]
-    pub cgroup: Option<String>,
+    pub cgroup: Vec<String>,
     pub id: String,
     /// The command and its arguments.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -90,9 +92,10 @@ fn process(rt: &Runtime, a: &Args) -> anyhow::Result<Process> {
     if let Some(cwd) = &a.cwd {
         p.set_cwd(cwd.clone());
     }
-    let mut env = p.env().clone().unwrap_or_default();
-    env.extend(a.env.iter().cloned());
-    p.set_env(Some(env));
+    p.set_env(Some(override_env(
+        p.env().clone().unwrap_or_default(),
+        &a.env,
+    )));
     if let Some(u) = &a.user {
         let (uid, gid) = u
             .split_once(':')
@@ -125,39 +128,42 @@ fn process(rt: &Runtime, a: &Args) -> anyhow::Result<Process> {
                 .map_err(|_| anyhow::anyhow!("unknown capability {name:?}"))?;
             // (An explicit --cap is refused when unknown: the caller asked
             // for it by name; a spec's unknown names are skipped instead.)
-            // As runc: the capability joins every set.
+            // As runc: the capability joins the bounding, effective and
+            // permitted sets (not inheritable or ambient: it must not pass
+            // on to the process's own children through execve).
             let add = |set: &Option<oci_spec::runtime::Capabilities>| {
                 let mut set = set.clone().unwrap_or_default();
                 set.insert(cap);
                 Some(set)
             };
-            let (b, e, pe, i, am) = (
+            let (b, e, pe) = (
                 add(caps.bounding()),
                 add(caps.effective()),
                 add(caps.permitted()),
-                add(caps.inheritable()),
-                add(caps.ambient()),
             );
             caps.set_bounding(b);
             caps.set_effective(e);
             caps.set_permitted(pe);
-            caps.set_inheritable(i);
-            caps.set_ambient(am);
         }
         p.set_capabilities(Some(caps));
     }
     Ok(p)
 }
 
+/// `--env K=V` replaces the variable K of the process's environment (or
+/// adds it), as runc does; a bare `K` is passed as it is.
+fn override_env(mut env: Vec<String>, extra: &[String]) -> Vec<String> {
+    for kv in extra {
+        let key = kv.split_once('=').map_or(kv.as_str(), |(k, _)| k);
+        env.retain(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) != key);
+        env.push(kv.clone());
+    }
+    env
+}
+
 pub fn run(g: &Global, a: Args) -> anyhow::Result<i32> {
     if a.process_label.is_some() {
         anyhow::bail!("--process-label is not supported: SELinux is not enabled on this host");
-    }
-    if a.ignore_paused {
-        anyhow::bail!("--ignore-paused is not supported");
-    }
-    if a.cgroup.is_some() {
-        anyhow::bail!("--cgroup (exec into a sub-cgroup) is not supported");
     }
     let rt = Runtime::new(&g.root);
     let p = process(&rt, &a)?;
@@ -167,9 +173,25 @@ pub fn run(g: &Global, a: Args) -> anyhow::Result<i32> {
         preserve_fds: a.preserve_fds,
         keep_terminal: !a.detach,
     };
-    let created = rt.exec(&a.id, &p, &opts, a.pid_file.as_deref())?;
+    let how = ExecHow {
+        ignore_paused: a.ignore_paused,
+        cgroup: rt_cgroups::Sub::parse(&a.cgroup)?,
+    };
+    let created = rt.exec(&a.id, &p, &opts, a.pid_file.as_deref(), &how)?;
     if a.detach {
         return Ok(0);
     }
     Ok(foreground::Waiter::new(created)?.wait()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_overrides_the_spec() {
+        let env = vec!["PATH=/bin".to_string(), "K=spec".into(), "A=1".into()];
+        let got = override_env(env, &["K=cli".into(), "NEW=x".into()]);
+        assert_eq!(got, ["PATH=/bin", "A=1", "K=cli", "NEW=x"]);
+    }
 }

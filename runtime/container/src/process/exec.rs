@@ -48,7 +48,11 @@ pub struct ExecLaunch<'a> {
     pub linux: &'a Linux,
     /// The init's namespaces to join (user first, mount last).
     pub plan: Plan,
-    pub cgroup: &'a dyn rt_cgroups::Manager,
+    /// The container's cgroup directories (or `exec --cgroup`'s sub-cgroup).
+    pub placement: rt_cgroups::Placement,
+    /// The container is paused: enter its freezing cgroup last, right
+    /// before the exec, so that setup finishes and the process starts frozen.
+    pub defer_freezer: bool,
     pub preserve_fds: u32,
     /// The init's root (`/proc/<pid>/root`) to chroot into, for a container
     /// without a mount namespace: there is no namespace whose root to join.
@@ -182,7 +186,10 @@ fn stage_inner(
     one_thread: rt_sys::SingleThreaded,
 ) -> Result<()> {
     rt_sys::close_fds_except(3 + launch.preserve_fds, chan.as_fd()).map_err(Error::Fork)?;
-    let cgroup2 = launch.cgroup.enter(launch.plan.in_user_ns())?;
+    let entered = launch
+        .placement
+        .enter(launch.plan.in_user_ns(), launch.defer_freezer)?;
+    let cgroup2 = entered.clone_into;
     // The cgroup namespace is joined by the child, once it is born in the
     // container's cgroup (see Plan::join_deferring).
     let deferred = launch.plan.join_deferring(CloneFlags::CLONE_NEWCGROUP)?;
@@ -194,7 +201,7 @@ fn stage_inner(
         ForkResult::Child => {
             // The process must hold no host directory (CVE-2024-21626).
             drop(cgroup2);
-            child(launch, chan, deferred)
+            child(launch, chan, deferred, entered.last)
         }
         ForkResult::Parent { child } => {
             chan.send(&ToParent::InitPid(child.as_raw()))?;
@@ -203,13 +210,22 @@ fn stage_inner(
     }
 }
 
-fn child(launch: &ExecLaunch<'_>, chan: &ChildEnd, deferred: Vec<namespaces::Opened>) -> ! {
+fn child(
+    launch: &ExecLaunch<'_>,
+    chan: &ChildEnd,
+    deferred: Vec<namespaces::Opened>,
+    freezer: Option<std::fs::File>,
+) -> ! {
     let joined = namespaces::join_opened(deferred).map_err(Error::from);
     let e = match joined.and_then(|()| child_inner(launch, chan)) {
         Ok(prepared) => {
             // After Ready only the exec itself can fail; the parent may be gone.
             match chan.send(&ToParent::Ready) {
-                Ok(()) => Error::from(prepared.exec()),
+                Ok(()) => match enter_frozen(freezer) {
+                    // Frozen here until `resume`; then the exec.
+                    Ok(()) => Error::from(prepared.exec()),
+                    Err(e) => e,
+                },
                 Err(e) => e.into(),
             }
         }
@@ -220,6 +236,19 @@ fn child(launch: &ExecLaunch<'_>, chan: &ChildEnd, deferred: Vec<namespaces::Ope
     }
     let not_found = matches!(&e, Error::User(u) if user_process::Prepared::not_found(u));
     rt_sys::exit_now(if not_found { 127 } else { 1 })
+}
+
+/// Moves the process into the paused container's freezing cgroup (its
+/// procs file opened on the host by the stage): the write returns once the
+/// cgroup is thawed.
+fn enter_frozen(procs: Option<std::fs::File>) -> Result<()> {
+    use std::io::Write;
+    match procs {
+        Some(mut f) => f
+            .write_all(b"0")
+            .map_err(|e| Error::Sys("entering the frozen cgroup", nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))),
+        None => Ok(()),
+    }
 }
 
 fn child_inner(launch: &ExecLaunch<'_>, chan: &ChildEnd) -> Result<user_process::Prepared> {
