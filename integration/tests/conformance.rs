@@ -310,3 +310,46 @@ fn exec_into_a_sub_cgroup() {
     root.ok(&["delete", "--force", &id]);
     assert!(rt_testsupport::cgroup_dirs_named(&id).is_empty());
 }
+
+/// A startContainer hook without `env` sees the container process's
+/// environment, as in runc (rt gave it an empty one).
+#[test]
+fn start_container_hook_sees_the_process_env() {
+    need_root!();
+    let out_dir = tempfile::tempdir().unwrap();
+    let (code, out) = run(&["true"], |c| {
+        c["process"]["env"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!("K=from_process"));
+        c["mounts"].as_array_mut().unwrap().push(json!({
+            "destination": "/tmp", "type": "bind", "source": out_dir.path(), "options": ["rbind"]
+        }));
+        c["hooks"] = json!({"startContainer": [
+            {"path": "/bin/sh", "args": ["sh", "-c", "echo \"$K\" > /tmp/hookenv"]}
+        ]});
+    });
+    assert_eq!(code, 0, "{out}");
+    let got = std::fs::read_to_string(out_dir.path().join("hookenv")).unwrap();
+    assert_eq!(got, "from_process\n");
+}
+
+/// A new time namespace with offsets inside a new user namespace: writing
+/// /proc/self/timens_offsets failed with EACCES (the stage, its euid changed
+/// by setresuid, was no longer dumpable, so its /proc files belonged to the
+/// host's root).
+#[test]
+fn time_offsets_in_a_user_namespace() {
+    need_root!();
+    let (code, out) = run(&["cat", "/proc/uptime"], |c| {
+        let ns = c["linux"]["namespaces"].as_array_mut().unwrap();
+        ns.push(json!({"type": "user"}));
+        ns.push(json!({"type": "time"}));
+        c["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 300000, "size": 65536}]);
+        c["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 300000, "size": 65536}]);
+        c["linux"]["timeOffsets"] = json!({"boottime": {"secs": 864000, "nanosecs": 0}});
+    });
+    assert_eq!(code, 0, "{out}");
+    let uptime: f64 = out.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(uptime >= 864000.0, "{out}");
+}

@@ -1,5 +1,9 @@
-//! OCI hooks: run with the state JSON on stdin, their own env, an optional
-//! timeout; a failing hook fails the operation.
+//! OCI hooks: run with the state JSON on stdin, an optional timeout; a
+//! failing hook fails the operation. A hook's environment is its `env`; a
+//! hook without one gets, as in runc, the environment of the process that
+//! runs it: rt's for the runtime's hooks, the container process's
+//! (`process.env`) for createContainer and startContainer, which run in the
+//! container's init.
 
 use std::io::Write;
 use std::os::fd::AsFd;
@@ -94,16 +98,43 @@ pub fn any(hooks: Option<&Hooks>, kind: Kind) -> bool {
     hooks.is_some_and(|h| !kind.of(h).is_empty())
 }
 
-/// Runs the hooks of `kind` in order, stopping at the first failure.
+/// Runs the hooks of `kind` in order, stopping at the first failure; a hook
+/// without `env` inherits rt's environment.
 pub fn run(hooks: Option<&Hooks>, kind: Kind, state_json: &[u8]) -> Result<()> {
+    run_with_env(hooks, kind, state_json, None)
+}
+
+/// As [`run`], from the container's init: a hook without `env` gets
+/// `process_env` (the container process's environment).
+pub fn run_in_container(
+    hooks: Option<&Hooks>,
+    kind: Kind,
+    state_json: &[u8],
+    process_env: &[String],
+) -> Result<()> {
+    run_with_env(hooks, kind, state_json, Some(process_env))
+}
+
+fn run_with_env(
+    hooks: Option<&Hooks>,
+    kind: Kind,
+    state_json: &[u8],
+    default_env: Option<&[String]>,
+) -> Result<()> {
     let Some(hooks) = hooks else { return Ok(()) };
     for (index, hook) in kind.of(hooks).iter().enumerate() {
-        run_one(hook, kind.name(), index, state_json)?;
+        run_one(hook, kind.name(), index, state_json, default_env)?;
     }
     Ok(())
 }
 
-fn run_one(hook: &Hook, kind: &'static str, index: usize, state: &[u8]) -> Result<()> {
+fn run_one(
+    hook: &Hook,
+    kind: &'static str,
+    index: usize,
+    state: &[u8],
+    default_env: Option<&[String]>,
+) -> Result<()> {
     let path = hook.path().display().to_string();
     let spawn_err = |source| Error::Spawn {
         kind,
@@ -116,10 +147,12 @@ fn run_one(hook: &Hook, kind: &'static str, index: usize, state: &[u8]) -> Resul
     if let Some((argv0, rest)) = args.split_first() {
         cmd.arg0(argv0).args(rest);
     }
-    cmd.env_clear();
-    for kv in hook.env().as_deref().unwrap_or_default() {
-        if let Some((k, v)) = kv.split_once('=') {
-            cmd.env(k, v);
+    if let Some(env) = hook.env().as_deref().or(default_env) {
+        cmd.env_clear();
+        for kv in env {
+            if let Some((k, v)) = kv.split_once('=') {
+                cmd.env(k, v);
+            }
         }
     }
     cmd.stdin(Stdio::piped())
@@ -200,6 +233,16 @@ mod tests {
             r#"{"prestart":[{"path":"/bin/sh","args":["sh","-c","read s; [ \"$s\" = '{\"id\":1}' ] && [ \"$FOO\" = bar ]"],"env":["FOO=bar"]}]}"#,
         );
         run(Some(&h), Kind::Prestart, b"{\"id\":1}\n").unwrap();
+    }
+
+    #[test]
+    fn env_defaults_to_the_running_process_or_the_container() {
+        let h = hooks(r#"{"startContainer":[{"path":"/bin/sh","args":["sh","-c","[ \"$K\" = v ] && [ -z \"$HOME_SET\" ]"]}]}"#);
+        run_in_container(Some(&h), Kind::StartContainer, b"{}", &["K=v".into()]).unwrap();
+        assert!(run_in_container(Some(&h), Kind::StartContainer, b"{}", &["K=w".into()]).is_err());
+        // Without env and outside the container: rt's own environment.
+        let h = hooks(r#"{"prestart":[{"path":"/bin/sh","args":["sh","-c","[ -n \"$PATH\" ]"]}]}"#);
+        run(Some(&h), Kind::Prestart, b"{}").unwrap();
     }
 
     #[test]

@@ -183,13 +183,28 @@ fn write(path: &Path, text: &str) -> Result<()> {
 }
 
 /// Writes the time namespace offsets of the calling process's children
-/// (after unshare(CLONE_NEWTIME), before the first fork into it).
+/// (after unshare(CLONE_NEWTIME), before the first fork into it). The caller
+/// must hold CAP_SYS_TIME in the user namespace owning the time namespace:
+/// in a new user namespace, after the id maps are written and it became root
+/// there.
+///
+/// In a new user namespace the stage's setresuid changed its euid, which
+/// makes it non-dumpable, and the /proc files of a non-dumpable process
+/// belong to the host's root: opening timens_offsets then fails with EACCES
+/// although the capability is there. The process is dumpable only for this
+/// write, and as it was again before any child is forked (a dumpable init
+/// could be ptraced from the container).
 pub fn write_time_offsets(offsets: &[(String, i64, u32)]) -> Result<()> {
+    use nix::sys::prctl;
     let text: String = offsets
         .iter()
         .map(|(clock, secs, nanos)| format!("{clock} {secs} {nanos}\n"))
         .collect();
-    write(Path::new("/proc/self/timens_offsets"), &text)
+    let was = prctl::get_dumpable().unwrap_or(false);
+    let _ = prctl::set_dumpable(true);
+    let written = write(Path::new("/proc/self/timens_offsets"), &text);
+    let _ = prctl::set_dumpable(was);
+    written
 }
 
 #[cfg(test)]

@@ -123,7 +123,8 @@ fn init(launch: &Launch<'_>, chan: &ChildEnd, mut fifo: File) -> Result<Infallib
         }
     }
     let state = hook_state(launch, host_pid);
-    hooks::run(hooks, Kind::CreateContainer, &state)?;
+    let env = process.env().as_deref().unwrap_or_default();
+    hooks::run_in_container(hooks, Kind::CreateContainer, &state, env)?;
     rootfs::enter(&launch.bundle.rootfs, launch.no_pivot, mount_ns)?;
 
     if let Some(h) = spec.hostname().as_deref().filter(|h| !h.is_empty()) {
@@ -166,7 +167,7 @@ fn init(launch: &Launch<'_>, chan: &ChildEnd, mut fifo: File) -> Result<Infallib
         .map_err(io("waiting on exec fifo", &launch.fifo))?;
     // `fifo` stays open (close-on-exec) until the exec below: its hang-up
     // tells `start` that the user's process runs.
-    hooks::run(hooks, Kind::StartContainer, &state)?;
+    hooks::run_in_container(hooks, Kind::StartContainer, &state, env)?;
     // Nothing of the runtime's reaches the user's process but stdio and the
     // preserved descriptors: `prepare` made the rest close-on-exec.
     Err(prepared.exec().into())
