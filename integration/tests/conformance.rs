@@ -106,10 +106,6 @@ fn debug_log_in_children_goes_to_the_log_file() {
     root.ok(&["delete", &id]);
 }
 
-#[allow(dead_code)]
-fn exists(p: &Path) -> bool {
-    p.exists()
-}
 
 /// The resource fields Docker 20.10 sends in every spec, zero meaning "not
 /// set". rt wrote `blkio.weight 0`, which does not exist on hosts without
@@ -352,4 +348,52 @@ fn time_offsets_in_a_user_namespace() {
     assert_eq!(code, 0, "{out}");
     let uptime: f64 = out.split_whitespace().next().unwrap().parse().unwrap();
     assert!(uptime >= 864000.0, "{out}");
+}
+
+/// runc's wording for capabilities a spec names that rt or the kernel lacks.
+#[test]
+fn unknown_capability_warning_is_runcs() {
+    need_root!();
+    let (code, out) = run(&["true"], |c| {
+        c["process"]["capabilities"]["bounding"]
+            .as_array_mut()
+            .unwrap()
+            .extend([json!("CAP_NOT_A_THING"), json!("CAP_ALSO_NOT")]);
+    });
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("ignoring unknown or unavailable capabilities: [CAP_ALSO_NOT CAP_NOT_A_THING]"),
+        "{out}"
+    );
+}
+
+/// `delete` of a running (or paused) container fails and leaves it exactly
+/// as it was: same state, same init, its cgroup and state directory intact.
+#[test]
+fn delete_of_a_live_container_changes_nothing() {
+    need_root!();
+    let (root, _b, id) = sleeping(|_| {});
+    let before = root.ok(&["state", &id]);
+    for paused in [false, true] {
+        if paused {
+            root.ok(&["pause", &id]);
+        }
+        let out = root.rt(&["delete", &id]);
+        assert!(!out.status.success());
+        assert!(
+            text(&out).contains(&format!("cannot delete container {id} that is not stopped")),
+            "{}",
+            text(&out)
+        );
+        let st: Value = serde_json::from_str(&root.ok(&["state", &id])).unwrap();
+        let was: Value = serde_json::from_str(&before).unwrap();
+        assert_eq!(st["pid"], was["pid"]);
+        assert_eq!(st["status"], if paused { "paused" } else { "running" });
+        assert!(!rt_testsupport::cgroup_dirs_named(&id).is_empty());
+        let pid = st["pid"].as_i64().unwrap();
+        assert!(Path::new(&format!("/proc/{pid}")).exists());
+    }
+    root.ok(&["resume", &id]);
+    root.ok(&["delete", "--force", &id]);
+    assert!(rt_testsupport::cgroup_dirs_named(&id).is_empty());
 }

@@ -43,30 +43,57 @@ pub struct Bundle {
     pub time_offsets: Vec<(String, i64, u32)>,
 }
 
-/// Removes capability names this build does not know from a raw `process`
-/// object, with a warning, as runc does: a spec written for a newer kernel
-/// (CAP_BPF, CAP_CHECKPOINT_RESTORE on an older list) still runs. oci-spec
-/// would otherwise reject the whole document.
+/// Removes capability names this build does not know, or this kernel does
+/// not have, from a raw `process` object, with one warning worded as runc's
+/// (`ignoring unknown or unavailable capabilities: [CAP_A CAP_B]`, sorted):
+/// a spec written for a newer kernel still runs. oci-spec would otherwise
+/// reject the whole document.
 pub fn drop_unknown_capabilities(process: &mut serde_json::Value) {
+    let dropped = drop_capabilities_beyond(process, last_cap());
+    if !dropped.is_empty() {
+        tracing::warn!(
+            "ignoring unknown or unavailable capabilities: [{}]",
+            dropped.join(" ")
+        );
+    }
+}
+
+/// The kernel's highest capability number.
+fn last_cap() -> u8 {
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(u8::MAX)
+}
+
+/// Drops names that are unknown or numbered above `last`; returns them,
+/// sorted and unique.
+fn drop_capabilities_beyond(process: &mut serde_json::Value, last: u8) -> Vec<String> {
+    let mut dropped = std::collections::BTreeSet::new();
     let Some(caps) = process
         .get_mut("capabilities")
         .and_then(|c| c.as_object_mut())
     else {
-        return;
+        return Vec::new();
     };
-    for (set, names) in caps.iter_mut() {
+    for names in caps.values_mut() {
         let Some(list) = names.as_array_mut() else {
             continue;
         };
         list.retain(|name| {
-            let known =
-                serde_json::from_value::<oci_spec::runtime::Capability>(name.clone()).is_ok();
+            let text = name.as_str().unwrap_or_default();
+            let known = serde_json::from_value::<oci_spec::runtime::Capability>(name.clone())
+                .is_ok()
+                && text
+                    .parse::<caps::Capability>()
+                    .is_ok_and(|c| c.index() <= last);
             if !known {
-                tracing::warn!("ignoring unknown or unsupported capability {name} in {set}");
+                dropped.insert(text.to_string());
             }
             known
         });
     }
+    dropped.into_iter().collect()
 }
 
 fn parse_time_offsets(v: &serde_json::Value) -> Result<Vec<(String, i64, u32)>> {
@@ -327,12 +354,16 @@ mod tests {
             "bounding": ["CAP_KILL", "CAP_NOT_A_THING", "CAP_BPF"],
             "effective": ["CAP_FUTURE"]
         }});
-        drop_unknown_capabilities(&mut p);
+        let dropped = drop_capabilities_beyond(&mut p, 40);
+        assert_eq!(dropped, ["CAP_FUTURE", "CAP_NOT_A_THING"]);
         assert_eq!(
             p["capabilities"]["bounding"],
             serde_json::json!(["CAP_KILL", "CAP_BPF"])
         );
         assert_eq!(p["capabilities"]["effective"], serde_json::json!([]));
+        // A kernel without CAP_BPF (39): unavailable, dropped too.
+        let mut p = serde_json::json!({"capabilities": {"bounding": ["CAP_KILL", "CAP_BPF"]}});
+        assert_eq!(drop_capabilities_beyond(&mut p, 38), ["CAP_BPF"]);
     }
 
     #[test]
