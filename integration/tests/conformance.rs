@@ -106,7 +106,6 @@ fn debug_log_in_children_goes_to_the_log_file() {
     root.ok(&["delete", &id]);
 }
 
-
 /// The resource fields Docker 20.10 sends in every spec, zero meaning "not
 /// set". rt wrote `blkio.weight 0`, which does not exist on hosts without
 /// the BFQ scheduler (this one), and refused the container.
@@ -162,7 +161,10 @@ fn container_without_a_mount_namespace() {
     let (code, out) = run(&["sh", "-c", "cat /etc/passwd; echo ok"], share_all);
     assert_eq!(code, 0, "{out}");
     // The rootfs's passwd (two lines), not the host's.
-    assert!(out.starts_with("root:x:0:0:root:/root:/bin/sh\nnobody:"), "{out}");
+    assert!(
+        out.starts_with("root:x:0:0:root:/root:/bin/sh\nnobody:"),
+        "{out}"
+    );
     assert!(out.ends_with("ok\n"), "{out}");
 
     // exec lands in the container's root too.
@@ -186,7 +188,10 @@ fn container_without_a_mount_namespace() {
     assert!(err.contains("mounts without a mount namespace"), "{err}");
     assert!(!root.dir.path().join(&id).exists());
     assert!(rt_testsupport::cgroup_dirs_named(&id).is_empty());
-    let rootfs = rt_testsupport::shared_rootfs().to_str().unwrap().to_string();
+    let rootfs = rt_testsupport::shared_rootfs()
+        .to_str()
+        .unwrap()
+        .to_string();
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
     assert!(
         !mounts.lines().any(|l| l.contains(&rootfs)),
@@ -219,7 +224,14 @@ fn status_field(status: &str, key: &str) -> String {
 fn exec_cap_goes_to_bounding_effective_permitted() {
     need_root!();
     let (root, _b, id) = sleeping(|_| {});
-    let out = root.ok(&["exec", "--cap", "CAP_SYS_ADMIN", &id, "cat", "/proc/self/status"]);
+    let out = root.ok(&[
+        "exec",
+        "--cap",
+        "CAP_SYS_ADMIN",
+        &id,
+        "cat",
+        "/proc/self/status",
+    ]);
     let bit = 1u64 << 21;
     for key in ["CapBnd:", "CapEff:", "CapPrm:"] {
         let v = u64::from_str_radix(&status_field(&out, key), 16).unwrap();
@@ -240,10 +252,26 @@ fn exec_env_overrides_the_spec() {
             .unwrap()
             .push(json!("K=from_spec"));
     });
-    let out = root.ok(&["exec", "--env", "K=from_cli", "-e", "NEW=1", &id, "cat", "/proc/self/environ"]);
+    let out = root.ok(&[
+        "exec",
+        "--env",
+        "K=from_cli",
+        "-e",
+        "NEW=1",
+        &id,
+        "cat",
+        "/proc/self/environ",
+    ]);
     let vars: Vec<&str> = out.split('\0').filter(|v| !v.is_empty()).collect();
-    assert_eq!(vars.iter().filter(|v| v.starts_with("K=")).count(), 1, "{vars:?}");
-    assert!(vars.contains(&"K=from_cli") && vars.contains(&"NEW=1"), "{vars:?}");
+    assert_eq!(
+        vars.iter().filter(|v| v.starts_with("K=")).count(),
+        1,
+        "{vars:?}"
+    );
+    assert!(
+        vars.contains(&"K=from_cli") && vars.contains(&"NEW=1"),
+        "{vars:?}"
+    );
     root.ok(&["delete", "--force", &id]);
 }
 
@@ -260,11 +288,22 @@ fn exec_ignore_paused_runs_at_resume() {
     });
     root.ok(&["pause", &id]);
     let out = root.rt(&["exec", &id, "true"]);
-    assert!(!out.status.success() && text(&out).contains("--ignore-paused"), "{}", text(&out));
+    assert!(
+        !out.status.success() && text(&out).contains("--ignore-paused"),
+        "{}",
+        text(&out)
+    );
     let pid_file = b.path().join("exec.pid");
     root.ok(&[
-        "exec", "-d", "--ignore-paused", "--pid-file", pid_file.to_str().unwrap(), &id,
-        "sh", "-c", "echo ran > /tmp/marker",
+        "exec",
+        "-d",
+        "--ignore-paused",
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        &id,
+        "sh",
+        "-c",
+        "echo ran > /tmp/marker",
     ]);
     let pid = std::fs::read_to_string(&pid_file).unwrap();
     std::thread::sleep(Duration::from_millis(300));
@@ -289,15 +328,32 @@ fn exec_into_a_sub_cgroup() {
             .find_map(|l| {
                 let mut f = l.splitn(3, ':');
                 let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
-                ctrls.split(',').any(|c| c == ctrl).then(|| path.to_string())
+                ctrls
+                    .split(',')
+                    .any(|c| c == ctrl)
+                    .then(|| path.to_string())
             })
             .unwrap_or_default()
     };
-    let out = root.ok(&["exec", "--cgroup", "sub/deeper", &id, "cat", "/proc/self/cgroup"]);
+    let out = root.ok(&[
+        "exec",
+        "--cgroup",
+        "sub/deeper",
+        &id,
+        "cat",
+        "/proc/self/cgroup",
+    ]);
     for ctrl in ["memory", "pids", "cpu"] {
         assert_eq!(path_of(&out, ctrl), "/sub/deeper", "{ctrl} {out}");
     }
-    let out = root.ok(&["exec", "--cgroup", "memory,pids:m", &id, "cat", "/proc/self/cgroup"]);
+    let out = root.ok(&[
+        "exec",
+        "--cgroup",
+        "memory,pids:m",
+        &id,
+        "cat",
+        "/proc/self/cgroup",
+    ]);
     for (ctrl, want) in [("memory", "/m"), ("pids", "/m"), ("cpu", "/")] {
         assert_eq!(path_of(&out, ctrl), want, "{ctrl} {out}");
     }
@@ -362,7 +418,9 @@ fn unknown_capability_warning_is_runcs() {
     });
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.contains("ignoring unknown or unavailable capabilities: [CAP_ALSO_NOT CAP_NOT_A_THING]"),
+        out.contains(
+            "ignoring unknown or unavailable capabilities: [CAP_ALSO_NOT CAP_NOT_A_THING]"
+        ),
         "{out}"
     );
 }
@@ -396,4 +454,116 @@ fn delete_of_a_live_container_changes_nothing() {
     root.ok(&["resume", &id]);
     root.ok(&["delete", "--force", &id]);
     assert!(rt_testsupport::cgroup_dirs_named(&id).is_empty());
+}
+
+/// What a seccomp listener received: the containerProcessState and the
+/// notify descriptor (as a raw number: the test only closes it).
+struct Received {
+    state: Value,
+    fd: i32,
+}
+
+/// A seccomp agent on a unix socket: every connection's message and
+/// descriptor go to the returned channel.
+fn seccomp_agent(path: &Path) -> std::sync::mpsc::Receiver<Received> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { return };
+            let mut buf = vec![0u8; 65536];
+            let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+            let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+            let msg = recvmsg::<()>(
+                conn.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::empty(),
+            )
+            .unwrap();
+            let fd = msg
+                .cmsgs()
+                .unwrap()
+                .find_map(|c| match c {
+                    ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
+                    _ => None,
+                })
+                .expect("a descriptor");
+            let len = msg.bytes;
+            let state = serde_json::from_slice(&buf[..len]).unwrap();
+            if tx.send(Received { state, fd }).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// SCMP_ACT_NOTIFY with listenerPath, as the runtime-spec describes (rt
+/// refused it): the listener gets the container process state and the
+/// notify descriptor, for the init at create and for each exec'd process;
+/// a notified syscall waits on the listener, and fails with ENOSYS once the
+/// listener closes the descriptor.
+#[test]
+fn seccomp_notify_reaches_the_listener() {
+    need_root!();
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("agent.sock");
+    let agent = seccomp_agent(&sock);
+    let out_dir = tempfile::tempdir().unwrap();
+    let (root, b, id) = sleeping(|c| {
+        c["mounts"].as_array_mut().unwrap().push(json!({
+            "destination": "/tmp", "type": "bind", "source": out_dir.path(), "options": ["rbind"]
+        }));
+        c["linux"]["seccomp"] = json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "listenerPath": sock,
+            "listenerMetadata": "meta-data",
+            "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_NOTIFY"}]
+        });
+    });
+    let st: Value = serde_json::from_str(&root.ok(&["state", &id])).unwrap();
+    let init = agent
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the init's listener fd");
+    assert_eq!(init.state["fds"], json!(["seccompFd"]));
+    assert_eq!(init.state["metadata"], "meta-data");
+    assert_eq!(init.state["pid"], st["pid"]);
+    assert_eq!(init.state["state"]["id"], json!(id));
+    assert_eq!(init.state["state"]["status"], "creating");
+
+    let pid_file = b.path().join("exec.pid");
+    root.ok(&[
+        "exec",
+        "-d",
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        &id,
+        "sh",
+        "-c",
+        "mkdir /tmp/made; echo rc=$? > /tmp/result",
+    ]);
+    let exec = agent
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the exec's listener fd");
+    let exec_pid: i64 = std::fs::read_to_string(&pid_file).unwrap().parse().unwrap();
+    assert_eq!(exec.state["pid"], json!(exec_pid));
+    assert_eq!(exec.state["state"]["status"], "running");
+    // mkdir waits on the listener...
+    std::thread::sleep(Duration::from_millis(300));
+    let result = out_dir.path().join("result");
+    assert!(
+        !result.exists(),
+        "a notified mkdir did not wait for the listener"
+    );
+    // ...and fails with ENOSYS once it goes away.
+    nix::unistd::close(exec.fd).unwrap();
+    nix::unistd::close(init.fd).unwrap();
+    assert!(eventually(10, || result.exists()));
+    assert_eq!(std::fs::read_to_string(&result).unwrap(), "rc=1\n");
+    assert!(!out_dir.path().join("made").exists());
+    root.ok(&["delete", "--force", &id]);
 }

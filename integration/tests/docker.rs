@@ -53,8 +53,15 @@ impl Dockerd {
             .arg("-H")
             .arg(format!("unix://{}", d.join("docker.sock").display()))
             .args(["--bridge=none", "--iptables=false", "--ip6tables=false"])
-            .args(["--ip-masq=false", "--exec-opt", "native.cgroupdriver=cgroupfs"])
-            .args(["--containerd-namespace", &format!("rt-test-{}", std::process::id())])
+            .args([
+                "--ip-masq=false",
+                "--exec-opt",
+                "native.cgroupdriver=cgroupfs",
+            ])
+            .args([
+                "--containerd-namespace",
+                &format!("rt-test-{}", std::process::id()),
+            ])
             .args(["--cgroup-parent", &format!("/{cgroup_parent}")])
             .arg("--add-runtime")
             .arg(format!("rt={}", rt_bin().display()))
@@ -90,8 +97,10 @@ impl Dockerd {
 
     fn cmd(&self) -> Command {
         let mut c = Command::new(DOCKER);
-        c.arg("-H")
-            .arg(format!("unix://{}", self.dir.path().join("docker.sock").display()));
+        c.arg("-H").arg(format!(
+            "unix://{}",
+            self.dir.path().join("docker.sock").display()
+        ));
         c
     }
 
@@ -148,30 +157,59 @@ fn docker_runs_with_rt() {
     let img = "rt-busybox:latest";
     // Output and exit code.
     let out = docker.run(&[
-        "run", "--rm", "--runtime", "rt", "--network", "none", img, "sh", "-c",
+        "run",
+        "--rm",
+        "--runtime",
+        "rt",
+        "--network",
+        "none",
+        img,
+        "sh",
+        "-c",
         "echo hello from docker; exit 3",
     ]);
-    assert_eq!(out.status.code(), Some(3), "{}\n{}", text(&out), docker.log());
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}\n{}",
+        text(&out),
+        docker.log()
+    );
     assert!(text(&out).contains("hello from docker"), "{}", text(&out));
 
     // A detached container with a memory limit, exec into it.
     let out = docker.run(&[
-        "run", "-d", "--runtime", "rt", "--network", "none", "--memory", "64m", "--name", "c1",
-        img, "sleep", "1000",
+        "run",
+        "-d",
+        "--runtime",
+        "rt",
+        "--network",
+        "none",
+        "--memory",
+        "64m",
+        "--name",
+        "c1",
+        img,
+        "sleep",
+        "1000",
     ]);
     assert!(out.status.success(), "{}\n{}", text(&out), docker.log());
     let pid = String::from_utf8_lossy(
-        &docker.run(&["inspect", "-f", "{{.State.Pid}}", "c1"]).stdout,
+        &docker
+            .run(&["inspect", "-f", "{{.State.Pid}}", "c1"])
+            .stdout,
     )
     .trim()
     .to_string();
     let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
     let mem = cgroup
         .lines()
-        .find_map(|l| l.strip_prefix(|c: char| c.is_ascii_digit()).and_then(|l| {
-            l.trim_start_matches(|c: char| c.is_ascii_digit())
-                .strip_prefix(":memory:")
-        }))
+        .find_map(|l| {
+            l.strip_prefix(|c: char| c.is_ascii_digit()).and_then(|l| {
+                l.trim_start_matches(|c: char| c.is_ascii_digit())
+                    .strip_prefix(":memory:")
+            })
+        })
         .expect("memory cgroup");
     let limit =
         std::fs::read_to_string(format!("/sys/fs/cgroup/memory{mem}/memory.limit_in_bytes"))

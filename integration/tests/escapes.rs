@@ -181,7 +181,10 @@ fn proc_symlink_in_rootfs_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/proc") && err.contains("symlink"), "{err}");
     // runc's wording, which callers and conformance tests match.
-    assert!(err.contains("must be mounted on ordinary directory"), "{err}");
+    assert!(
+        err.contains("must be mounted on ordinary directory"),
+        "{err}"
+    );
     assert!(rt_testsupport::cgroup_dirs_named(&id).is_empty());
     assert!(!root.dir.path().join(&id).exists());
 }

@@ -153,11 +153,15 @@ impl Sub {
             };
             let clean = path.trim_start_matches('/');
             if clean.is_empty() || clean.split('/').any(|p| p == ".." || p == ".") {
-                return Err(Error::Invalid(format!("exec --cgroup {v:?}: a relative sub-cgroup path without . or ..")));
+                return Err(Error::Invalid(format!(
+                    "exec --cgroup {v:?}: a relative sub-cgroup path without . or .."
+                )));
             }
             match ctrls {
                 None if sub.all.is_some() => {
-                    return Err(Error::Invalid(format!("exec --cgroup {v:?}: a second path for every controller")))
+                    return Err(Error::Invalid(format!(
+                        "exec --cgroup {v:?}: a second path for every controller"
+                    )))
                 }
                 None => sub.all = Some(clean.to_string()),
                 Some(c) => sub.by_controller.push((
@@ -557,7 +561,10 @@ mod sub_tests {
         let s = Sub::parse(&["a/b".into(), "memory,pids:m".into()]).unwrap();
         assert_eq!(s.all.as_deref(), Some("a/b"));
         assert_eq!(s.for_controllers(&["pids".into()]), Some("m"));
-        assert_eq!(s.for_controllers(&["cpu".into(), "cpuacct".into()]), Some("a/b"));
+        assert_eq!(
+            s.for_controllers(&["cpu".into(), "cpuacct".into()]),
+            Some("a/b")
+        );
         for bad in ["../x", "", "/", "a/../b", "cpu:.."] {
             assert!(Sub::parse(&[bad.into()]).is_err(), "{bad}");
         }

@@ -43,6 +43,9 @@ pub enum ToParent {
     RuntimeHooks,
     /// The pty master rides along with this message.
     Terminal,
+    /// The seccomp user-notification descriptor rides along with this
+    /// message, for the parent to hand to the listener.
+    SeccompListener,
     /// The init waits for `start`.
     Ready,
     /// A step failed; the text is the whole error chain.

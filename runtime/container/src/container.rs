@@ -371,6 +371,12 @@ impl Runtime {
             chroot: exec::chroot_for(Pid::from_raw(st.pid), &linux),
             placement: cgroup.placement(&how.cgroup)?,
             defer_freezer: paused,
+            container_state: serde_json::to_value(st.oci(if paused {
+                Status::Paused
+            } else {
+                Status::Running
+            }))
+            .unwrap_or_default(),
             preserve_fds: opts.preserve_fds,
         };
         let created = exec::exec(&launch, opts)?;

@@ -237,7 +237,9 @@ mod tests {
 
     #[test]
     fn env_defaults_to_the_running_process_or_the_container() {
-        let h = hooks(r#"{"startContainer":[{"path":"/bin/sh","args":["sh","-c","[ \"$K\" = v ] && [ -z \"$HOME_SET\" ]"]}]}"#);
+        let h = hooks(
+            r#"{"startContainer":[{"path":"/bin/sh","args":["sh","-c","[ \"$K\" = v ] && [ -z \"$HOME_SET\" ]"]}]}"#,
+        );
         run_in_container(Some(&h), Kind::StartContainer, b"{}", &["K=v".into()]).unwrap();
         assert!(run_in_container(Some(&h), Kind::StartContainer, b"{}", &["K=w".into()]).is_err());
         // Without env and outside the container: rt's own environment.

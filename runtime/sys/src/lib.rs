@@ -478,6 +478,38 @@ pub fn seccomp_set_mode_filter(filter: &[libc::sock_filter], flags: u32) -> Resu
         .map_err(|e| Error::Syscall("seccomp", e))
 }
 
+/// As [`seccomp_set_mode_filter`], with SECCOMP_FILTER_FLAG_NEW_LISTENER:
+/// returns the user-notification descriptor of the new filter (the kernel
+/// allows one per process; TSYNC is dropped from `flags`, which it refuses
+/// together with a listener, and is moot in a single-threaded process).
+pub fn seccomp_set_mode_filter_listener(
+    filter: &[libc::sock_filter],
+    flags: u32,
+) -> Result<OwnedFd> {
+    let len = u16::try_from(filter.len()).map_err(|_| Error::Syscall("seccomp", Errno::E2BIG))?;
+    let prog = libc::sock_fprog {
+        len,
+        filter: filter.as_ptr().cast_mut(),
+    };
+    let flags = (flags & !(libc::SECCOMP_FILTER_FLAG_TSYNC as u32))
+        | libc::SECCOMP_FILTER_FLAG_NEW_LISTENER as u32;
+    // SAFETY: as in seccomp_set_mode_filter: `prog` points at `len`
+    // initialised instructions that outlive the call, and the kernel only
+    // reads them.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            flags,
+            &prog as *const libc::sock_fprog,
+        )
+    };
+    let fd = Errno::result(rc).map_err(|e| Error::Syscall("seccomp", e))?;
+    // SAFETY: with NEW_LISTENER the syscall returned a new descriptor that
+    // nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
 /// _exit(2): ends the process at once, without running atexit handlers or
 /// flushing stdio buffers copied from the parent at fork.
 pub fn exit_now(code: i32) -> ! {
@@ -494,7 +526,10 @@ mod tests {
     fn ranges_skip_kept_descriptors() {
         assert_eq!(ranges_without(3, vec![2]), [(3, u32::MAX)]);
         assert_eq!(ranges_without(3, vec![3]), [(4, u32::MAX)]);
-        assert_eq!(ranges_without(3, vec![9, 5]), [(3, 4), (6, 8), (10, u32::MAX)]);
+        assert_eq!(
+            ranges_without(3, vec![9, 5]),
+            [(3, 4), (6, 8), (10, u32::MAX)]
+        );
         assert_eq!(ranges_without(3, vec![5, 6]), [(3, 4), (7, u32::MAX)]);
     }
 

@@ -54,6 +54,8 @@ pub struct ExecLaunch<'a> {
     /// before the exec, so that setup finishes and the process starts frozen.
     pub defer_freezer: bool,
     pub preserve_fds: u32,
+    /// The container's state document, for a seccomp listener.
+    pub container_state: serde_json::Value,
     /// The init's root (`/proc/<pid>/root`) to chroot into, for a container
     /// without a mount namespace: there is no namespace whose root to join.
     pub chroot: Option<PathBuf>,
@@ -130,16 +132,26 @@ pub fn exec(launch: &ExecLaunch<'_>, opts: &Options) -> Result<Created> {
     };
     drop(child_end);
     let mut pid = None;
-    let result = drive(&chan, opts, stage_pid, &mut pid);
+    let listener = launch
+        .linux
+        .seccomp()
+        .as_ref()
+        .map(|s| (s, &launch.container_state));
+    let result = drive(&chan, opts, listener, stage_pid, &mut pid);
     if result.is_err() {
         supervise::abort(stage_pid, pid);
     }
     result
 }
 
+/// Where the exec'd process's seccomp listener descriptor goes: the
+/// container's profile, and its state for the listener.
+type Listener<'a> = Option<(&'a oci_spec::runtime::LinuxSeccomp, &'a serde_json::Value)>;
+
 fn drive(
     chan: &ParentEnd,
     opts: &Options,
+    listener: Listener<'_>,
     stage_pid: Pid,
     pid: &mut Option<Pid>,
 ) -> Result<Created> {
@@ -161,6 +173,9 @@ fn drive(
             }
         }
         if let (true, Some(pid)) = (ready, *pid) {
+            if let Some((seccomp, state)) = listener {
+                children.hand_over_seccomp(Some(seccomp), pid, state.clone())?;
+            }
             return Ok(Created {
                 pid,
                 terminal: children.into_terminal(),
@@ -244,9 +259,12 @@ fn child(
 fn enter_frozen(procs: Option<std::fs::File>) -> Result<()> {
     use std::io::Write;
     match procs {
-        Some(mut f) => f
-            .write_all(b"0")
-            .map_err(|e| Error::Sys("entering the frozen cgroup", nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))),
+        Some(mut f) => f.write_all(b"0").map_err(|e| {
+            Error::Sys(
+                "entering the frozen cgroup",
+                nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+            )
+        }),
         None => Ok(()),
     }
 }
@@ -265,12 +283,16 @@ fn child_inner(launch: &ExecLaunch<'_>, chan: &ChildEnd) -> Result<user_process:
         let master = terminal::setup_in_container(size, p.user().uid(), p.user().gid())?;
         chan.send_with_fd(&ToParent::Terminal, Some(master.as_fd()))?;
     }
-    Ok(user_process::prepare(
+    let mut prepared = user_process::prepare(
         p,
         launch.linux,
         launch.plan.in_user_ns(),
         launch.preserve_fds,
-    )?)
+    )?;
+    if let Some(fd) = prepared.take_listener() {
+        chan.send_with_fd(&ToParent::SeccompListener, Some(fd.as_fd()))?;
+    }
+    Ok(prepared)
 }
 
 #[cfg(test)]
@@ -296,6 +318,7 @@ mod tests {
             let created = drive(
                 &chan,
                 &Options::default(),
+                None,
                 Pid::from_raw(i32::MAX),
                 &mut pid,
             )

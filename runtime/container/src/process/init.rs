@@ -155,12 +155,15 @@ fn init(launch: &Launch<'_>, chan: &ChildEnd, mut fifo: File) -> Result<Infallib
         let master = terminal::setup_in_container(size, user.uid(), user.gid())?;
         chan.send_with_fd(&ToParent::Terminal, Some(master.as_fd()))?;
     }
-    let prepared = user_process::prepare(
+    let mut prepared = user_process::prepare(
         process,
         linux,
         launch.plan.in_user_ns(),
         launch.preserve_fds,
     )?;
+    if let Some(fd) = prepared.take_listener() {
+        chan.send_with_fd(&ToParent::SeccompListener, Some(fd.as_fd()))?;
+    }
     chan.send(&ToParent::Ready)?;
     let mut byte = [0u8; 1];
     fifo.read_exact(&mut byte)

@@ -193,6 +193,12 @@ fn drive(
             Event::Ready => ready = true,
         }
     }
+    // Before create returns (the init still waits for `start`), as runc.
+    children.hand_over_seccomp(
+        linux.seccomp().as_ref(),
+        Pid::from_raw(state.pid),
+        serde_json::to_value(state.oci(Status::Creating)).unwrap_or_default(),
+    )?;
     state.stored_status = Status::Created;
     dir.save(state)?;
     Ok(Created {

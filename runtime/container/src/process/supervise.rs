@@ -29,6 +29,8 @@ pub enum Error {
     Terminal(#[from] terminal::Error),
     #[error("cannot allocate tty if rt will detach without setting console socket")]
     TerminalWithoutSocket,
+    #[error(transparent)]
+    Listener(#[from] crate::seccomp::listener::Error),
     #[error("becoming a child subreaper")]
     Subreaper(#[source] nix::errno::Errno),
 }
@@ -61,6 +63,7 @@ pub struct Supervisor<'a> {
     chan: &'a ParentEnd,
     opts: &'a Options,
     terminal: Option<OwnedFd>,
+    seccomp: Option<OwnedFd>,
 }
 
 impl<'a> Supervisor<'a> {
@@ -69,6 +72,7 @@ impl<'a> Supervisor<'a> {
             chan,
             opts,
             terminal: None,
+            seccomp: None,
         }
     }
 
@@ -88,6 +92,11 @@ impl<'a> Supervisor<'a> {
                 ToParent::RuntimeHooks => Event::RuntimeHooks,
                 ToParent::Ready => Event::Ready,
                 ToParent::Failed(msg) => return Err(Error::Child(msg)),
+                ToParent::SeccompListener => {
+                    let fd = fd.ok_or(Error::Unexpected(ToParent::SeccompListener))?;
+                    self.seccomp = Some(fd);
+                    continue;
+                }
                 ToParent::Terminal => {
                     let master = fd.ok_or(Error::Unexpected(ToParent::Terminal))?;
                     match &self.opts.console_socket {
@@ -98,6 +107,29 @@ impl<'a> Supervisor<'a> {
                 }
             });
         }
+    }
+
+    /// Hands the seccomp listener descriptor, if the process sent one, to
+    /// `listenerPath` with the state of process `pid`.
+    pub fn hand_over_seccomp(
+        &mut self,
+        seccomp: Option<&oci_spec::runtime::LinuxSeccomp>,
+        pid: Pid,
+        state: serde_json::Value,
+    ) -> Result<()> {
+        let (Some(fd), Some(s)) = (self.seccomp.take(), seccomp) else {
+            return Ok(());
+        };
+        let Some(path) = s.listener_path() else {
+            return Ok(());
+        };
+        let msg = crate::seccomp::listener::process_state(
+            pid.as_raw(),
+            s.listener_metadata().as_deref(),
+            state,
+        );
+        crate::seccomp::listener::send(path, &msg, fd.as_fd())?;
+        Ok(())
     }
 
     /// The pty master kept for the caller (no console socket).

@@ -33,6 +33,9 @@ pub struct Prepared {
     args: Vec<CString>,
     env: Vec<CString>,
     late_filters: seccomp::Filters,
+    /// The seccomp user-notification descriptor, for the parent to hand to
+    /// `listenerPath`.
+    listener: Option<std::os::fd::OwnedFd>,
 }
 
 impl Prepared {
@@ -77,15 +80,16 @@ pub fn prepare(
     let env = process.env().as_deref().unwrap_or_default();
     let first = args.first().map(String::as_str).unwrap_or_default();
     let exe = identity::lookup(first, identity::env_path(env))?;
-    let filters = match linux.seccomp() {
+    let mut filters = match linux.seccomp() {
         Some(s) => seccomp::compile(s)?,
         None => seccomp::Filters::default(),
     };
     let nnp = process.no_new_privileges().unwrap_or(false);
+    let mut listener = None;
     if !nnp {
         // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN: do it
         // while we still have it.
-        filters.load()?;
+        listener = filters.load()?;
     }
     if let Some(c) = process.capabilities() {
         identity::drop_bounding(c)?;
@@ -97,8 +101,12 @@ pub fn prepare(
     }
     if nnp {
         identity::set_no_new_privs()?;
+        // The notify filter now rather than at exec: its listener must
+        // reach the parent (and the listener) before the process runs.
+        listener = filters.split_notify().load()?;
     }
     Ok(Prepared {
+        listener,
         exe: CString::new(exe.as_os_str().as_encoded_bytes()).map_err(|_| Error::Nul)?,
         args: to_cstrings(args)?,
         env: to_cstrings(env)?,
@@ -111,11 +119,17 @@ pub fn prepare(
 }
 
 impl Prepared {
+    /// The seccomp listener descriptor, if the profile has notify rules.
+    pub fn take_listener(&mut self) -> Option<std::os::fd::OwnedFd> {
+        self.listener.take()
+    }
+
     /// Loads the late seccomp filters and execs. Returns only on error.
     pub fn exec(self) -> Error {
         if let Err(e) = self.late_filters.load() {
             return e.into();
         }
+        drop(self.listener);
         let e = nix::unistd::execve(&self.exe, &self.args, &self.env).unwrap_err();
         Error::Exec(self.exe.to_string_lossy().into_owned(), e)
     }

@@ -31,7 +31,9 @@ pub enum Error {
         #[source]
         source: options::Error,
     },
-    #[error("{0} in the rootfs is a symlink: proc and sysfs must be mounted on ordinary directory")]
+    #[error(
+        "{0} in the rootfs is a symlink: proc and sysfs must be mounted on ordinary directory"
+    )]
     SymlinkDestination(PathBuf),
     #[error("rootfs propagation")]
     Propagation(#[source] options::Error),

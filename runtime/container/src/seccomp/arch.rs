@@ -142,6 +142,47 @@ pub fn retarget(mut prog: BpfProgram, table: Table) -> Option<BpfProgram> {
     Some(prog)
 }
 
+const JA: u16 = 0x05;
+/// SECCOMP_RET_TRACE and SECCOMP_RET_USER_NOTIF.
+pub const RET_TRACE: u32 = 0x7ff0_0000;
+pub const RET_USER_NOTIF: u32 = 0x7fc0_0000;
+
+/// Chains retargeted programs into one: where a program lets a call of
+/// another ABI through (its head's third instruction), it jumps to the next
+/// program instead. Classic BPF only jumps forward and every program ends in
+/// a return, so appending keeps each program's own jumps inside it. Used for
+/// the one filter that may carry a user-notification listener (the kernel
+/// allows one listener per process).
+pub fn chain(progs: Vec<BpfProgram>) -> BpfProgram {
+    let mut out: BpfProgram = Vec::new();
+    let n = progs.len();
+    for (i, mut p) in progs.into_iter().enumerate() {
+        if i + 1 < n {
+            // prog[2] is `ret ALLOW` for the other ABIs (see retarget): jump
+            // past the end of this program, where the next one starts.
+            let past_end = (p.len() - 3) as u32;
+            p[2] = stmt(JA, past_end);
+        }
+        out.extend(p);
+    }
+    out
+}
+
+/// Whether `prog` can return `k`.
+pub fn returns(prog: &[sock_filter], k: u32) -> bool {
+    prog.iter().any(|i| i.code == RET_K && i.k == k)
+}
+
+/// Turns every `ret TRACE|data` into `ret USER_NOTIF`: seccompiler has no
+/// notify action, so rt compiles it as a trace with an unused `data`.
+pub fn trace_to_notify(prog: &mut BpfProgram, data: u32) {
+    for i in prog.iter_mut() {
+        if i.code == RET_K && i.k == RET_TRACE | data {
+            i.k = RET_USER_NOTIF;
+        }
+    }
+}
+
 /// Converts to libc's instruction type for the seccomp(2) call.
 pub fn to_libc(prog: &[sock_filter]) -> Vec<libc::sock_filter> {
     prog.iter()
@@ -188,6 +229,7 @@ mod tests {
                 LD_W_ABS => acc = if i.k == ARCH_OFFSET { arch } else { nr },
                 JEQ_K => pc += usize::from(if acc == i.k { i.jt } else { i.jf }),
                 JSET_K => pc += usize::from(if acc & i.k != 0 { i.jt } else { i.jf }),
+                JA => pc += i.k as usize,
                 RET_K => return i.k,
                 c => panic!("opcode {c:#x} not modelled"),
             }
@@ -228,5 +270,30 @@ mod tests {
         assert_eq!(run(&i386, AUDIT_ARCH_I386, 0), 0x0005_0001);
         assert_eq!(run(&i386, AUDIT_ARCH_X86_64, 0), RET_ALLOW);
         assert!(retarget(prog[1..].to_vec(), Table::I386).is_none());
+    }
+
+    #[test]
+    fn chained_programs_judge_each_abi() {
+        let prog = |ret: u32| {
+            vec![
+                stmt(LD_W_ABS, ARCH_OFFSET),
+                jump(JEQ_K, AUDIT_ARCH_X86_64, 1, 0),
+                stmt(RET_K, RET_KILL_PROCESS),
+                stmt(LD_W_ABS, NR_OFFSET),
+                jump(JEQ_K, 83, 0, 1),
+                stmt(RET_K, ret),
+                stmt(RET_K, RET_ALLOW),
+            ]
+        };
+        let mut native = retarget(prog(RET_TRACE | 7), Table::Native { x32: false }).unwrap();
+        let mut i386 = retarget(prog(RET_TRACE | 7), Table::I386).unwrap();
+        trace_to_notify(&mut native, 7);
+        trace_to_notify(&mut i386, 7);
+        let both = chain(vec![native, i386]);
+        assert_eq!(run(&both, AUDIT_ARCH_X86_64, 83), RET_USER_NOTIF);
+        assert_eq!(run(&both, AUDIT_ARCH_X86_64, 84), RET_ALLOW);
+        assert_eq!(run(&both, AUDIT_ARCH_I386, 83), RET_USER_NOTIF);
+        assert_eq!(run(&both, AUDIT_ARCH_I386, 3), RET_ALLOW);
+        assert_eq!(run(&both, 0xc000_00b7, 83), RET_ALLOW);
     }
 }

@@ -8,8 +8,16 @@
 //! keeps the most restrictive answer, which is exactly the profile's meaning.
 //! Every filter is compiled once per ABI the profile lists (x86_64 always,
 //! x86 and x32 when named) behind a gate that kills unlisted ABIs; see arch.rs.
+//!
+//! `SCMP_ACT_NOTIFY` (with `listenerPath`): seccompiler has no notify
+//! action, so its rules are compiled as a trace with a `data` value no rule
+//! of the profile uses, which is then rewritten to `SECCOMP_RET_USER_NOTIF`.
+//! The notify filters of every ABI are chained into one program, since the
+//! kernel gives one process a single listener; see [`listener`] for its
+//! hand-off.
 
 mod arch;
+pub mod listener;
 mod profile;
 mod x32;
 mod x86;
@@ -32,12 +40,14 @@ use seccompiler::{
 /// Errors of seccomp translation and loading.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("seccomp action {0:?} is not supported")]
-    Action(LinuxSeccompAction),
     #[error("seccompiler's filter head changed: rt cannot retarget it to other ABIs")]
     Retarget,
-    #[error("seccomp listenerPath (SCMP_ACT_NOTIFY) is not supported")]
-    Notify,
+    #[error("SCMP_ACT_NOTIFY needs linux.seccomp.listenerPath")]
+    NotifyWithoutListener,
+    #[error("SCMP_ACT_NOTIFY cannot be the defaultAction: rt's own last steps would wait on the listener")]
+    NotifyDefault,
+    #[error("SCMP_ACT_NOTIFY on {0}: rt hands the listener its descriptor with that syscall")]
+    NotifyRtSyscall(String),
     #[error("seccomp rule for {syscall}: argument index {index} out of range")]
     ArgIndex { syscall: String, index: usize },
     #[error("compiling the seccomp filter")]
@@ -53,14 +63,33 @@ pub fn syscall_nr(name: &str) -> Option<i64> {
     arch::native(name)
 }
 
+/// Syscalls rt makes after the notify filter is loaded and before the
+/// listener has its descriptor: notifying them would wait forever.
+const NOTIFY_REFUSED: &[&str] = &["sendmsg", "sendto", "write"];
+
 /// Refuses, by name, what rt cannot enforce. Called at validation time.
 pub fn check(s: &LinuxSeccomp) -> Result<()> {
-    if s.listener_path().is_some() {
-        return Err(Error::Notify);
+    let notify = LinuxSeccompAction::ScmpActNotify;
+    if s.default_action() == notify {
+        return Err(Error::NotifyDefault);
     }
-    action(s.default_action(), s.default_errno_ret())?;
-    for rule in s.syscalls().as_deref().unwrap_or_default() {
-        action(rule.action(), rule.errno_ret())?;
+    let rules = s.syscalls().as_deref().unwrap_or_default();
+    let notifies = rules.iter().filter(|r| r.action() == notify);
+    if notifies.clone().next().is_some() && s.listener_path().is_none() {
+        return Err(Error::NotifyWithoutListener);
+    }
+    for rule in notifies {
+        if let Some(name) = rule
+            .names()
+            .iter()
+            .find(|n| NOTIFY_REFUSED.contains(&n.as_str()))
+        {
+            return Err(Error::NotifyRtSyscall(name.clone()));
+        }
+    }
+    action(s.default_action(), s.default_errno_ret(), 0)?;
+    for rule in rules {
+        action(rule.action(), rule.errno_ret(), 0)?;
         for arg in rule.args().as_deref().unwrap_or_default() {
             if arg.index() > 5 {
                 return Err(Error::ArgIndex {
@@ -73,7 +102,9 @@ pub fn check(s: &LinuxSeccomp) -> Result<()> {
     Ok(())
 }
 
-fn action(a: LinuxSeccompAction, errno: Option<u32>) -> Result<SeccompAction> {
+/// The rule's action; `notify` is the trace `data` that stands for
+/// SCMP_ACT_NOTIFY (see the module docs).
+fn action(a: LinuxSeccompAction, errno: Option<u32>, notify: u32) -> Result<SeccompAction> {
     Ok(match a {
         LinuxSeccompAction::ScmpActAllow => SeccompAction::Allow,
         LinuxSeccompAction::ScmpActErrno => {
@@ -86,7 +117,7 @@ fn action(a: LinuxSeccompAction, errno: Option<u32>) -> Result<SeccompAction> {
         LinuxSeccompAction::ScmpActTrap => SeccompAction::Trap,
         LinuxSeccompAction::ScmpActTrace => SeccompAction::Trace(errno.unwrap_or(0)),
         LinuxSeccompAction::ScmpActLog => SeccompAction::Log,
-        other => return Err(Error::Action(other)),
+        LinuxSeccompAction::ScmpActNotify => SeccompAction::Trace(notify),
     })
 }
 
@@ -150,31 +181,47 @@ fn add_numbered(rules: &mut Rules, nr: i64, conditions: &[SeccompCondition]) -> 
     Ok(())
 }
 
-/// A compiled profile: the filters to load, in order, and the seccomp(2)
-/// flags to load them with.
+/// A compiled profile: the filters to load, in order, the one with the
+/// notify rules (loaded with a listener), and the seccomp(2) flags.
 #[derive(Debug, Default)]
 pub struct Filters {
     programs: Vec<BpfProgram>,
+    notify: Option<BpfProgram>,
     flags: u32,
 }
 
 impl Filters {
     /// Loads the filters into the calling thread (no_new_privs or
-    /// CAP_SYS_ADMIN required). Each program is applied on its own.
-    pub fn load(&self) -> Result<()> {
+    /// CAP_SYS_ADMIN required). Each program is applied on its own; the
+    /// notify filter's listener descriptor is returned.
+    pub fn load(&self) -> Result<Option<std::os::fd::OwnedFd>> {
         for p in &self.programs {
             rt_sys::seccomp_set_mode_filter(&arch::to_libc(p), self.flags).map_err(Error::Load)?;
         }
-        Ok(())
+        self.notify
+            .as_ref()
+            .map(|p| rt_sys::seccomp_set_mode_filter_listener(&arch::to_libc(p), self.flags))
+            .transpose()
+            .map_err(Error::Load)
+    }
+
+    /// Moves the notify filter out into filters of its own (to be loaded
+    /// earlier than the rest, so that its listener can be handed over).
+    pub fn split_notify(&mut self) -> Filters {
+        Filters {
+            programs: Vec::new(),
+            notify: self.notify.take(),
+            flags: self.flags,
+        }
     }
 
     /// How many BPF programs the profile became.
     pub fn len(&self) -> usize {
-        self.programs.len()
+        self.programs.len() + usize::from(self.notify.is_some())
     }
 
     pub fn is_empty(&self) -> bool {
-        self.programs.is_empty()
+        self.programs.is_empty() && self.notify.is_none()
     }
 }
 
@@ -197,25 +244,61 @@ fn flags(s: &LinuxSeccomp) -> u32 {
 pub fn compile(s: &LinuxSeccomp) -> Result<Filters> {
     check(s)?;
     let abis = Abis::from_spec(s.architectures().as_deref().unwrap_or_default());
+    let notify = notify_data(s);
     let mut programs = vec![arch::gate(abis)];
-    programs.extend(compile_table(s, Table::Native { x32: abis.x32 })?);
+    let mut notifies = Vec::new();
+    let mut tables = vec![Table::Native { x32: abis.x32 }];
     if abis.x86 {
-        programs.extend(compile_table(s, Table::I386)?);
+        tables.push(Table::I386);
     }
+    for table in tables {
+        for p in compile_table(s, table, notify)? {
+            if arch::returns(&p, arch::RET_TRACE | notify) {
+                notifies.push(p);
+            } else {
+                programs.push(p);
+            }
+        }
+    }
+    let notify = (!notifies.is_empty()).then(|| {
+        let mut p = arch::chain(notifies);
+        arch::trace_to_notify(&mut p, notify);
+        p
+    });
     Ok(Filters {
         programs,
+        notify,
         flags: flags(s),
     })
 }
 
+/// A trace `data` value that no SCMP_ACT_TRACE rule of the profile uses.
+fn notify_data(s: &LinuxSeccomp) -> u32 {
+    let used: Vec<u32> = s
+        .syscalls()
+        .iter()
+        .flatten()
+        .filter(|r| r.action() == LinuxSeccompAction::ScmpActTrace)
+        .map(|r| r.errno_ret().unwrap_or(0) & 0xffff)
+        .chain(
+            (s.default_action() == LinuxSeccompAction::ScmpActTrace)
+                .then(|| s.default_errno_ret().unwrap_or(0) & 0xffff),
+        )
+        .collect();
+    (0..=0xffffu32)
+        .rev()
+        .find(|d| !used.contains(d))
+        .unwrap_or(0xffff)
+}
+
 /// The stack of filters for one syscall table.
-fn compile_table(s: &LinuxSeccomp, table: Table) -> Result<Vec<BpfProgram>> {
-    let default = action(s.default_action(), s.default_errno_ret())?;
+fn compile_table(s: &LinuxSeccomp, table: Table, notify: u32) -> Result<Vec<BpfProgram>> {
+    let default = action(s.default_action(), s.default_errno_ret(), notify)?;
     let mut all: Rules = BTreeMap::new();
     let mut groups: Vec<(SeccompAction, Rules)> = Vec::new();
     let syscalls = s.syscalls().as_deref().unwrap_or_default();
     for rule in syscalls {
-        let a = action(rule.action(), rule.errno_ret())?;
+        let a = action(rule.action(), rule.errno_ret(), notify)?;
         if a == default {
             continue;
         }
@@ -292,10 +375,33 @@ mod tests {
     }
 
     #[test]
-    fn refuses_notify() {
-        let p = profile(r#"{"defaultAction":"SCMP_ACT_ALLOW","listenerPath":"/run/x.sock"}"#);
-        assert!(matches!(check(&p), Err(Error::Notify)));
-        let p = profile(r#"{"defaultAction":"SCMP_ACT_NOTIFY"}"#);
-        assert!(check(&p).unwrap_err().to_string().contains("Notify"));
+    fn notify_rules() {
+        let p = profile(
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","listenerPath":"/run/x.sock",
+            "architectures":["SCMP_ARCH_X86_64","SCMP_ARCH_X86"],
+            "syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_NOTIFY"},
+                        {"names":["chmod"],"action":"SCMP_ACT_TRACE","errnoRet":65535}]}"#,
+        );
+        let f = compile(&p).unwrap();
+        // The gate and the two trace filters; one notify filter for both ABIs.
+        assert_eq!(f.programs.len(), 3);
+        let n = f.notify.as_ref().unwrap();
+        assert!(arch::returns(n, arch::RET_USER_NOTIF));
+        // The real trace rule keeps its data.
+        assert!(f
+            .programs
+            .iter()
+            .any(|p| arch::returns(p, arch::RET_TRACE | 0xffff)));
+        assert!(!f
+            .programs
+            .iter()
+            .any(|p| arch::returns(p, arch::RET_USER_NOTIF)));
+        for bad in [
+            r#"{"defaultAction":"SCMP_ACT_NOTIFY","listenerPath":"/x"}"#,
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir"],"action":"SCMP_ACT_NOTIFY"}]}"#,
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","listenerPath":"/x","syscalls":[{"names":["sendmsg"],"action":"SCMP_ACT_NOTIFY"}]}"#,
+        ] {
+            assert!(check(&profile(bad)).is_err(), "{bad}");
+        }
     }
 }
