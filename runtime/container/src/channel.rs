@@ -32,6 +32,34 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// Why [`send_over_unix_socket`] failed.
+#[derive(Debug)]
+pub enum SocketSend {
+    Connect(std::io::Error),
+    Send(nix::errno::Errno),
+}
+
+/// Connects to the unix stream socket at `path` and sends `payload` in one
+/// message with `fd` riding along (SCM_RIGHTS): the console socket's and the
+/// seccomp listener's protocol.
+pub fn send_over_unix_socket(
+    path: &std::path::Path,
+    payload: &[u8],
+    fd: BorrowedFd<'_>,
+) -> std::result::Result<(), SocketSend> {
+    let stream = std::os::unix::net::UnixStream::connect(path).map_err(SocketSend::Connect)?;
+    let fds = [fd.as_raw_fd()];
+    sendmsg::<()>(
+        stream.as_raw_fd(),
+        &[IoSlice::new(payload)],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .map(drop)
+    .map_err(SocketSend::Send)
+}
+
 /// Messages from the stage and init processes to the parent.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub enum ToParent {

@@ -1,15 +1,12 @@
 //! `process.terminal`: the init makes a pty inside the container and sends the
 //! master to the caller, which passes it to `--console-socket` or relays it.
 
-use std::io::IoSlice;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
-use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 
 /// Errors of terminal setup.
 #[derive(Debug, thiserror::Error)]
@@ -87,23 +84,16 @@ fn own(fd: std::os::fd::RawFd) -> OwnedFd {
 /// Sends the pty master over the unix socket at `path` (SCM_RIGHTS), as
 /// conmon and containerd's shim expect.
 pub fn send_to_socket(path: &Path, master: BorrowedFd<'_>) -> Result<()> {
-    let stream = UnixStream::connect(path).map_err(|source| Error::Connect {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let name = b"/dev/ptmx";
-    let iov = [IoSlice::new(name)];
-    let fds = [master.as_raw_fd()];
-    sendmsg::<()>(
-        stream.as_raw_fd(),
-        &iov,
-        &[ControlMessage::ScmRights(&fds)],
-        MsgFlags::empty(),
-        None,
-    )
-    .map_err(|source| Error::Send {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    Ok(())
+    use crate::channel::{send_over_unix_socket, SocketSend};
+    let path_buf = path.to_path_buf();
+    send_over_unix_socket(path, b"/dev/ptmx", master).map_err(|e| match e {
+        SocketSend::Connect(source) => Error::Connect {
+            path: path_buf,
+            source,
+        },
+        SocketSend::Send(source) => Error::Send {
+            path: path_buf,
+            source,
+        },
+    })
 }

@@ -458,6 +458,27 @@ pub fn mount_setattr_recursive(fd: BorrowedFd<'_>, set: u64, clear: u64) -> Resu
 /// filter on the calling thread (or, with SECCOMP_FILTER_FLAG_TSYNC, on every
 /// thread). Needs no_new_privs or CAP_SYS_ADMIN.
 pub fn seccomp_set_mode_filter(filter: &[libc::sock_filter], flags: u32) -> Result<()> {
+    seccomp_filter(filter, flags).map(drop)
+}
+
+/// As [`seccomp_set_mode_filter`], with SECCOMP_FILTER_FLAG_NEW_LISTENER:
+/// returns the user-notification descriptor of the new filter (the kernel
+/// allows one per process; TSYNC is dropped from `flags`, which it refuses
+/// together with a listener, and is moot in a single-threaded process).
+pub fn seccomp_set_mode_filter_listener(
+    filter: &[libc::sock_filter],
+    flags: u32,
+) -> Result<OwnedFd> {
+    let flags = (flags & !(libc::SECCOMP_FILTER_FLAG_TSYNC as u32))
+        | libc::SECCOMP_FILTER_FLAG_NEW_LISTENER as u32;
+    let fd = seccomp_filter(filter, flags)?;
+    // SAFETY: with NEW_LISTENER the syscall returned a new descriptor that
+    // nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// seccomp(SECCOMP_SET_MODE_FILTER, flags, prog); its return value.
+fn seccomp_filter(filter: &[libc::sock_filter], flags: u32) -> Result<libc::c_long> {
     let len = u16::try_from(filter.len()).map_err(|_| Error::Syscall("seccomp", Errno::E2BIG))?;
     let prog = libc::sock_fprog {
         len,
@@ -473,41 +494,7 @@ pub fn seccomp_set_mode_filter(filter: &[libc::sock_filter], flags: u32) -> Resu
             &prog as *const libc::sock_fprog,
         )
     };
-    Errno::result(rc)
-        .map(drop)
-        .map_err(|e| Error::Syscall("seccomp", e))
-}
-
-/// As [`seccomp_set_mode_filter`], with SECCOMP_FILTER_FLAG_NEW_LISTENER:
-/// returns the user-notification descriptor of the new filter (the kernel
-/// allows one per process; TSYNC is dropped from `flags`, which it refuses
-/// together with a listener, and is moot in a single-threaded process).
-pub fn seccomp_set_mode_filter_listener(
-    filter: &[libc::sock_filter],
-    flags: u32,
-) -> Result<OwnedFd> {
-    let len = u16::try_from(filter.len()).map_err(|_| Error::Syscall("seccomp", Errno::E2BIG))?;
-    let prog = libc::sock_fprog {
-        len,
-        filter: filter.as_ptr().cast_mut(),
-    };
-    let flags = (flags & !(libc::SECCOMP_FILTER_FLAG_TSYNC as u32))
-        | libc::SECCOMP_FILTER_FLAG_NEW_LISTENER as u32;
-    // SAFETY: as in seccomp_set_mode_filter: `prog` points at `len`
-    // initialised instructions that outlive the call, and the kernel only
-    // reads them.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_seccomp,
-            libc::SECCOMP_SET_MODE_FILTER,
-            flags,
-            &prog as *const libc::sock_fprog,
-        )
-    };
-    let fd = Errno::result(rc).map_err(|e| Error::Syscall("seccomp", e))?;
-    // SAFETY: with NEW_LISTENER the syscall returned a new descriptor that
-    // nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    Errno::result(rc).map_err(|e| Error::Syscall("seccomp", e))
 }
 
 /// _exit(2): ends the process at once, without running atexit handlers or

@@ -4,13 +4,8 @@
 //! `pid`, `metadata`, `state`) as JSON in one message, with the descriptor
 //! riding along by SCM_RIGHTS.
 
-use std::io::IoSlice;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
-
-use nix::sys::socket::{
-    connect, sendmsg, socket, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr,
-};
 
 /// Errors of the hand-off.
 #[derive(Debug, thiserror::Error)]
@@ -19,7 +14,7 @@ pub enum Error {
     Connect {
         path: PathBuf,
         #[source]
-        source: nix::errno::Errno,
+        source: std::io::Error,
     },
     #[error("sending the seccomp descriptor to the listener {path}")]
     Send {
@@ -48,31 +43,16 @@ pub fn process_state(
 
 /// Sends `message` and `fd` to the listener at `path`.
 pub fn send(path: &Path, message: &serde_json::Value, fd: BorrowedFd<'_>) -> Result<(), Error> {
-    let connect_err = |source| Error::Connect {
-        path: path.to_path_buf(),
-        source,
-    };
-    let sock = socket(
-        AddressFamily::Unix,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .map_err(connect_err)?;
-    let addr = UnixAddr::new(path).map_err(connect_err)?;
-    connect(sock.as_raw_fd(), &addr).map_err(connect_err)?;
+    use crate::channel::{send_over_unix_socket, SocketSend};
     let bytes = message.to_string().into_bytes();
-    let fds = [fd.as_raw_fd()];
-    sendmsg::<()>(
-        sock.as_raw_fd(),
-        &[IoSlice::new(&bytes)],
-        &[ControlMessage::ScmRights(&fds)],
-        MsgFlags::empty(),
-        None,
-    )
-    .map_err(|source| Error::Send {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    Ok(())
+    send_over_unix_socket(path, &bytes, fd).map_err(|e| match e {
+        SocketSend::Connect(source) => Error::Connect {
+            path: path.to_path_buf(),
+            source,
+        },
+        SocketSend::Send(source) => Error::Send {
+            path: path.to_path_buf(),
+            source,
+        },
+    })
 }
