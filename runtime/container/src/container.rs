@@ -1,68 +1,21 @@
-//! The container operations behind the CLI (and, later, the shim): create,
-//! start, state, kill, delete, list.
+//! The engine: every container operation behind the CLI (and the shim).
+//! Shared here: spec loading and validation, the state store and the status
+//! each operation needs, networks, hooks, pid files. Each operation's
+//! mechanism goes to the container's backend ([`crate::backend`]), the one
+//! recorded in its state at create.
 
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
-use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use oci_spec::runtime::Process;
 
 use crate::backend::{self, Isolation};
+pub use crate::error::{Error, Result};
 use crate::hooks::{self, Kind};
 use crate::network;
-use crate::process::exec;
-use crate::process::parent::{self, Created, Options};
+use crate::sandbox::{Created, ExecHow, Options, Sandbox};
 use crate::spec::{self, Bundle};
 use crate::state::{self, ContainerDir, State, Status, Store};
-
-/// Errors of container operations.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(transparent)]
-    Spec(#[from] spec::Error),
-    #[error(transparent)]
-    State(#[from] state::Error),
-    #[error(transparent)]
-    Backend(#[from] backend::Error),
-    #[error(transparent)]
-    Create(#[from] parent::Error),
-    #[error(transparent)]
-    Cgroups(#[from] rt_cgroups::Error),
-    #[error(transparent)]
-    Hooks(#[from] hooks::Error),
-    #[error(transparent)]
-    Network(#[from] network::Error),
-    #[error("cannot start a container that has stopped")]
-    StartStopped,
-    #[error("cannot start a container in the {0} state")]
-    StartNotCreated(Status),
-    #[error("container not running")]
-    NotRunning,
-    #[error("container not paused")]
-    NotPaused,
-    #[error("cannot exec in a paused container (use --ignore-paused to override)")]
-    ExecPaused,
-    #[error("cannot exec in a stopped container")]
-    ExecStopped,
-    #[error(transparent)]
-    Exec(#[from] exec::Error),
-    #[error("cannot delete container {0} that is not stopped: {1}")]
-    NotStopped(String, Status),
-    #[error("signalling the container init")]
-    Signal(#[source] rt_sys::Error),
-    #[error("{what} {path}")]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cleaning up container {id}: {}", .errors.join("; "))]
-    Cleanup { id: String, errors: Vec<String> },
-}
-
-pub type Result<T> = std::result::Result<T, Error>;
 
 /// The runtime: a state root on this host's cgroup layout.
 #[derive(Debug)]
@@ -70,13 +23,6 @@ pub struct Runtime {
     store: Store,
     cgroups: bool,
     rootless: bool,
-}
-
-/// How `exec` places its process (runc's `--ignore-paused`, `--cgroup`).
-#[derive(Debug, Default)]
-pub struct ExecHow {
-    pub ignore_paused: bool,
-    pub cgroup: rt_cgroups::Sub,
 }
 
 /// How `create` is asked for by the CLI.
@@ -90,6 +36,15 @@ pub struct CreateRequest {
     pub isolation: Option<String>,
     /// Annotations set over the bundle's (the CLI's `--network` and friends).
     pub annotations: Vec<(String, String)>,
+}
+
+/// A container opened for an operation: its locked directory, its state,
+/// the backend that made it and its live status.
+struct Opened {
+    dir: ContainerDir,
+    st: State,
+    backend: Box<dyn Isolation>,
+    status: Status,
 }
 
 impl Runtime {
@@ -142,6 +97,7 @@ impl Runtime {
         )?;
         let dir = self.store.create(&req.id)?;
         let mut state = State {
+            version: state::STATE_VERSION,
             id: req.id.clone(),
             pid: 0,
             start_time: 0,
@@ -170,7 +126,7 @@ impl Runtime {
             req,
         );
         if let Err(e) = result {
-            let _ = self.teardown(&state, &layout);
+            let _ = self.teardown(backend.as_ref(), &state, &layout);
             let _ = dir.remove();
             return Err(e);
         }
@@ -211,7 +167,7 @@ impl Runtime {
             Some(rec) => rt_cgroups::open(layout, rec.clone()),
             None => rt_cgroups::disabled(),
         };
-        let sandbox = backend::Sandbox {
+        let sandbox = Sandbox {
             dir,
             bundle,
             opts: &req.options,
@@ -226,49 +182,36 @@ impl Runtime {
         Ok(created)
     }
 
-    /// Loads a container's state and its live status.
-    pub fn state(&self, id: &str) -> Result<(State, Status)> {
+    fn open(&self, id: &str) -> Result<Opened> {
         let dir = self.store.open(id)?;
         let st = dir.load()?;
-        let status = status_of(&dir, &st);
-        Ok((st, status))
+        let backend = backend::of(&st)?;
+        let status = backend.status(&dir, &st);
+        Ok(Opened {
+            dir,
+            st,
+            backend,
+            status,
+        })
     }
 
-    /// Releases a created container's init to exec the user's process.
+    /// Loads a container's state and its live status.
+    pub fn state(&self, id: &str) -> Result<(State, Status)> {
+        let c = self.open(id)?;
+        Ok((c.st, c.status))
+    }
+
+    /// Releases a created container's process, then runs the poststart hooks.
     pub fn start(&self, id: &str) -> Result<()> {
-        let dir = self.store.open(id)?;
-        let st = dir.load()?;
-        match status_of(&dir, &st) {
+        let c = self.open(id)?;
+        match c.status {
             Status::Created => {}
             Status::Stopped => return Err(Error::StartStopped),
             other => return Err(Error::StartNotCreated(other)),
         }
-        let fifo = dir.fifo();
-        let io = |what| {
-            let path = fifo.clone();
-            move |source| Error::Io { what, path, source }
-        };
-        // Non-blocking: if the init is gone there is no reader and this fails
-        // at once instead of hanging.
-        let mut w = std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags_nonblock()
-            .open(&fifo)
-            .map_err(io("opening exec fifo"))?;
-        let r = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags_nonblock()
-            .open(&fifo)
-            .map_err(io("opening exec fifo"))?;
-        std::io::Write::write_all(&mut w, b"0").map_err(io("writing exec fifo"))?;
-        drop(w);
-        std::fs::remove_file(&fifo).map_err(io("removing exec fifo"))?;
-        // The init holds the fifo (close-on-exec) until it execs the user's
-        // process: the hang-up on our read end says it has, so poststart hooks
-        // run after the process started, as the runtime-spec orders.
-        wait_hangup(&r);
-        let json = serde_json::to_vec(&st.oci(Status::Running)).unwrap_or_default();
-        if let Err(e) = hooks::run(st.config.hooks().as_ref(), Kind::Poststart, &json) {
+        c.backend.start(&c.dir, &c.st)?;
+        let json = serde_json::to_vec(&c.st.oci(Status::Running)).unwrap_or_default();
+        if let Err(e) = hooks::run(c.st.config.hooks().as_ref(), Kind::Poststart, &json) {
             // The runtime-spec: a failing poststart hook is logged, the
             // container keeps running.
             tracing::warn!("{}", crate::process::chain(&e));
@@ -276,23 +219,15 @@ impl Runtime {
         Ok(())
     }
 
-    /// Sends signal number `signal` to the init, or with `all` to every
-    /// process of the container's cgroup. Signal 0 only checks that the
+    /// Sends signal number `signal` to the container's process, or with `all`
+    /// to every process of the container. Signal 0 only checks that the
     /// container runs.
     pub fn kill(&self, id: &str, signal: i32, all: bool) -> Result<()> {
-        let dir = self.store.open(id)?;
-        let st = dir.load()?;
-        let status = status_of(&dir, &st);
-        if !matches!(status, Status::Created | Status::Running | Status::Paused) {
+        let c = self.open(id)?;
+        if !matches!(c.status, Status::Created | Status::Running | Status::Paused) {
             return Err(Error::NotRunning);
         }
-        if all {
-            for pid in cgroup_of(&st)?.pids()? {
-                let _ = rt_sys::kill(pid, signal);
-            }
-            return Ok(());
-        }
-        signal_init(&st, signal)
+        c.backend.kill(&c.st, signal, all)
     }
 
     /// Deletes a container: a stopped or created one always, a running one only
@@ -309,17 +244,13 @@ impl Runtime {
             Err(_) if force => return Ok(dir.remove()?),
             Err(e) => return Err(e.into()),
         };
-        let status = status_of(&dir, &st);
+        let backend = backend::of(&st)?;
+        let status = backend.status(&dir, &st);
         if matches!(status, Status::Running | Status::Paused | Status::Creating) && !force {
             return Err(Error::NotStopped(id.to_string(), status));
         }
         let layout = rt_cgroups::Layout::detect()?;
-        let mut errors = Vec::new();
-        match self.teardown(&st, &layout) {
-            Err(Error::Cleanup { errors: e, .. }) => errors.extend(e),
-            Err(e) => errors.push(crate::process::chain(&e)),
-            Ok(()) => {}
-        }
+        let mut errors = self.teardown(backend.as_ref(), &st, &layout);
         let json = serde_json::to_vec(&st.oci(Status::Stopped)).unwrap_or_default();
         if let Err(e) = hooks::run(st.config.hooks().as_ref(), Kind::Poststop, &json) {
             tracing::warn!("{}", crate::process::chain(&e));
@@ -354,32 +285,14 @@ impl Runtime {
         pid_file: Option<&Path>,
         how: &ExecHow,
     ) -> Result<Created> {
-        let dir = self.store.open(id)?;
-        let st = dir.load()?;
-        let paused = match status_of(&dir, &st) {
-            Status::Created | Status::Running => false,
-            Status::Paused if how.ignore_paused => true,
+        let c = self.open(id)?;
+        match c.status {
+            Status::Created | Status::Running => {}
+            Status::Paused if how.ignore_paused => {}
             Status::Paused => return Err(Error::ExecPaused),
             _ => return Err(Error::ExecStopped),
-        };
-        let linux = st.config.linux().clone().unwrap_or_default();
-        let cgroup = cgroup_of(&st)?;
-        let launch = exec::ExecLaunch {
-            process,
-            linux: &linux,
-            plan: exec::plan_for(Pid::from_raw(st.pid), &linux),
-            chroot: exec::chroot_for(Pid::from_raw(st.pid), &linux),
-            placement: cgroup.placement(&how.cgroup)?,
-            defer_freezer: paused,
-            container_state: serde_json::to_value(st.oci(if paused {
-                Status::Paused
-            } else {
-                Status::Running
-            }))
-            .unwrap_or_default(),
-            preserve_fds: opts.preserve_fds,
-        };
-        let created = exec::exec(&launch, opts)?;
+        }
+        let created = c.backend.exec(&c.st, c.status, process, opts, how)?;
         if let Some(path) = pid_file {
             write_pid_file(path, created.pid)?;
         }
@@ -388,52 +301,47 @@ impl Runtime {
 
     /// Changes the limits of a live container.
     pub fn update(&self, id: &str, resources: &oci_spec::runtime::LinuxResources) -> Result<()> {
-        let dir = self.store.open(id)?;
-        let st = dir.load()?;
-        if matches!(status_of(&dir, &st), Status::Stopped | Status::Creating) {
+        let c = self.open(id)?;
+        if matches!(c.status, Status::Stopped | Status::Creating) {
             return Err(Error::NotRunning);
         }
-        Ok(cgroup_of(&st)?.set(resources)?)
+        c.backend.update(&c.st, resources)
     }
 
     /// Freezes a running container.
     pub fn pause(&self, id: &str) -> Result<()> {
-        let dir = self.store.open(id)?;
-        let st = dir.load()?;
-        if status_of(&dir, &st) != Status::Running {
+        let c = self.open(id)?;
+        if c.status != Status::Running {
             return Err(Error::NotRunning);
         }
-        Ok(cgroup_of(&st)?.freeze(true)?)
+        c.backend.pause(&c.st)
     }
 
     /// Thaws a paused container.
     pub fn resume(&self, id: &str) -> Result<()> {
-        let dir = self.store.open(id)?;
-        let st = dir.load()?;
-        if status_of(&dir, &st) != Status::Paused {
+        let c = self.open(id)?;
+        if c.status != Status::Paused {
             return Err(Error::NotPaused);
         }
-        Ok(cgroup_of(&st)?.freeze(false)?)
+        c.backend.resume(&c.st)
     }
 
     /// Host pids of every process of the container.
     pub fn pids(&self, id: &str) -> Result<Vec<Pid>> {
-        let dir = self.store.open(id)?;
-        let st = dir.load()?;
-        if status_of(&dir, &st) == Status::Stopped {
+        let c = self.open(id)?;
+        if c.status == Status::Stopped {
             return Ok(Vec::new());
         }
-        Ok(cgroup_of(&st)?.pids()?)
+        c.backend.pids(&c.st)
     }
 
     /// The cgroup of a live (running or paused) container, for `events`.
     pub fn live_cgroup(&self, id: &str) -> Result<Box<dyn rt_cgroups::Manager>> {
-        let dir = self.store.open(id)?;
-        let st = dir.load()?;
-        if matches!(status_of(&dir, &st), Status::Stopped | Status::Creating) {
+        let c = self.open(id)?;
+        if matches!(c.status, Status::Stopped | Status::Creating) {
             return Err(Error::NotRunning);
         }
-        cgroup_of(&st)
+        c.backend.cgroup(&c.st)
     }
 
     /// Every container with its status.
@@ -447,6 +355,26 @@ impl Runtime {
             }
         }
         Ok(out)
+    }
+
+    /// What the backend made, then the network: keeps going past errors and
+    /// returns them all.
+    fn teardown(
+        &self,
+        backend: &dyn Isolation,
+        st: &State,
+        layout: &rt_cgroups::Layout,
+    ) -> Vec<String> {
+        let mut errors = backend.destroy(st, layout);
+        // The annotations were checked at create; a spec that never passed
+        // has no network to undo.
+        if let Ok(Some(config)) = rt_netns::Config::from_annotations(&st.annotations) {
+            let networking = network::networking(self.store.root());
+            if let Err(e) = networking.detach(&st.id, &config) {
+                errors.push(e.to_string());
+            }
+        }
+        errors
     }
 }
 
@@ -463,109 +391,6 @@ pub fn remove_image_bundle(dir: &Path) -> std::result::Result<(), String> {
     crate::rootfs::detach_if_mounted(&rootfs)
         .map_err(|e| format!("unmounting {}: {e}", rootfs.display()))?;
     std::fs::remove_dir_all(dir).map_err(|e| format!("removing {}: {e}", dir.display()))
-}
-
-/// The cgroup manager of a container, on the host's layout.
-fn cgroup_of(st: &State) -> Result<Box<dyn rt_cgroups::Manager>> {
-    Ok(match &st.cgroup {
-        Some(rec) => rt_cgroups::open(&rt_cgroups::Layout::detect()?, rec.clone()),
-        None => rt_cgroups::disabled(),
-    })
-}
-
-/// The live status, `paused` included.
-fn status_of(dir: &ContainerDir, st: &State) -> Status {
-    dir.status(st, || cgroup_of(st).is_ok_and(|c| c.frozen()))
-}
-
-impl Runtime {
-    /// Kills what is left of a container (its init, then everything in its
-    /// cgroup), removes its cgroups and tears down its network. Keeps going
-    /// past errors and reports them all.
-    fn teardown(&self, st: &State, layout: &rt_cgroups::Layout) -> Result<()> {
-        let mut errors = Vec::new();
-        if let Err(e) = kill_and_remove_cgroup(st, layout) {
-            errors.push(crate::process::chain(&e));
-        }
-        // The annotations were checked at create; a spec that never passed
-        // has no network to undo.
-        if let Ok(Some(config)) = rt_netns::Config::from_annotations(&st.annotations) {
-            let networking = network::networking(self.store.root());
-            if let Err(e) = networking.detach(&st.id, &config) {
-                errors.push(e.to_string());
-            }
-        }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::Cleanup {
-                id: st.id.clone(),
-                errors,
-            })
-        }
-    }
-}
-
-/// Kills what is left of a container (its init, then everything in its
-/// cgroup) and removes its cgroups.
-fn kill_and_remove_cgroup(st: &State, layout: &rt_cgroups::Layout) -> Result<()> {
-    if st.init_alive()
-        && !st
-            .cgroup
-            .as_ref()
-            .is_some_and(|r| rt_cgroups::open(layout, r.clone()).frozen())
-    {
-        let _ = signal_init(st, Signal::SIGKILL as i32);
-        wait_exit(Pid::from_raw(st.pid));
-    }
-    let Some(rec) = &st.cgroup else { return Ok(()) };
-    let cgroup = rt_cgroups::open(layout, rec.clone());
-    // Without a pid namespace, the init's children outlive it: kill them too.
-    if let Ok(pids) = cgroup.pids() {
-        for pid in &pids {
-            let _ = nix::sys::signal::kill(*pid, Signal::SIGKILL);
-        }
-        // A frozen process dies only once thawed.
-        if cgroup.frozen() {
-            let _ = cgroup.freeze(false);
-        }
-        for pid in pids {
-            wait_exit(pid);
-        }
-    }
-    cgroup.destroy()?;
-    Ok(())
-}
-
-fn signal_init(st: &State, signal: i32) -> Result<()> {
-    let pid = Pid::from_raw(st.pid);
-    let fd = rt_sys::pidfd_open(pid).map_err(Error::Signal)?;
-    // The pidfd names the process we opened; make sure it is still ours.
-    if !st.init_alive() {
-        return Err(Error::NotRunning);
-    }
-    rt_sys::pidfd_send_signal(fd.as_fd(), signal).map_err(Error::Signal)
-}
-
-/// Waits (at most 10 s) for the last writer of the fifo behind `r` to go.
-fn wait_hangup(r: &std::fs::File) {
-    let mut fds = [nix::poll::PollFd::new(
-        r.as_fd(),
-        nix::poll::PollFlags::empty(),
-    )];
-    let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(10_000u16));
-}
-
-/// Waits (at most 10 s) until `pid` has exited: its pidfd becomes readable.
-fn wait_exit(pid: Pid) {
-    let Ok(fd) = rt_sys::pidfd_open(pid) else {
-        return;
-    };
-    let mut fds = [nix::poll::PollFd::new(
-        fd.as_fd(),
-        nix::poll::PollFlags::POLLIN,
-    )];
-    let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(10_000u16));
 }
 
 /// The user name of our uid from /etc/passwd (as Go's os/user does, without
@@ -593,15 +418,4 @@ fn write_pid_file(path: &Path, pid: Pid) -> Result<()> {
     };
     std::fs::write(&tmp, pid.to_string()).map_err(io("writing pid file"))?;
     std::fs::rename(&tmp, path).map_err(io("writing pid file"))
-}
-
-trait NonBlock {
-    fn custom_flags_nonblock(&mut self) -> &mut Self;
-}
-
-impl NonBlock for std::fs::OpenOptions {
-    fn custom_flags_nonblock(&mut self) -> &mut Self {
-        use std::os::unix::fs::OpenOptionsExt;
-        self.custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-    }
 }

@@ -32,6 +32,8 @@ pub enum Error {
         #[source]
         source: nix::errno::Errno,
     },
+    #[error("{path} has state format {version}, newer than this rt's ({STATE_VERSION}): use the rt that created the container")]
+    Version { path: PathBuf, version: u32 },
     #[error("parsing {path}")]
     Parse {
         path: PathBuf,
@@ -74,9 +76,17 @@ impl std::fmt::Display for Status {
     }
 }
 
+/// The format of state.json this rt writes. 0 (absent) is the format rt
+/// wrote before the field existed, which this one reads as 1; a newer one
+/// is refused rather than misread.
+pub const STATE_VERSION: u32 = 1;
+
 /// What rt keeps of a container between commands.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct State {
+    /// [`STATE_VERSION`] when written.
+    #[serde(default)]
+    pub version: u32,
     pub id: String,
     /// The init's host pid; 0 until it is known.
     pub pid: i32,
@@ -266,7 +276,17 @@ impl ContainerDir {
                 io("reading", &path)(e)
             }
         })?;
-        serde_json::from_slice(&text).map_err(|source| Error::Parse { path, source })
+        let st: State = serde_json::from_slice(&text).map_err(|source| Error::Parse {
+            path: path.clone(),
+            source,
+        })?;
+        if st.version > STATE_VERSION {
+            return Err(Error::Version {
+                path,
+                version: st.version,
+            });
+        }
+        Ok(st)
     }
 
     /// Writes state.json atomically (write a temporary file, then rename).
@@ -333,6 +353,29 @@ mod tests {
         assert!(e.to_string().contains("already exists"), "{e}");
         let e = store.open("nope").unwrap_err();
         assert!(e.to_string().contains("does not exist"), "{e}");
+        fs::remove_dir_all(&tmp).unwrap();
+    }
+
+    #[test]
+    fn state_format_version() {
+        let tmp = std::env::temp_dir().join(format!("rt-state-v-{}", std::process::id()));
+        let store = Store::new(&tmp);
+        let dir = store.create("v").unwrap();
+        let mut st: State = serde_json::from_value(serde_json::json!({
+            "id": "v", "pid": 0, "stored_status": "created", "bundle": "/b", "rootfs": "/b/r",
+            "created": "now", "owner": "root", "backend": "container",
+            "config": {"ociVersion": "1.0.0"}
+        }))
+        .unwrap();
+        // Written before the field existed: read as it is.
+        assert_eq!(st.version, 0);
+        dir.save(&st).unwrap();
+        dir.load().unwrap();
+        st.version = STATE_VERSION + 1;
+        dir.save(&st).unwrap();
+        let e = dir.load().unwrap_err().to_string();
+        assert!(e.contains("newer than this rt's"), "{e}");
+        drop(dir);
         fs::remove_dir_all(&tmp).unwrap();
     }
 

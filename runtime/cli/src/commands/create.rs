@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use rt_container::process::parent::Options;
+use rt_container::Options;
 use rt_container::{CreateRequest, Runtime};
 
 use crate::Global;

@@ -5,8 +5,7 @@ use std::path::PathBuf;
 
 use oci_spec::runtime::{Capability, Process};
 use rt_container::process::foreground;
-use rt_container::process::parent::Options;
-use rt_container::{ExecHow, Runtime};
+use rt_container::{ExecHow, Options, Runtime};
 
 use crate::Global;
 

@@ -11,11 +11,11 @@ use nix::sys::wait::waitpid;
 use nix::unistd::{ForkResult, Pid};
 use oci_spec::runtime::{Linux, Process};
 
-use super::parent::{Created, Options};
 use super::supervise::{self, Event, Supervisor};
 use super::{chain, user_process};
 use crate::channel::{self, ChildEnd, ParentEnd, ToParent};
 use crate::namespaces::{self, Plan};
+use crate::sandbox::{Created, Options};
 use crate::terminal;
 
 /// Errors of exec.

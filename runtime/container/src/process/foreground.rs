@@ -12,7 +12,7 @@ use nix::sys::termios::{self, SetArg, Termios};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use super::parent::Created;
+use crate::sandbox::Created;
 
 /// Errors of the foreground wait.
 #[derive(Debug, thiserror::Error)]

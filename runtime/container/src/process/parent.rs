@@ -1,6 +1,5 @@
 //! The parent role of `create`: the `rt` process itself.
 
-use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 
 use nix::sys::stat::Mode;
@@ -9,11 +8,11 @@ use nix::unistd::{ForkResult, Pid};
 
 use super::supervise::{self, Event, Supervisor};
 use super::{stage, Launch};
-use crate::backend::Sandbox;
 use crate::channel::{self, ParentEnd, ToChild};
 use crate::hooks::{self, Kind};
 use crate::namespaces;
 use crate::network::Plan;
+use crate::sandbox::{Created, Options, Sandbox};
 use crate::spec::Bundle;
 use crate::state::{self, ContainerDir, State, Status};
 
@@ -53,23 +52,6 @@ pub enum Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
-
-/// How to create.
-#[derive(Debug, Default)]
-pub struct Options {
-    pub console_socket: Option<PathBuf>,
-    pub no_pivot: bool,
-    pub preserve_fds: u32,
-    /// `run` in the foreground keeps the pty master to relay it itself.
-    pub keep_terminal: bool,
-}
-
-/// What create hands back.
-#[derive(Debug)]
-pub struct Created {
-    pub pid: Pid,
-    pub terminal: Option<OwnedFd>,
-}
 
 /// Creates the container whose state directory `dir` was just made and whose
 /// initial state is `state`. On error, whatever was made is undone by the

@@ -10,8 +10,8 @@ use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 use oci_spec::runtime::Process;
 
-use super::parent::Options;
 use crate::channel::{self, ParentEnd, ToParent};
+use crate::sandbox::Options;
 use crate::terminal;
 
 /// Errors of supervising the child processes.

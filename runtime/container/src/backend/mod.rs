@@ -1,0 +1,190 @@
+//! The isolation backend of a container: its whole lifecycle, chosen per
+//! container at create and recorded in its state (`State.backend`), so that
+//! every later operation goes to the backend that made it.
+//!
+//! Everything around the backend is shared by the engine
+//! ([`crate::container::Runtime`]): spec validation, the state store and its
+//! status rules, networks, hooks, pid files, the CLI. A backend supplies the
+//! mechanism of each operation; an operation a backend does not support is
+//! refused by name ([`Error::NotSupported`], the trait's default). The
+//! host-kernel namespaces backend is [`namespaces::Namespaces`]; the microVM
+//! backend (QEMU with a guest agent that reuses this crate inside the guest)
+//! plugs in here.
+
+pub mod namespaces;
+
+use std::collections::HashMap;
+
+use nix::unistd::Pid;
+use oci_spec::runtime::{LinuxResources, Process};
+
+use crate::error::{Error, Result};
+use crate::sandbox::{Created, ExecHow, Options, Sandbox};
+use crate::state::{ContainerDir, State, Status};
+
+/// The annotation that selects the backend.
+pub const ANNOTATION: &str = "run.rt.isolation";
+
+/// A container's lifecycle on one kind of isolation. The engine has already
+/// checked the container's status for every call (a `kill` reaches only a
+/// live container, `exec` a created or running one, …).
+pub trait Isolation: std::fmt::Debug {
+    /// The name recorded in the state (`container`, `vm`).
+    fn name(&self) -> &'static str;
+
+    /// Builds the sandbox, and its network when `sandbox.network` is set;
+    /// returns once the container's process waits for `start`.
+    fn create(&self, sandbox: Sandbox<'_>, state: &mut State) -> Result<Created>;
+
+    /// The live status (from `creating` to `stopped`).
+    fn status(&self, dir: &ContainerDir, st: &State) -> Status;
+
+    /// Releases a created container's process; returns once it runs.
+    fn start(&self, _dir: &ContainerDir, _st: &State) -> Result<()> {
+        Err(self.refuse("start"))
+    }
+
+    /// Sends `signal` to the container's process, or with `all` to every
+    /// process of the container.
+    fn kill(&self, _st: &State, _signal: i32, _all: bool) -> Result<()> {
+        Err(self.refuse("kill"))
+    }
+
+    /// Runs `process` in the container; returns once it has been exec'd.
+    /// `status` is the container's (`paused` only with `how.ignore_paused`).
+    fn exec(
+        &self,
+        _st: &State,
+        _status: Status,
+        _process: &Process,
+        _opts: &Options,
+        _how: &ExecHow,
+    ) -> Result<Created> {
+        Err(self.refuse("exec"))
+    }
+
+    fn pause(&self, _st: &State) -> Result<()> {
+        Err(self.refuse("pause"))
+    }
+
+    fn resume(&self, _st: &State) -> Result<()> {
+        Err(self.refuse("resume"))
+    }
+
+    /// Changes the limits of a live container.
+    fn update(&self, _st: &State, _resources: &LinuxResources) -> Result<()> {
+        Err(self.refuse("update"))
+    }
+
+    /// Host pids of every process of the container.
+    fn pids(&self, _st: &State) -> Result<Vec<Pid>> {
+        Err(self.refuse("ps"))
+    }
+
+    /// The cgroup whose statistics and OOM events are the container's
+    /// (`events`).
+    fn cgroup(&self, _st: &State) -> Result<Box<dyn rt_cgroups::Manager>> {
+        Err(self.refuse("events"))
+    }
+
+    /// Kills whatever is left of the container and removes what the backend
+    /// made for it (cgroups, helpers). Keeps going past failures and returns
+    /// every error's text; safe to call again.
+    fn destroy(&self, st: &State, layout: &rt_cgroups::Layout) -> Vec<String>;
+
+    /// The refusal of an operation this backend does not support.
+    fn refuse(&self, op: &'static str) -> Error {
+        Error::NotSupported {
+            backend: self.name(),
+            op,
+        }
+    }
+}
+
+/// The backend the annotations (or the CLI's override) ask for, at create.
+pub fn select(
+    annotations: Option<&HashMap<String, String>>,
+    over: Option<&str>,
+) -> Result<Box<dyn Isolation>> {
+    let wanted = over
+        .or_else(|| {
+            annotations
+                .and_then(|a| a.get(ANNOTATION))
+                .map(String::as_str)
+        })
+        .unwrap_or("container");
+    match wanted {
+        "container" | "namespaces" => Ok(Box::new(namespaces::Namespaces)),
+        other => Err(Error::UnsupportedIsolation(other.to_string())),
+    }
+}
+
+/// The backend that made the container of `st`.
+pub fn of(st: &State) -> Result<Box<dyn Isolation>> {
+    match st.backend.as_str() {
+        "container" => Ok(Box::new(namespaces::Namespaces)),
+        other => Err(Error::UnknownBackend {
+            id: st.id.clone(),
+            backend: other.to_string(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selection_and_dispatch() {
+        assert_eq!(select(None, None).unwrap().name(), "container");
+        let a: HashMap<String, String> = [(ANNOTATION.to_string(), "vm".to_string())].into();
+        let e = select(Some(&a), None).unwrap_err().to_string();
+        assert!(
+            e.contains("\"vm\"") && e.contains("run.rt.isolation"),
+            "{e}"
+        );
+        assert_eq!(
+            select(Some(&a), Some("container")).unwrap().name(),
+            "container"
+        );
+    }
+
+    /// A backend that implements only what it must refuses the rest by name.
+    #[derive(Debug)]
+    struct Bare;
+
+    impl Isolation for Bare {
+        fn name(&self) -> &'static str {
+            "bare"
+        }
+        fn create(&self, _: Sandbox<'_>, _: &mut State) -> Result<Created> {
+            Err(self.refuse("create"))
+        }
+        fn status(&self, _: &ContainerDir, _: &State) -> Status {
+            Status::Stopped
+        }
+        fn destroy(&self, _: &State, _: &rt_cgroups::Layout) -> Vec<String> {
+            Vec::new()
+        }
+    }
+
+    #[test]
+    fn unsupported_operations_are_refused_by_name() {
+        let e = Bare.pause_for_test().unwrap_err().to_string();
+        assert_eq!(e, "pause is not supported by the bare backend");
+    }
+
+    impl Bare {
+        fn pause_for_test(&self) -> Result<()> {
+            let st: State = serde_json::from_value(serde_json::json!({
+                "id": "x", "pid": 0, "stored_status": "created", "bundle": "/b", "rootfs": "/b/r",
+                "created": "now", "owner": "root", "backend": "bare",
+                "config": {"ociVersion": "1.0.0"}
+            }))
+            .unwrap();
+            let e = of(&st).unwrap_err().to_string();
+            assert!(e.contains("backend \"bare\""), "{e}");
+            self.pause(&st)
+        }
+    }
+}

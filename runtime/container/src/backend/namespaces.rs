@@ -1,0 +1,194 @@
+//! Linux namespaces on the host kernel (runc's model): the container's
+//! process is its init, limits are the host cgroup's, exec joins the init's
+//! namespaces. See `process` for the processes of create and exec.
+
+use std::os::fd::AsFd;
+use std::os::unix::fs::OpenOptionsExt;
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use oci_spec::runtime::{LinuxResources, Process};
+
+use super::Isolation;
+use crate::error::{Error, Result};
+use crate::process::{exec, parent};
+use crate::sandbox::{Created, ExecHow, Options, Sandbox};
+use crate::state::{ContainerDir, State, Status};
+
+/// The namespaces backend.
+#[derive(Debug)]
+pub struct Namespaces;
+
+impl Isolation for Namespaces {
+    fn name(&self) -> &'static str {
+        "container"
+    }
+
+    fn create(&self, sandbox: Sandbox<'_>, state: &mut State) -> Result<Created> {
+        Ok(parent::create(sandbox, state)?)
+    }
+
+    fn status(&self, dir: &ContainerDir, st: &State) -> Status {
+        dir.status(st, || cgroup_of(st).is_ok_and(|c| c.frozen()))
+    }
+
+    /// Writes the exec fifo the init waits on, and waits until the init has
+    /// exec'd the user's process.
+    fn start(&self, dir: &ContainerDir, _st: &State) -> Result<()> {
+        let fifo = dir.fifo();
+        let io = |what| {
+            let path = fifo.clone();
+            move |source| Error::Io { what, path, source }
+        };
+        let open = |read: bool| {
+            // Non-blocking: if the init is gone there is no reader and
+            // opening for writing fails at once instead of hanging.
+            std::fs::OpenOptions::new()
+                .read(read)
+                .write(!read)
+                .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+                .open(&fifo)
+        };
+        let mut w = open(false).map_err(io("opening exec fifo"))?;
+        let r = open(true).map_err(io("opening exec fifo"))?;
+        std::io::Write::write_all(&mut w, b"0").map_err(io("writing exec fifo"))?;
+        drop(w);
+        std::fs::remove_file(&fifo).map_err(io("removing exec fifo"))?;
+        // The init holds the fifo (close-on-exec) until it execs the user's
+        // process: the hang-up on our read end says it has, so poststart hooks
+        // run after the process started, as the runtime-spec orders.
+        wait_hangup(&r);
+        Ok(())
+    }
+
+    fn kill(&self, st: &State, signal: i32, all: bool) -> Result<()> {
+        if all {
+            for pid in cgroup_of(st)?.pids()? {
+                let _ = rt_sys::kill(pid, signal);
+            }
+            return Ok(());
+        }
+        signal_init(st, signal)
+    }
+
+    fn exec(
+        &self,
+        st: &State,
+        status: Status,
+        process: &Process,
+        opts: &Options,
+        how: &ExecHow,
+    ) -> Result<Created> {
+        let linux = st.config.linux().clone().unwrap_or_default();
+        let cgroup = cgroup_of(st)?;
+        let init = Pid::from_raw(st.pid);
+        let launch = exec::ExecLaunch {
+            process,
+            linux: &linux,
+            plan: exec::plan_for(init, &linux),
+            chroot: exec::chroot_for(init, &linux),
+            placement: cgroup.placement(&how.cgroup)?,
+            defer_freezer: status == Status::Paused,
+            container_state: serde_json::to_value(st.oci(status)).unwrap_or_default(),
+            preserve_fds: opts.preserve_fds,
+        };
+        Ok(exec::exec(&launch, opts)?)
+    }
+
+    fn pause(&self, st: &State) -> Result<()> {
+        Ok(cgroup_of(st)?.freeze(true)?)
+    }
+
+    fn resume(&self, st: &State) -> Result<()> {
+        Ok(cgroup_of(st)?.freeze(false)?)
+    }
+
+    fn update(&self, st: &State, resources: &LinuxResources) -> Result<()> {
+        Ok(cgroup_of(st)?.set(resources)?)
+    }
+
+    fn pids(&self, st: &State) -> Result<Vec<Pid>> {
+        Ok(cgroup_of(st)?.pids()?)
+    }
+
+    fn cgroup(&self, st: &State) -> Result<Box<dyn rt_cgroups::Manager>> {
+        cgroup_of(st)
+    }
+
+    fn destroy(&self, st: &State, layout: &rt_cgroups::Layout) -> Vec<String> {
+        match kill_and_remove_cgroup(st, layout) {
+            Ok(()) => Vec::new(),
+            Err(e) => vec![crate::process::chain(&e)],
+        }
+    }
+}
+
+/// The cgroup manager of a container, on the host's layout.
+fn cgroup_of(st: &State) -> Result<Box<dyn rt_cgroups::Manager>> {
+    Ok(match &st.cgroup {
+        Some(rec) => rt_cgroups::open(&rt_cgroups::Layout::detect()?, rec.clone()),
+        None => rt_cgroups::disabled(),
+    })
+}
+
+/// Kills what is left of a container (its init, then everything in its
+/// cgroup) and removes its cgroups.
+fn kill_and_remove_cgroup(st: &State, layout: &rt_cgroups::Layout) -> Result<()> {
+    if st.init_alive()
+        && !st
+            .cgroup
+            .as_ref()
+            .is_some_and(|r| rt_cgroups::open(layout, r.clone()).frozen())
+    {
+        let _ = signal_init(st, Signal::SIGKILL as i32);
+        wait_exit(Pid::from_raw(st.pid));
+    }
+    let Some(rec) = &st.cgroup else { return Ok(()) };
+    let cgroup = rt_cgroups::open(layout, rec.clone());
+    // Without a pid namespace, the init's children outlive it: kill them too.
+    if let Ok(pids) = cgroup.pids() {
+        for pid in &pids {
+            let _ = nix::sys::signal::kill(*pid, Signal::SIGKILL);
+        }
+        // A frozen process dies only once thawed.
+        if cgroup.frozen() {
+            let _ = cgroup.freeze(false);
+        }
+        for pid in pids {
+            wait_exit(pid);
+        }
+    }
+    cgroup.destroy()?;
+    Ok(())
+}
+
+fn signal_init(st: &State, signal: i32) -> Result<()> {
+    let pid = Pid::from_raw(st.pid);
+    let fd = rt_sys::pidfd_open(pid).map_err(Error::Signal)?;
+    // The pidfd names the process we opened; make sure it is still ours.
+    if !st.init_alive() {
+        return Err(Error::NotRunning);
+    }
+    rt_sys::pidfd_send_signal(fd.as_fd(), signal).map_err(Error::Signal)
+}
+
+/// Waits (at most 10 s) for the last writer of the fifo behind `r` to go.
+fn wait_hangup(r: &std::fs::File) {
+    let mut fds = [nix::poll::PollFd::new(
+        r.as_fd(),
+        nix::poll::PollFlags::empty(),
+    )];
+    let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(10_000u16));
+}
+
+/// Waits (at most 10 s) until `pid` has exited: its pidfd becomes readable.
+fn wait_exit(pid: Pid) {
+    let Ok(fd) = rt_sys::pidfd_open(pid) else {
+        return;
+    };
+    let mut fds = [nix::poll::PollFd::new(
+        fd.as_fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(10_000u16));
+}
