@@ -120,7 +120,7 @@ fn main() {
         cli.command,
         Command::Create(_) | Command::Run(_) | Command::Exec(_)
     ) {
-        if let Err(e) = sealed::reexec_sealed() {
+        if let Err(e) = sealed::reexec_protected() {
             eprintln!("rt: {e:#}");
             std::process::exit(1);
         }

@@ -2,14 +2,23 @@
 //! process (the init before it execs the user's program, an exec stage) gets
 //! the host's rt binary, and could rewrite it once rt exits. The commands
 //! whose processes enter a container (`create`, `run`, `exec`) therefore
-//! re-execute themselves from a sealed in-memory copy first: /proc/<pid>/exe
-//! is then a memfd that no one can write (F_SEAL_WRITE and friends), and the
-//! binary on disk is never the executable of a process a container can see.
+//! re-execute themselves from a file no one can write first:
+//!
+//! - a read-only overlayfs of the binary's own directory, mounted nowhere
+//!   (`rt_sys::mountapi::readonly_overlay_of`, as runc 1.2 does): nothing is
+//!   copied, and `/proc/<pid>/exe` opened for writing gives EROFS;
+//! - where that mount cannot be made (rootless without CAP_SYS_ADMIN, a
+//!   kernel without overlayfs or the new mount API), a sealed memfd copy
+//!   (F_SEAL_WRITE and friends), which costs a copy of the whole binary.
+//!
+//! `RT_SELF_PROTECTION=overlay|memfd` forces one of the two (the escape
+//! tests attack both); `overlay` then fails instead of falling back.
 
 use std::ffi::CString;
 use std::fs::File;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
+use std::path::Path;
 
 use anyhow::Context;
 use nix::fcntl::{fcntl, FcntlArg, SealFlag};
@@ -21,13 +30,64 @@ fn is_sealed(file: &File) -> bool {
         .is_ok_and(|s| SealFlag::from_bits_truncate(s).contains(SealFlag::F_SEAL_WRITE))
 }
 
-/// Re-executes the running binary from a sealed memfd copy, unless it already
+/// Whether `file` lives on a read-only overlayfs mount (the protected view).
+fn on_readonly_overlay(file: &File) -> bool {
+    use nix::sys::{statfs, statvfs};
+    statfs::fstatfs(file.as_fd())
+        .is_ok_and(|s| s.filesystem_type() == statfs::OVERLAYFS_SUPER_MAGIC)
+        && statvfs::fstatvfs(file.as_fd())
+            .is_ok_and(|s| s.flags().contains(statvfs::FsFlags::ST_RDONLY))
+}
+
+/// Re-executes the running binary from a protected file, unless it already
 /// runs from one. Returns only if that is already the case.
-pub fn reexec_sealed() -> anyhow::Result<()> {
-    let mut exe = File::open("/proc/self/exe").context("opening /proc/self/exe")?;
-    if is_sealed(&exe) {
+pub fn reexec_protected() -> anyhow::Result<()> {
+    let exe = File::open("/proc/self/exe").context("opening /proc/self/exe")?;
+    if is_sealed(&exe) || on_readonly_overlay(&exe) {
         return Ok(());
     }
+    let forced = std::env::var("RT_SELF_PROTECTION").unwrap_or_default();
+    let protected = match forced.as_str() {
+        "memfd" => sealed_copy(exe)?,
+        "overlay" => overlay_view()?,
+        "" => match overlay_view() {
+            Ok(fd) => fd,
+            Err(_) => sealed_copy(exe)?,
+        },
+        other => anyhow::bail!("RT_SELF_PROTECTION={other:?}: use overlay or memfd"),
+    };
+    let err = nix::unistd::fexecve(protected.as_raw_fd(), &args()?, &env()?).unwrap_err();
+    Err(err).context("re-executing from the protected binary")
+}
+
+/// The binary, opened through a read-only overlay of its directory.
+fn overlay_view() -> anyhow::Result<OwnedFd> {
+    let path = std::fs::read_link("/proc/self/exe").context("reading /proc/self/exe")?;
+    let (dir, name) = match (path.parent(), path.file_name()) {
+        (Some(d), Some(n)) => (d, n),
+        _ => anyhow::bail!("{} has no directory", path.display()),
+    };
+    let root = rt_sys::mountapi::readonly_overlay_of(dir)
+        .with_context(|| format!("a read-only overlay of {}", dir.display()))?;
+    let fd = nix::fcntl::openat(
+        Some(root.as_raw_fd()),
+        Path::new(name),
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .with_context(|| format!("opening {} in its overlay", path.display()))?;
+    // The mount lives on through the open file (and then the executable).
+    Ok(own(fd))
+}
+
+fn own(fd: std::os::fd::RawFd) -> OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: `fd` was just returned by openat and is owned by nothing else.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// A sealed memfd copy of the binary.
+fn sealed_copy(mut exe: File) -> anyhow::Result<OwnedFd> {
     let memfd = memfd_create(
         c"rt",
         MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING,
@@ -40,13 +100,21 @@ pub fn reexec_sealed() -> anyhow::Result<()> {
         | SealFlag::F_SEAL_GROW
         | SealFlag::F_SEAL_WRITE;
     fcntl(copy.as_raw_fd(), FcntlArg::F_ADD_SEALS(seals)).context("sealing the memfd")?;
-    let cstrings = |v: Vec<Vec<u8>>| -> anyhow::Result<Vec<CString>> {
-        v.into_iter()
-            .map(|b| CString::new(b).context("NUL in an argument"))
-            .collect()
-    };
-    let args = cstrings(std::env::args_os().map(|a| a.into_vec()).collect())?;
-    let env = cstrings(
+    Ok(OwnedFd::from(copy))
+}
+
+fn cstrings(v: Vec<Vec<u8>>) -> anyhow::Result<Vec<CString>> {
+    v.into_iter()
+        .map(|b| CString::new(b).context("NUL in an argument"))
+        .collect()
+}
+
+fn args() -> anyhow::Result<Vec<CString>> {
+    cstrings(std::env::args_os().map(|a| a.into_vec()).collect())
+}
+
+fn env() -> anyhow::Result<Vec<CString>> {
+    cstrings(
         std::env::vars_os()
             .map(|(k, v)| {
                 let mut kv = k.into_vec();
@@ -55,9 +123,7 @@ pub fn reexec_sealed() -> anyhow::Result<()> {
                 kv
             })
             .collect(),
-    )?;
-    let err = nix::unistd::fexecve(copy.as_raw_fd(), &args, &env).unwrap_err();
-    Err(err).context("re-executing from the sealed copy")
+    )
 }
 
 #[cfg(test)]

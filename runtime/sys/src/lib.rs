@@ -4,6 +4,7 @@
 //! stating why it holds. Callers get safe functions with typed errors.
 
 pub mod bpf;
+pub mod mountapi;
 
 use std::fs;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
