@@ -19,6 +19,7 @@
 mod arch;
 pub mod listener;
 mod profile;
+mod program;
 mod x32;
 mod x86;
 mod x86_64;
@@ -239,9 +240,35 @@ fn flags(s: &LinuxSeccomp) -> u32 {
     bits
 }
 
-/// Compiles the profile: the ABI gate, then the stack of filters for each
-/// ABI the profile lists.
+/// Compiles the profile into one program ([`program`]: arch dispatch, then
+/// a binary search on the syscall number), and the notify filter apart. A
+/// profile whose program does not fit classic BPF's jumps gets the stack of
+/// filters instead ([`compile_stack`]).
 pub fn compile(s: &LinuxSeccomp) -> Result<Filters> {
+    check(s)?;
+    let abis = Abis::from_spec(s.architectures().as_deref().unwrap_or_default());
+    let Some(program) = program::compile(s, abis, notify_data(s))? else {
+        return compile_stack(s);
+    };
+    let has_notify = s
+        .syscalls()
+        .iter()
+        .flatten()
+        .any(|r| r.action() == LinuxSeccompAction::ScmpActNotify);
+    Ok(Filters {
+        programs: vec![program],
+        notify: if has_notify {
+            compile_stack(s)?.notify
+        } else {
+            None
+        },
+        flags: flags(s),
+    })
+}
+
+/// The ABI gate, then the stack of seccompiler filters for each ABI the
+/// profile lists.
+pub fn compile_stack(s: &LinuxSeccomp) -> Result<Filters> {
     check(s)?;
     let abis = Abis::from_spec(s.architectures().as_deref().unwrap_or_default());
     let notify = notify_data(s);
@@ -363,7 +390,9 @@ mod tests {
         ]}"#,
         );
         // The gate, the default filter and the ERRNO(1) filter.
-        assert_eq!(compile(&p).unwrap().len(), 3);
+        assert_eq!(compile_stack(&p).unwrap().len(), 3);
+        // One program.
+        assert_eq!(compile(&p).unwrap().len(), 1);
         let mut p = p;
         p.set_architectures(Some(vec![
             oci_spec::runtime::Arch::ScmpArchX86_64,
@@ -371,7 +400,8 @@ mod tests {
             oci_spec::runtime::Arch::ScmpArchX32,
         ]));
         // And the same two again for i386.
-        assert_eq!(compile(&p).unwrap().len(), 5);
+        assert_eq!(compile_stack(&p).unwrap().len(), 5);
+        assert_eq!(compile(&p).unwrap().len(), 1);
     }
 
     #[test]
@@ -382,7 +412,11 @@ mod tests {
             "syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_NOTIFY"},
                         {"names":["chmod"],"action":"SCMP_ACT_TRACE","errnoRet":65535}]}"#,
         );
-        let f = compile(&p).unwrap();
+        // One program, and the notify filter for both ABIs apart.
+        let one = compile(&p).unwrap();
+        assert_eq!(one.programs.len(), 1);
+        assert!(one.notify.is_some());
+        let f = compile_stack(&p).unwrap();
         // The gate and the two trace filters; one notify filter for both ABIs.
         assert_eq!(f.programs.len(), 3);
         let n = f.notify.as_ref().unwrap();

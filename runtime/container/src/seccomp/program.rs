@@ -1,0 +1,556 @@
+//! A profile compiled to one classic-BPF program (what libseccomp's
+//! optimisation level 2 does), instead of the stack of seccompiler filters:
+//! dispatch on the architecture, then on the syscall number by binary search,
+//! then the syscall's rules in the order the kernel would rank their actions.
+//!
+//! The program gives every (arch, nr, args) the answer the stack gives: the
+//! gate's verdict for an unlisted ABI; otherwise, if any rule of a
+//! non-default action matches, the most restrictive matching action (the
+//! kernel keeps the most restrictive result of all filters; between equal
+//! actions, the filter loaded last, i.e. the group that came last in the
+//! profile); else `defaultAction`. Notify rules stay in their own filter (it
+//! carries the listener): here they count as allowed, as in the stack's
+//! default filter. `tests::equivalent_to_the_stack` runs both through a
+//! userspace interpreter.
+//!
+//! Jumps: conditional jumps in classic BPF reach at most 255 instructions
+//! ahead, so the search tree branches with `ja` (32-bit offsets); rule code
+//! uses short jumps within its syscall's block, and a block too large for
+//! them makes compilation fail (the caller then keeps the stack).
+
+use oci_spec::runtime::{LinuxSeccomp, LinuxSeccompAction, LinuxSeccompOperator};
+use seccompiler::{sock_filter, BpfProgram, SeccompAction};
+
+use super::arch::{self, Abis, Table, AUDIT_ARCH_I386, AUDIT_ARCH_X86_64, X32_SYSCALL_BIT};
+
+// Classic BPF opcodes (linux/filter.h).
+const LD_W_ABS: u16 = 0x20;
+const ALU_AND_K: u16 = 0x54;
+const JA: u16 = 0x05;
+const JEQ_K: u16 = 0x15;
+const JGT_K: u16 = 0x25;
+const JGE_K: u16 = 0x35;
+const JSET_K: u16 = 0x45;
+const RET_K: u16 = 0x06;
+const NR: u32 = 0;
+const ARCH: u32 = 4;
+const ARGS: u32 = 16;
+
+pub(super) const RET_KILL_PROCESS: u32 = 0x8000_0000;
+
+/// The seccomp return value of an action.
+pub(super) fn ret_of(a: &SeccompAction) -> u32 {
+    match a {
+        SeccompAction::Allow => 0x7fff_0000,
+        SeccompAction::Errno(e) => 0x0005_0000 | (e & 0xffff),
+        SeccompAction::KillThread => 0,
+        SeccompAction::KillProcess => RET_KILL_PROCESS,
+        SeccompAction::Trap => 0x0003_0000,
+        SeccompAction::Trace(d) => 0x7ff0_0000 | (d & 0xffff),
+        SeccompAction::Log => 0x7ffc_0000,
+    }
+}
+
+/// The kernel's rank of a return value: lower is more restrictive
+/// (`ACTION_ONLY` compared as a signed value).
+pub(super) fn rank(ret: u32) -> i32 {
+    (ret & 0xffff_0000) as i32
+}
+
+/// One argument comparison, 64-bit, as the runtime-spec defines it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Cmp {
+    index: u32,
+    op: LinuxSeccompOperator,
+    /// The datum (MASKED_EQ: `valueTwo`).
+    value: u64,
+    /// MASKED_EQ's mask (`value`).
+    mask: u64,
+}
+
+/// A rule of one syscall: all comparisons hold (none: always).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Rule {
+    ret: u32,
+    /// The order of the rule's action group in the profile (ties go to the
+    /// later group, as the later-loaded filter wins in the kernel).
+    group: usize,
+    cmps: Vec<Cmp>,
+}
+
+/// Symbolic instructions, resolved by [`assemble`].
+#[derive(Debug, Clone)]
+enum Ins {
+    Stmt(u16, u32),
+    /// Conditional jump to labels (short: at most 255 ahead).
+    Jump(u16, u32, usize, usize),
+    /// Unconditional jump to a label (32-bit).
+    Ja(usize),
+    Label(usize),
+}
+
+#[derive(Debug, Default)]
+struct Asm {
+    code: Vec<Ins>,
+    labels: usize,
+}
+
+impl Asm {
+    fn label(&mut self) -> usize {
+        self.labels += 1;
+        self.labels - 1
+    }
+    fn put(&mut self, i: Ins) {
+        self.code.push(i);
+    }
+    fn ret(&mut self, k: u32) {
+        self.put(Ins::Stmt(RET_K, k));
+    }
+}
+
+/// Resolves labels; None if a short jump cannot reach its target.
+fn assemble(code: &[Ins], labels: usize) -> Option<BpfProgram> {
+    let mut at = vec![usize::MAX; labels];
+    let mut pc = 0;
+    for i in code {
+        match i {
+            Ins::Label(l) => at[*l] = pc,
+            _ => pc += 1,
+        }
+    }
+    let mut out = Vec::with_capacity(pc);
+    for i in code {
+        let here = out.len();
+        let off = |l: usize| at[l].checked_sub(here + 1);
+        let ins = match *i {
+            Ins::Label(_) => continue,
+            Ins::Stmt(code, k) => sock_filter {
+                code,
+                jt: 0,
+                jf: 0,
+                k,
+            },
+            Ins::Ja(l) => sock_filter {
+                code: JA,
+                jt: 0,
+                jf: 0,
+                k: u32::try_from(off(l)?).ok()?,
+            },
+            Ins::Jump(code, k, t, f) => sock_filter {
+                code,
+                jt: u8::try_from(off(t)?).ok()?,
+                jf: u8::try_from(off(f)?).ok()?,
+                k,
+            },
+        };
+        out.push(ins);
+    }
+    (out.len() <= 4096).then_some(out)
+}
+
+/// The rules of every syscall number of `table`, sorted by number.
+fn rules_of(
+    s: &LinuxSeccomp,
+    table: Table,
+    default: &SeccompAction,
+    notify: u32,
+) -> super::Result<Vec<(u32, Vec<Rule>)>> {
+    let mut groups: Vec<SeccompAction> = Vec::new();
+    let mut by_nr: std::collections::BTreeMap<u32, Vec<Rule>> = Default::default();
+    for r in s.syscalls().as_deref().unwrap_or_default() {
+        let a = super::action(r.action(), r.errno_ret(), notify)?;
+        if a == *default {
+            continue;
+        }
+        // Notify rules live in the listener's filter; here they are allowed.
+        let a = if r.action() == LinuxSeccompAction::ScmpActNotify {
+            SeccompAction::Allow
+        } else {
+            a
+        };
+        let group = match groups.iter().position(|g| *g == a) {
+            Some(i) => i,
+            None => {
+                groups.push(a.clone());
+                groups.len() - 1
+            }
+        };
+        let cmps: Vec<Cmp> = r
+            .args()
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .map(|arg| {
+                let masked = arg.op() == LinuxSeccompOperator::ScmpCmpMaskedEq;
+                Cmp {
+                    index: arg.index() as u32,
+                    op: arg.op(),
+                    value: if masked {
+                        arg.value_two().unwrap_or(0)
+                    } else {
+                        arg.value()
+                    },
+                    mask: if masked { arg.value() } else { u64::MAX },
+                }
+            })
+            .collect();
+        for name in r.names() {
+            for nr in arch::numbers(table, name) {
+                by_nr.entry(nr as u32).or_default().push(Rule {
+                    ret: ret_of(&a),
+                    group,
+                    cmps: cmps.clone(),
+                });
+            }
+        }
+    }
+    Ok(by_nr
+        .into_iter()
+        .map(|(nr, mut rules)| {
+            // Most restrictive first; between equals, the later group.
+            rules.sort_by_key(|r| (rank(r.ret), std::cmp::Reverse(r.group)));
+            (nr, rules)
+        })
+        .collect())
+}
+
+/// Compiles the profile to one program, or None where it does not fit
+/// classic BPF's jumps (the caller keeps the stack of filters).
+pub(super) fn compile(
+    s: &LinuxSeccomp,
+    abis: Abis,
+    notify: u32,
+) -> super::Result<Option<BpfProgram>> {
+    let default = super::action(s.default_action(), s.default_errno_ret(), notify)?;
+    let default_ret = ret_of(&default);
+    let mut asm = Asm::default();
+    let native = asm.label();
+    let i386 = asm.label();
+    asm.put(Ins::Stmt(LD_W_ABS, ARCH));
+    let (to_native, not_native) = (asm.label(), asm.label());
+    asm.put(Ins::Jump(JEQ_K, AUDIT_ARCH_X86_64, to_native, not_native));
+    asm.put(Ins::Label(to_native));
+    asm.put(Ins::Ja(native));
+    asm.put(Ins::Label(not_native));
+    let (to_i386, not_i386) = (asm.label(), asm.label());
+    asm.put(Ins::Jump(JEQ_K, AUDIT_ARCH_I386, to_i386, not_i386));
+    asm.put(Ins::Label(to_i386));
+    if abis.x86 {
+        asm.put(Ins::Ja(i386));
+    } else {
+        asm.ret(RET_KILL_PROCESS);
+    }
+    asm.put(Ins::Label(not_i386));
+    asm.ret(RET_KILL_PROCESS);
+
+    asm.put(Ins::Label(native));
+    asm.put(Ins::Stmt(LD_W_ABS, NR));
+    if !abis.x32 {
+        let (x32, plain) = (asm.label(), asm.label());
+        asm.put(Ins::Jump(JSET_K, X32_SYSCALL_BIT, x32, plain));
+        asm.put(Ins::Label(x32));
+        asm.ret(RET_KILL_PROCESS);
+        asm.put(Ins::Label(plain));
+    }
+    let rules = rules_of(s, Table::Native { x32: abis.x32 }, &default, notify)?;
+    search(&mut asm, &rules, default_ret);
+
+    asm.put(Ins::Label(i386));
+    if abis.x86 {
+        asm.put(Ins::Stmt(LD_W_ABS, NR));
+        let rules = rules_of(s, Table::I386, &default, notify)?;
+        search(&mut asm, &rules, default_ret);
+    } else {
+        asm.ret(RET_KILL_PROCESS);
+    }
+    Ok(assemble(&asm.code, asm.labels))
+}
+
+/// A binary search with the number in A. `rules` (sorted by number) become
+/// segments covering every number, runs of numbers with the same rules
+/// (an allow list is mostly runs) merged, numbers without rules in
+/// segments of their own that answer `default`.
+fn search(asm: &mut Asm, rules: &[(u32, Vec<Rule>)], default: u32) {
+    fn push<'a>(segs: &mut Vec<(u32, &'a [Rule])>, start: u32, block: &'a [Rule]) {
+        if segs.last().is_none_or(|(_, b)| *b != block) {
+            segs.push((start, block));
+        }
+    }
+    let mut segs: Vec<(u32, &[Rule])> = Vec::new();
+    // The first number no segment covers yet.
+    let mut next: u64 = 0;
+    for (nr, rs) in rules {
+        if u64::from(*nr) > next {
+            push(&mut segs, next as u32, &[]);
+        }
+        push(&mut segs, *nr, rs);
+        next = u64::from(*nr) + 1;
+    }
+    if next <= u64::from(u32::MAX) {
+        push(&mut segs, next as u32, &[]);
+    }
+    tree(asm, &segs, default);
+}
+
+fn tree(asm: &mut Asm, segs: &[(u32, &[Rule])], default: u32) {
+    if segs.len() == 1 {
+        block(asm, segs[0].1, default);
+        return;
+    }
+    let mid = segs.len() / 2;
+    let (to_hi, lo, hi) = (asm.label(), asm.label(), asm.label());
+    asm.put(Ins::Jump(JGE_K, segs[mid].0, to_hi, lo));
+    asm.put(Ins::Label(to_hi));
+    asm.put(Ins::Ja(hi));
+    asm.put(Ins::Label(lo));
+    tree(asm, &segs[..mid], default);
+    asm.put(Ins::Label(hi));
+    tree(asm, &segs[mid..], default);
+}
+
+/// One syscall's rules, most restrictive first; then `default`.
+fn block(asm: &mut Asm, rules: &[Rule], default: u32) {
+    for r in rules {
+        let fail = asm.label();
+        for c in &r.cmps {
+            cmp(asm, c, fail);
+        }
+        asm.ret(r.ret);
+        asm.put(Ins::Label(fail));
+    }
+    asm.ret(default);
+}
+
+/// Falls through when comparison `c` holds, jumps to `fail` otherwise.
+fn cmp(asm: &mut Asm, c: &Cmp, fail: usize) {
+    let lo_off = ARGS + 8 * c.index;
+    let hi_off = lo_off + 4;
+    let (vhi, vlo) = ((c.value >> 32) as u32, c.value as u32);
+    let (mhi, mlo) = ((c.mask >> 32) as u32, c.mask as u32);
+    let load = |asm: &mut Asm, off: u32, mask: u32| {
+        asm.put(Ins::Stmt(LD_W_ABS, off));
+        if mask != u32::MAX {
+            asm.put(Ins::Stmt(ALU_AND_K, mask));
+        }
+    };
+    let ok = asm.label();
+    use LinuxSeccompOperator as Op;
+    match c.op {
+        Op::ScmpCmpEq | Op::ScmpCmpMaskedEq => {
+            let next = asm.label();
+            load(asm, hi_off, mhi);
+            asm.put(Ins::Jump(JEQ_K, vhi & mhi, next, fail));
+            asm.put(Ins::Label(next));
+            load(asm, lo_off, mlo);
+            asm.put(Ins::Jump(JEQ_K, vlo & mlo, ok, fail));
+        }
+        Op::ScmpCmpNe => {
+            let next = asm.label();
+            load(asm, hi_off, u32::MAX);
+            asm.put(Ins::Jump(JEQ_K, vhi, next, ok));
+            asm.put(Ins::Label(next));
+            load(asm, lo_off, u32::MAX);
+            asm.put(Ins::Jump(JEQ_K, vlo, fail, ok));
+        }
+        // arg > v: hi > vhi, or hi == vhi and lo > vlo (and so on).
+        Op::ScmpCmpGt | Op::ScmpCmpGe | Op::ScmpCmpLt | Op::ScmpCmpLe => {
+            let (eq, low) = (asm.label(), asm.label());
+            let greater = matches!(c.op, Op::ScmpCmpGt | Op::ScmpCmpGe);
+            load(asm, hi_off, u32::MAX);
+            // hi > vhi?
+            let (above, not_above) = (asm.label(), asm.label());
+            asm.put(Ins::Jump(JGT_K, vhi, above, not_above));
+            asm.put(Ins::Label(above));
+            asm.put(Ins::Ja(if greater { ok } else { fail }));
+            asm.put(Ins::Label(not_above));
+            asm.put(Ins::Jump(JEQ_K, vhi, eq, low));
+            asm.put(Ins::Label(low));
+            asm.put(Ins::Ja(if greater { fail } else { ok }));
+            asm.put(Ins::Label(eq));
+            load(asm, lo_off, u32::MAX);
+            match c.op {
+                Op::ScmpCmpGt => asm.put(Ins::Jump(JGT_K, vlo, ok, fail)),
+                Op::ScmpCmpGe => asm.put(Ins::Jump(JGE_K, vlo, ok, fail)),
+                Op::ScmpCmpLt => asm.put(Ins::Jump(JGE_K, vlo, fail, ok)),
+                _ => asm.put(Ins::Jump(JGT_K, vlo, fail, ok)),
+            }
+        }
+    }
+    asm.put(Ins::Label(ok));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A classic-BPF interpreter for the instructions seccomp programs of
+    /// rt and seccompiler use, over one `seccomp_data`.
+    fn run(prog: &[sock_filter], arch: u32, nr: u32, args: &[u64; 6]) -> u32 {
+        let word = |off: u32| -> u32 {
+            match off {
+                NR => nr,
+                ARCH => arch,
+                o if (ARGS..ARGS + 48).contains(&o) => {
+                    let i = ((o - ARGS) / 8) as usize;
+                    if (o - ARGS).is_multiple_of(8) {
+                        args[i] as u32
+                    } else {
+                        (args[i] >> 32) as u32
+                    }
+                }
+                o => panic!("load at {o}"),
+            }
+        };
+        let (mut a, mut pc) = (0u32, 0usize);
+        loop {
+            let i = &prog[pc];
+            pc += 1;
+            let skip = |c: bool| usize::from(if c { i.jt } else { i.jf });
+            match i.code {
+                LD_W_ABS => a = word(i.k),
+                ALU_AND_K => a &= i.k,
+                JA => pc += i.k as usize,
+                JEQ_K => pc += skip(a == i.k),
+                JGT_K => pc += skip(a > i.k),
+                JGE_K => pc += skip(a >= i.k),
+                JSET_K => pc += skip(a & i.k != 0),
+                RET_K => return i.k,
+                c => panic!("opcode {c:#x} not modelled"),
+            }
+        }
+    }
+
+    /// The kernel's answer for a stack of filters (loaded in order).
+    fn run_stack(filters: &[BpfProgram], arch: u32, nr: u32, args: &[u64; 6]) -> u32 {
+        let mut ret = 0x7fff_0000;
+        for f in filters.iter().rev() {
+            let cur = run(f, arch, nr, args);
+            if rank(cur) < rank(ret) {
+                ret = cur;
+            }
+        }
+        ret
+    }
+
+    /// Argument vectors that exercise every comparison of `s`.
+    fn arg_cases(s: &LinuxSeccomp) -> Vec<[u64; 6]> {
+        let mut values = vec![0u64, 1, u64::MAX, 1 << 32, u32::MAX as u64];
+        let mut rules: Vec<Vec<(usize, u64)>> = Vec::new();
+        for r in s.syscalls().iter().flatten() {
+            let mut tuple = Vec::new();
+            for a in r.args().iter().flatten() {
+                let v = if a.op() == LinuxSeccompOperator::ScmpCmpMaskedEq {
+                    a.value_two().unwrap_or(0)
+                } else {
+                    a.value()
+                };
+                values.extend([v, v.wrapping_add(1), v.wrapping_sub(1), v ^ (1 << 40), !v]);
+                if a.op() == LinuxSeccompOperator::ScmpCmpMaskedEq {
+                    values.extend([v | !a.value(), a.value()]);
+                }
+                tuple.push((a.index(), v));
+            }
+            rules.push(tuple);
+        }
+        values.sort_unstable();
+        values.dedup();
+        let mut cases = vec![[0u64; 6]];
+        for v in &values {
+            for i in 0..6 {
+                let mut c = [0u64; 6];
+                c[i] = *v;
+                cases.push(c);
+            }
+        }
+        for t in rules.iter().filter(|t| t.len() > 1) {
+            let mut c = [0u64; 6];
+            for (i, v) in t {
+                c[*i] = *v;
+            }
+            cases.push(c);
+            for (i, _) in t {
+                let mut d = c;
+                d[*i] = d[*i].wrapping_add(1);
+                cases.push(d);
+            }
+        }
+        cases
+    }
+
+    fn equivalent(s: &LinuxSeccomp) {
+        let stack = super::super::compile_stack(s).unwrap();
+        let one = super::super::compile(s).unwrap();
+        assert_eq!(one.programs.len(), 1, "the profile became one program");
+        let cases = arg_cases(s);
+        let mut checked = 0;
+        for arch in [AUDIT_ARCH_X86_64, AUDIT_ARCH_I386, 0xc000_00b7] {
+            let nrs: Vec<u32> = if arch == AUDIT_ARCH_X86_64 {
+                (0..480)
+                    .chain((0..560).map(|n| n | X32_SYSCALL_BIT))
+                    .collect()
+            } else {
+                (0..480).collect()
+            };
+            for nr in nrs {
+                for args in &cases {
+                    let want = run_stack(&stack.programs, arch, nr, args);
+                    let got = run(&one.programs[0], arch, nr, args);
+                    assert_eq!(got, want, "arch {arch:#x} nr {nr:#x} args {args:x?}");
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 1000);
+    }
+
+    fn profile(json: &str) -> LinuxSeccomp {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn equivalent_to_the_stack() {
+        // The default profile with and without CAP_SYS_ADMIN (its clone rules differ).
+        equivalent(&super::super::default_profile(&[]));
+        equivalent(&super::super::default_profile(&["CAP_SYS_ADMIN".into()]));
+        for json in [
+            r#"{"defaultAction":"SCMP_ACT_ERRNO","defaultErrnoRet":38,"syscalls":[
+                {"names":["read","write","bogus_call"],"action":"SCMP_ACT_ALLOW"},
+                {"names":["mkdir"],"action":"SCMP_ACT_ERRNO","errnoRet":1},
+                {"names":["mkdir"],"action":"SCMP_ACT_ERRNO","errnoRet":13,"args":[{"index":1,"value":448,"op":"SCMP_CMP_EQ"}]},
+                {"names":["personality"],"action":"SCMP_ACT_ALLOW","args":[{"index":0,"value":0,"op":"SCMP_CMP_EQ"}]},
+                {"names":["clone"],"action":"SCMP_ACT_ALLOW","args":[{"index":0,"value":2114060288,"valueTwo":0,"op":"SCMP_CMP_MASKED_EQ"}]}]}"#,
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","architectures":["SCMP_ARCH_X86_64","SCMP_ARCH_X86"],"syscalls":[
+                {"names":["mkdir","mkdirat"],"action":"SCMP_ACT_KILL_PROCESS"},
+                {"names":["getpid"],"action":"SCMP_ACT_TRAP"},
+                {"names":["uname"],"action":"SCMP_ACT_LOG"},
+                {"names":["kill"],"action":"SCMP_ACT_TRACE","errnoRet":7},
+                {"names":["kill"],"action":"SCMP_ACT_ERRNO","args":[{"index":1,"value":9,"op":"SCMP_CMP_NE"}]},
+                {"names":["mmap"],"action":"SCMP_ACT_KILL","args":[
+                    {"index":2,"value":4,"op":"SCMP_CMP_GE"},{"index":3,"value":34359738368,"op":"SCMP_CMP_LT"}]},
+                {"names":["munmap"],"action":"SCMP_ACT_ERRNO","errnoRet":22,"args":[
+                    {"index":1,"value":4096,"op":"SCMP_CMP_GT"},{"index":0,"value":4294967296,"op":"SCMP_CMP_LE"}]}]}"#,
+            r#"{"defaultAction":"SCMP_ACT_KILL","architectures":["SCMP_ARCH_X86_64","SCMP_ARCH_X32"],"syscalls":[
+                {"names":["read","write","exit","exit_group"],"action":"SCMP_ACT_ALLOW"},
+                {"names":["openat"],"action":"SCMP_ACT_ERRNO","errnoRet":2}]}"#,
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","listenerPath":"/x","syscalls":[
+                {"names":["mkdir"],"action":"SCMP_ACT_NOTIFY"},
+                {"names":["mkdir"],"action":"SCMP_ACT_ERRNO","args":[{"index":1,"value":0,"op":"SCMP_CMP_EQ"}]}]}"#,
+        ] {
+            equivalent(&profile(json));
+        }
+    }
+
+    #[test]
+    fn the_default_profile_is_small() {
+        let p = super::super::default_profile(&[]);
+        let one = super::super::compile(&p).unwrap();
+        let stack = super::super::compile_stack(&p).unwrap();
+        let size = |f: &super::super::Filters| f.programs.iter().map(Vec::len).sum::<usize>();
+        assert!(
+            size(&one) * 3 < size(&stack),
+            "{} vs {}",
+            size(&one),
+            size(&stack)
+        );
+    }
+}
