@@ -457,42 +457,22 @@ fn delete_of_a_live_container_changes_nothing() {
 }
 
 /// What a seccomp listener received: the containerProcessState and the
-/// notify descriptor (as a raw number: the test only closes it).
+/// notify descriptor.
 struct Received {
     state: Value,
-    fd: i32,
+    fd: std::os::fd::OwnedFd,
 }
 
 /// A seccomp agent on a unix socket: every connection's message and
 /// descriptor go to the returned channel.
 fn seccomp_agent(path: &Path) -> std::sync::mpsc::Receiver<Received> {
-    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
-    use std::os::fd::AsRawFd;
     let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for conn in listener.incoming() {
             let Ok(conn) = conn else { return };
-            let mut buf = vec![0u8; 65536];
-            let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-            let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-            let msg = recvmsg::<()>(
-                conn.as_raw_fd(),
-                &mut iov,
-                Some(&mut cmsg),
-                MsgFlags::empty(),
-            )
-            .unwrap();
-            let fd = msg
-                .cmsgs()
-                .unwrap()
-                .find_map(|c| match c {
-                    ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
-                    _ => None,
-                })
-                .expect("a descriptor");
-            let len = msg.bytes;
-            let state = serde_json::from_slice(&buf[..len]).unwrap();
+            let (bytes, fd) = rt_testsupport::recv_with_fd(&conn);
+            let state = serde_json::from_slice(&bytes).unwrap();
             if tx.send(Received { state, fd }).is_err() {
                 return;
             }
@@ -560,8 +540,8 @@ fn seccomp_notify_reaches_the_listener() {
         "a notified mkdir did not wait for the listener"
     );
     // ...and fails with ENOSYS once it goes away.
-    nix::unistd::close(exec.fd).unwrap();
-    nix::unistd::close(init.fd).unwrap();
+    drop(exec.fd);
+    drop(init.fd);
     assert!(eventually(10, || result.exists()));
     assert_eq!(std::fs::read_to_string(&result).unwrap(), "rc=1\n");
     assert!(!out_dir.path().join("made").exists());

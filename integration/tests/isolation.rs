@@ -1,7 +1,7 @@
 //! What the container sees: namespaces, rootfs and mounts, devices, process
 //! identity, hooks, terminal, preserved descriptors, cgroups and seccomp.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use rt_testsupport::{cgroup_dirs_named, output_via_files, root_or_skip, unique_id, Bundle, Root};
@@ -318,7 +318,6 @@ fn hooks_run_at_their_points() {
 #[test]
 fn console_socket_gets_the_pty_master() {
     need_root!();
-    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
     let root = Root::new();
     let mut b = Bundle::new(&["sh", "-c", "tty; stty size"]);
     b.edit(|c| {
@@ -330,24 +329,7 @@ fn console_socket_gets_the_pty_master() {
     let id = unique_id("tty");
     let handle = std::thread::spawn(move || {
         let (conn, _) = listener.accept().unwrap();
-        let mut buf = [0u8; 64];
-        let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-        let msg = recvmsg::<()>(
-            conn.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::empty(),
-        )
-        .unwrap();
-        let mut fd = None;
-        for c in msg.cmsgs().unwrap() {
-            if let ControlMessageOwned::ScmRights(fds) = c {
-                // SAFETY: received through SCM_RIGHTS; we own it now.
-                fd = Some(unsafe { OwnedFd::from_raw_fd(fds[0]) });
-            }
-        }
-        fd.expect("pty master")
+        rt_testsupport::recv_with_fd(&conn).1
     });
     root.ok(&[
         "create",

@@ -298,3 +298,34 @@ macro_rules! need_root {
         }
     };
 }
+
+/// Receives one message and the descriptor riding with it (SCM_RIGHTS) on a
+/// connected unix socket, as a console socket or a seccomp listener gets
+/// them from rt: (the message's bytes, the descriptor).
+pub fn recv_with_fd(conn: &std::os::unix::net::UnixStream) -> (Vec<u8>, std::os::fd::OwnedFd) {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let mut buf = vec![0u8; 65536];
+    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let msg = recvmsg::<()>(
+        conn.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::empty(),
+    )
+    .expect("recvmsg");
+    let len = msg.bytes;
+    let fd = msg
+        .cmsgs()
+        .expect("control messages")
+        .find_map(|c| match c {
+            ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
+            _ => None,
+        })
+        .expect("a descriptor");
+    buf.truncate(len);
+    // SAFETY: the descriptor arrived through SCM_RIGHTS: it is new in this
+    // process and owned by nothing else.
+    (buf, unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
