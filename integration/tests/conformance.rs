@@ -70,12 +70,7 @@ fn debug_log_in_children_goes_to_the_log_file() {
     .unwrap();
     let mut b = Bundle::new(&["sh", "-c", "echo ran > /tmp/marker"]);
     b.edit(|c| {
-        c["linux"]["namespaces"]
-            .as_array_mut()
-            .unwrap()
-            .push(json!({"type": "user"}));
-        c["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 300000, "size": 65536}]);
-        c["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 300000, "size": 65536}]);
+        rt_testsupport::in_user_namespace(c);
         c["process"]["capabilities"]["ambient"] = json!(["CAP_NET_BIND_SERVICE"]);
         c["process"]["capabilities"]["inheritable"] = json!([]);
         c["mounts"].as_array_mut().unwrap().push(json!({
@@ -394,11 +389,11 @@ fn start_container_hook_sees_the_process_env() {
 fn time_offsets_in_a_user_namespace() {
     need_root!();
     let (code, out) = run(&["cat", "/proc/uptime"], |c| {
-        let ns = c["linux"]["namespaces"].as_array_mut().unwrap();
-        ns.push(json!({"type": "user"}));
-        ns.push(json!({"type": "time"}));
-        c["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 300000, "size": 65536}]);
-        c["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 300000, "size": 65536}]);
+        rt_testsupport::in_user_namespace(c);
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"type": "time"}));
         c["linux"]["timeOffsets"] = json!({"boottime": {"secs": 864000, "nanosecs": 0}});
     });
     assert_eq!(code, 0, "{out}");

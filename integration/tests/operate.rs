@@ -177,14 +177,7 @@ fn exec_into_paused_or_stopped_fails() {
 fn exec_in_a_user_namespace_container() {
     need_root!();
     let root = Root::new();
-    let (_b, id, _) = running(&root, |c| {
-        c["linux"]["namespaces"]
-            .as_array_mut()
-            .unwrap()
-            .push(json!({"type": "user"}));
-        c["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 300000, "size": 65536}]);
-        c["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 300000, "size": 65536}]);
-    });
+    let (_b, id, _) = running(&root, rt_testsupport::in_user_namespace);
     let (code, out, err) = exec(
         &root,
         &[&id, "sh", "-c", "id -u; head -1 /proc/self/uid_map"],

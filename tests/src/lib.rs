@@ -329,3 +329,16 @@ pub fn recv_with_fd(conn: &std::os::unix::net::UnixStream) -> (Vec<u8>, std::os:
     // process and owned by nothing else.
     (buf, unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
+
+/// Puts a spec's container in a new user namespace, container ids 0..65536
+/// mapped to host ids 300000.. (rootfs files owned by the host's root then
+/// show as the overflow id).
+pub fn in_user_namespace(config: &mut Value) {
+    config["linux"]["namespaces"]
+        .as_array_mut()
+        .expect("linux.namespaces")
+        .push(serde_json::json!({"type": "user"}));
+    let map = serde_json::json!([{"containerID": 0, "hostID": 300000, "size": 65536}]);
+    config["linux"]["uidMappings"] = map.clone();
+    config["linux"]["gidMappings"] = map;
+}

@@ -88,9 +88,7 @@ pub fn check(s: &LinuxSeccomp) -> Result<()> {
             return Err(Error::NotifyRtSyscall(name.clone()));
         }
     }
-    action(s.default_action(), s.default_errno_ret(), 0)?;
     for rule in rules {
-        action(rule.action(), rule.errno_ret(), 0)?;
         for arg in rule.args().as_deref().unwrap_or_default() {
             if arg.index() > 5 {
                 return Err(Error::ArgIndex {
@@ -105,8 +103,8 @@ pub fn check(s: &LinuxSeccomp) -> Result<()> {
 
 /// The rule's action; `notify` is the trace `data` that stands for
 /// SCMP_ACT_NOTIFY (see the module docs).
-fn action(a: LinuxSeccompAction, errno: Option<u32>, notify: u32) -> Result<SeccompAction> {
-    Ok(match a {
+fn action(a: LinuxSeccompAction, errno: Option<u32>, notify: u32) -> SeccompAction {
+    match a {
         LinuxSeccompAction::ScmpActAllow => SeccompAction::Allow,
         LinuxSeccompAction::ScmpActErrno => {
             SeccompAction::Errno(errno.unwrap_or(libc::EPERM as u32))
@@ -119,7 +117,7 @@ fn action(a: LinuxSeccompAction, errno: Option<u32>, notify: u32) -> Result<Secc
         LinuxSeccompAction::ScmpActTrace => SeccompAction::Trace(errno.unwrap_or(0)),
         LinuxSeccompAction::ScmpActLog => SeccompAction::Log,
         LinuxSeccompAction::ScmpActNotify => SeccompAction::Trace(notify),
-    })
+    }
 }
 
 fn op(o: LinuxSeccompOperator, mask: u64) -> SeccompCmpOp {
@@ -247,7 +245,7 @@ fn flags(s: &LinuxSeccomp) -> u32 {
 pub fn compile(s: &LinuxSeccomp) -> Result<Filters> {
     check(s)?;
     let abis = Abis::from_spec(s.architectures().as_deref().unwrap_or_default());
-    let Some(program) = program::compile(s, abis, notify_data(s))? else {
+    let Some(program) = program::compile(s, abis, notify_data(s)) else {
         return compile_stack(s);
     };
     let has_notify = s
@@ -320,12 +318,12 @@ fn notify_data(s: &LinuxSeccomp) -> u32 {
 
 /// The stack of filters for one syscall table.
 fn compile_table(s: &LinuxSeccomp, table: Table, notify: u32) -> Result<Vec<BpfProgram>> {
-    let default = action(s.default_action(), s.default_errno_ret(), notify)?;
+    let default = action(s.default_action(), s.default_errno_ret(), notify);
     let mut all: Rules = BTreeMap::new();
     let mut groups: Vec<(SeccompAction, Rules)> = Vec::new();
     let syscalls = s.syscalls().as_deref().unwrap_or_default();
     for rule in syscalls {
-        let a = action(rule.action(), rule.errno_ret(), notify)?;
+        let a = action(rule.action(), rule.errno_ret(), notify);
         if a == default {
             continue;
         }

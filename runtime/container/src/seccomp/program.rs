@@ -154,11 +154,11 @@ fn rules_of(
     table: Table,
     default: &SeccompAction,
     notify: u32,
-) -> super::Result<Vec<(u32, Vec<Rule>)>> {
+) -> Vec<(u32, Vec<Rule>)> {
     let mut groups: Vec<SeccompAction> = Vec::new();
     let mut by_nr: std::collections::BTreeMap<u32, Vec<Rule>> = Default::default();
     for r in s.syscalls().as_deref().unwrap_or_default() {
-        let a = super::action(r.action(), r.errno_ret(), notify)?;
+        let a = super::action(r.action(), r.errno_ret(), notify);
         if a == *default {
             continue;
         }
@@ -204,24 +204,20 @@ fn rules_of(
             }
         }
     }
-    Ok(by_nr
+    by_nr
         .into_iter()
         .map(|(nr, mut rules)| {
             // Most restrictive first; between equals, the later group.
             rules.sort_by_key(|r| (rank(r.ret), std::cmp::Reverse(r.group)));
             (nr, rules)
         })
-        .collect())
+        .collect()
 }
 
 /// Compiles the profile to one program, or None where it does not fit
 /// classic BPF's jumps (the caller keeps the stack of filters).
-pub(super) fn compile(
-    s: &LinuxSeccomp,
-    abis: Abis,
-    notify: u32,
-) -> super::Result<Option<BpfProgram>> {
-    let default = super::action(s.default_action(), s.default_errno_ret(), notify)?;
+pub(super) fn compile(s: &LinuxSeccomp, abis: Abis, notify: u32) -> Option<BpfProgram> {
+    let default = super::action(s.default_action(), s.default_errno_ret(), notify);
     let default_ret = ret_of(&default);
     let mut asm = Asm::default();
     let native = asm.label();
@@ -252,18 +248,18 @@ pub(super) fn compile(
         asm.ret(RET_KILL_PROCESS);
         asm.put(Ins::Label(plain));
     }
-    let rules = rules_of(s, Table::Native { x32: abis.x32 }, &default, notify)?;
+    let rules = rules_of(s, Table::Native { x32: abis.x32 }, &default, notify);
     search(&mut asm, &rules, default_ret);
 
     asm.put(Ins::Label(i386));
     if abis.x86 {
         asm.put(Ins::Stmt(LD_W_ABS, NR));
-        let rules = rules_of(s, Table::I386, &default, notify)?;
+        let rules = rules_of(s, Table::I386, &default, notify);
         search(&mut asm, &rules, default_ret);
     } else {
         asm.ret(RET_KILL_PROCESS);
     }
-    Ok(assemble(&asm.code, asm.labels))
+    assemble(&asm.code, asm.labels)
 }
 
 /// A binary search with the number in A. `rules` (sorted by number) become
