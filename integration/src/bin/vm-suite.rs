@@ -187,6 +187,7 @@ fn main() -> anyhow::Result<()> {
         memory_mib: 2048,
         cpus: 2,
         accel,
+        pcie: false,
         extra: Vec::new(),
     };
     let timeout = Duration::from_secs(if accel == Accel::Kvm { 600 } else { 1500 });

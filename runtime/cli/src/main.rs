@@ -99,6 +99,22 @@ enum Command {
     /// Keeps a bridged container's DHCP lease (started by create).
     #[command(hide = true)]
     DhcpKeeper(commands::dhcp_keeper::Args),
+    /// Stands for a VM container's init (started by create).
+    #[command(hide = true)]
+    VmSupervisor(commands::vm::SupervisorArgs),
+    /// Stands for a process exec'd in a VM container (started by exec).
+    #[command(hide = true)]
+    VmExec(commands::vm::ExecArgs),
+}
+
+/// Whether rt was invoked as `rt-vm` (a link beside `rt`), whose containers
+/// default to the VM backend.
+pub fn invoked_as_vm() -> bool {
+    std::env::args_os()
+        .next()
+        .map(PathBuf::from)
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .is_some_and(|n| n == "rt-vm")
 }
 
 /// Global options every command gets.
@@ -197,5 +213,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Features => commands::features::run().map(|()| 0),
         Command::Image(c) => commands::image::run(&global, c).map(|()| 0),
         Command::DhcpKeeper(a) => commands::dhcp_keeper::run(a).map(|()| 0),
+        Command::VmSupervisor(a) => commands::vm::supervisor(a),
+        Command::VmExec(a) => commands::vm::exec(a),
     }
 }

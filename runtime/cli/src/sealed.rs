@@ -46,6 +46,13 @@ pub fn reexec_protected() -> anyhow::Result<()> {
     if is_sealed(&exe) || on_readonly_overlay(&exe) {
         return Ok(());
     }
+    // The binary's own path, for what needs the file itself (the VM
+    // backend packs it into the guest's initramfs).
+    if std::env::var_os("RT_EXE").is_none() {
+        if let Ok(path) = std::fs::read_link("/proc/self/exe") {
+            std::env::set_var("RT_EXE", path);
+        }
+    }
     let forced = std::env::var("RT_SELF_PROTECTION").unwrap_or_default();
     let protected = match forced.as_str() {
         "memfd" => sealed_copy(exe)?,

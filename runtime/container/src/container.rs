@@ -34,6 +34,8 @@ pub struct CreateRequest {
     pub options: Options,
     /// Overrides the `run.rt.isolation` annotation.
     pub isolation: Option<String>,
+    /// The isolation the binary's name implies (`rt-vm`: "vm").
+    pub isolation_by_name: Option<String>,
     /// Annotations set over the bundle's (the CLI's `--network` and friends).
     pub annotations: Vec<(String, String)>,
 }
@@ -85,7 +87,11 @@ impl Runtime {
             bundle.spec.set_annotations(Some(all));
         }
         let backend =
-            backend::select(bundle.spec.annotations().as_ref(), req.isolation.as_deref())?;
+            backend::select(
+                bundle.spec.annotations().as_ref(),
+                req.isolation.as_deref(),
+                req.isolation_by_name.as_deref(),
+            )?;
         let layout = rt_cgroups::Layout::detect()?;
         let cg_path = rt_cgroups::container_path(
             bundle
@@ -116,6 +122,7 @@ impl Runtime {
                 }),
             config: bundle.spec.clone(),
             network: None,
+            vm_dir: None,
         };
         let result = self.create_in(
             &dir,
@@ -333,6 +340,16 @@ impl Runtime {
             return Ok(Vec::new());
         }
         c.backend.pids(&c.st)
+    }
+
+    /// `ps` output of the backend's own (a VM's guest processes), or None
+    /// for the host's `ps` filtered to [`Runtime::pids`].
+    pub fn ps(&self, id: &str, json: bool, ps_args: &[String]) -> Result<Option<String>> {
+        let c = self.open(id)?;
+        if c.status == Status::Stopped {
+            return Ok(None);
+        }
+        c.backend.ps(&c.st, json, ps_args)
     }
 
     /// The cgroup of a live (running or paused) container, for `events`.

@@ -16,8 +16,12 @@ pub enum Error {
     Spec(#[from] spec::Error),
     #[error(transparent)]
     State(#[from] state::Error),
-    #[error("isolation {0:?} (annotation run.rt.isolation) is not supported: rt supports \"container\"; the microVM backend is not built yet")]
+    #[error("isolation {0:?} (annotation run.rt.isolation) is not supported: use \"container\" or \"vm\"")]
     UnsupportedIsolation(String),
+    #[error(transparent)]
+    Vm(#[from] crate::backend::vm::VmError),
+    #[error("annotation run.rt.isolation={annotation:?} contradicts the binary's name: rt-vm runs containers with isolation {binary:?}; drop the annotation or run rt")]
+    IsolationContradiction { annotation: String, binary: String },
     #[error("container {id} was created by backend {backend:?}, which this rt does not know")]
     UnknownBackend { id: String, backend: String },
     #[error("{op} is not supported by the {backend} backend")]

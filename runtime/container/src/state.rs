@@ -113,6 +113,10 @@ pub struct State {
     /// What rt built of the container's network (`run.rt.network`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<rt_netns::Attached>,
+    /// The directory of a VM container's supervisor sockets (its state
+    /// directory), for the backend's requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_dir: Option<PathBuf>,
 }
 
 /// The runtime-spec state document (`rt state`, hooks' stdin).
@@ -262,6 +266,10 @@ pub const STATE_FILE: &str = "state.json";
 pub const EXEC_FIFO: &str = "exec.fifo";
 
 impl ContainerDir {
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
     pub fn fifo(&self) -> PathBuf {
         self.dir.join(EXEC_FIFO)
     }

@@ -5,6 +5,7 @@
 
 pub mod bpf;
 pub mod mountapi;
+pub mod spawn;
 
 use std::fs;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -496,6 +497,55 @@ fn seccomp_filter(filter: &[libc::sock_filter], flags: u32) -> Result<libc::c_lo
         )
     };
     Errno::result(rc).map_err(|e| Error::Syscall("seccomp", e))
+}
+
+/// Receives one message on a UNIX socket and the first descriptor riding
+/// along with it (SCM_RIGHTS): the receiving side of the console-socket
+/// protocol. `None` when the message carried none.
+pub fn recv_fd(sock: BorrowedFd<'_>) -> Result<Option<OwnedFd>> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut buf = [0u8; 4096];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(|e| Error::Syscall("recvmsg", e))?;
+    let mut first = None;
+    for c in msg.cmsgs().map_err(|e| Error::Syscall("recvmsg", e))? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            for raw in fds {
+                // SAFETY: the kernel installed this descriptor in our table
+                // for this message; nothing else owns it (extra ones are
+                // owned here too, and closed when dropped).
+                let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+                first.get_or_insert(owned);
+            }
+        }
+    }
+    Ok(first)
+}
+
+/// Ends the process as if killed by `signal` (its parent's wait status
+/// says so), without a core file: the process that stands for a workload
+/// killed by signal N dies of signal N.
+pub fn die_of(signal: i32) -> ! {
+    let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
+    // SAFETY: SIG_DFL installs no handler (no code of ours runs in signal
+    // context); sigset operations and raise(3) only touch the local set.
+    unsafe {
+        libc::signal(signal, libc::SIG_DFL);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, signal);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        libc::raise(signal);
+    }
+    // A signal whose default is to be ignored (or that could not be raised).
+    exit_now(128 + signal)
 }
 
 /// _exit(2): ends the process at once, without running atexit handlers or

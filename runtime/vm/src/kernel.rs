@@ -18,9 +18,14 @@ pub struct Kernel {
     pub modules: PathBuf,
 }
 
-/// The versioned package `linux-image-amd64` depends on today.
-fn current_package() -> Result<String> {
-    let out = run(Command::new("apt-cache").args(["depends", "linux-image-amd64"]))?;
+/// Debian's generic kernel (the cgroup v2 test guest).
+pub const GENERIC: &str = "linux-image-amd64";
+/// Debian's cloud kernel: fewer drivers, a faster boot (the microVMs').
+pub const CLOUD: &str = "linux-image-cloud-amd64";
+
+/// The versioned package the meta-package `meta` depends on today.
+fn current_package(meta: &str) -> Result<String> {
+    let out = run(Command::new("apt-cache").args(["depends", meta]))?;
     out.lines()
         .filter_map(|l| l.trim().strip_prefix("Depends: "))
         .find(|p| p.starts_with("linux-image-"))
@@ -33,8 +38,14 @@ impl Kernel {
     /// cannot name the current package (no index, no network) but the cache
     /// holds a kernel, that one is used.
     pub fn debian(cache: &Path) -> Result<Kernel> {
+        Self::debian_package(cache, GENERIC)
+    }
+
+    /// The kernel of the meta-package `meta` ([`GENERIC`], [`CLOUD`]), from
+    /// `cache` or downloaded into it.
+    pub fn debian_package(cache: &Path, meta: &str) -> Result<Kernel> {
         std::fs::create_dir_all(cache).map_err(io("creating", cache))?;
-        let package = match current_package() {
+        let package = match current_package(meta) {
             Ok(p) => p,
             Err(e) => {
                 return Self::cached_any(cache)?.ok_or(e);
@@ -66,7 +77,8 @@ impl Kernel {
         Self::unpacked(&dir)?.ok_or_else(|| Error::NoKernel(format!("{package} holds no vmlinuz")))
     }
 
-    fn cached_any(cache: &Path) -> Result<Option<Kernel>> {
+    /// Any kernel unpacked in `cache`, without asking apt.
+    pub fn cached_any(cache: &Path) -> Result<Option<Kernel>> {
         for e in std::fs::read_dir(cache)
             .map_err(io("reading", cache))?
             .flatten()

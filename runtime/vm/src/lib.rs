@@ -7,6 +7,8 @@
 //! qemu-system-x86_64) through `std::process::Command`; nothing forks by
 //! hand, so a multi-threaded caller is fine.
 
+pub mod channel;
+pub mod guest;
 pub mod initramfs;
 pub mod kernel;
 pub mod qemu;
@@ -43,6 +45,8 @@ pub enum Error {
     BadPath(String),
     #[error("file {path} is too large for a cpio archive")]
     TooLarge { path: PathBuf },
+    #[error("no guest kernel is installed in {0}: run integration/vm/install-guest (or set RT_VM_DIR)")]
+    NoGuestKernel(PathBuf),
     #[error("the guest did not print {marker:?} within {secs} s")]
     Timeout { marker: String, secs: u64 },
 }

@@ -86,6 +86,7 @@ impl CreateFlags {
                 keep_terminal,
             },
             isolation: self.isolation.clone(),
+            isolation_by_name: crate::invoked_as_vm().then(|| "vm".to_string()),
             annotations: self.network.annotations(),
         }
     }

@@ -24,3 +24,4 @@ pub mod spec;
 pub mod start;
 pub mod state;
 pub mod update;
+pub mod vm;

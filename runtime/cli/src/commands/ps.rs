@@ -19,7 +19,13 @@ pub struct Args {
 }
 
 pub fn run(g: &Global, a: Args) -> anyhow::Result<()> {
-    let pids = Runtime::new(&g.root).pids(&a.id)?;
+    let rt = Runtime::new(&g.root);
+    // A VM container's processes are the guest's: its rt answers.
+    if let Some(out) = rt.ps(&a.id, matches!(a.format, Format::Json), &a.ps_args)? {
+        print!("{out}");
+        return Ok(());
+    }
+    let pids = rt.pids(&a.id)?;
     if let Format::Json = a.format {
         let v: Vec<i32> = pids.iter().map(|p| p.as_raw()).collect();
         println!("{}", serde_json::to_string(&v)?);

@@ -12,6 +12,7 @@
 //! plugs in here.
 
 pub mod namespaces;
+pub mod vm;
 
 use std::collections::HashMap;
 
@@ -81,6 +82,12 @@ pub trait Isolation: std::fmt::Debug {
         Err(self.refuse("ps"))
     }
 
+    /// `ps` output made where the processes are (the guest's, for a VM);
+    /// `None` when the host's `ps` filtered to [`Isolation::pids`] is right.
+    fn ps(&self, _st: &State, _json: bool, _ps_args: &[String]) -> Result<Option<String>> {
+        Ok(None)
+    }
+
     /// The cgroup whose statistics and OOM events are the container's
     /// (`events`).
     fn cgroup(&self, _st: &State) -> Result<Box<dyn rt_cgroups::Manager>> {
@@ -101,21 +108,41 @@ pub trait Isolation: std::fmt::Debug {
     }
 }
 
-/// The backend the annotations (or the CLI's override) ask for, at create.
+/// The backend asked for at create: the CLI's `--isolation` (`over`),
+/// else the annotation, else the binary name's default (`rt-vm`: "vm"),
+/// else "container". An annotation that contradicts the binary's name is
+/// refused (as crun does for its krun handler).
 pub fn select(
     annotations: Option<&HashMap<String, String>>,
     over: Option<&str>,
+    by_name: Option<&str>,
 ) -> Result<Box<dyn Isolation>> {
-    let wanted = over
-        .or_else(|| {
-            annotations
-                .and_then(|a| a.get(ANNOTATION))
-                .map(String::as_str)
-        })
-        .unwrap_or("container");
-    match wanted {
-        "container" | "namespaces" => Ok(Box::new(namespaces::Namespaces)),
-        other => Err(Error::UnsupportedIsolation(other.to_string())),
+    let annotated = annotations
+        .and_then(|a| a.get(ANNOTATION))
+        .map(String::as_str);
+    if over.is_none() {
+        if let (Some(a), Some(name)) = (annotated, by_name) {
+            if canonical(a) != canonical(name) {
+                return Err(Error::IsolationContradiction {
+                    annotation: a.to_string(),
+                    binary: name.to_string(),
+                });
+            }
+        }
+    }
+    let wanted = over.or(annotated).or(by_name).unwrap_or("container");
+    match canonical(wanted) {
+        "container" => Ok(Box::new(namespaces::Namespaces)),
+        "vm" => Ok(Box::new(vm::Vm)),
+        _ => Err(Error::UnsupportedIsolation(wanted.to_string())),
+    }
+}
+
+fn canonical(name: &str) -> &str {
+    match name {
+        "container" | "namespaces" => "container",
+        "vm" | "microvm" => "vm",
+        other => other,
     }
 }
 
@@ -123,6 +150,7 @@ pub fn select(
 pub fn of(st: &State) -> Result<Box<dyn Isolation>> {
     match st.backend.as_str() {
         "container" => Ok(Box::new(namespaces::Namespaces)),
+        "vm" => Ok(Box::new(vm::Vm)),
         other => Err(Error::UnknownBackend {
             id: st.id.clone(),
             backend: other.to_string(),
@@ -136,17 +164,22 @@ mod tests {
 
     #[test]
     fn selection_and_dispatch() {
-        assert_eq!(select(None, None).unwrap().name(), "container");
+        assert_eq!(select(None, None, None).unwrap().name(), "container");
         let a: HashMap<String, String> = [(ANNOTATION.to_string(), "vm".to_string())].into();
-        let e = select(Some(&a), None).unwrap_err().to_string();
-        assert!(
-            e.contains("\"vm\"") && e.contains("run.rt.isolation"),
-            "{e}"
-        );
+        assert_eq!(select(Some(&a), None, None).unwrap().name(), "vm");
+        assert_eq!(select(None, None, Some("vm")).unwrap().name(), "vm");
+        assert_eq!(select(Some(&a), None, Some("vm")).unwrap().name(), "vm");
         assert_eq!(
-            select(Some(&a), Some("container")).unwrap().name(),
+            select(Some(&a), Some("container"), None).unwrap().name(),
             "container"
         );
+        let c: HashMap<String, String> =
+            [(ANNOTATION.to_string(), "container".to_string())].into();
+        let e = select(Some(&c), None, Some("vm")).unwrap_err().to_string();
+        assert!(e.contains("contradicts") && e.contains("rt-vm"), "{e}");
+        let k: HashMap<String, String> = [(ANNOTATION.to_string(), "krun".to_string())].into();
+        let e = select(Some(&k), None, None).unwrap_err().to_string();
+        assert!(e.contains("\"krun\"") && e.contains("run.rt.isolation"), "{e}");
     }
 
     /// A backend that implements only what it must refuses the rest by name.

@@ -124,7 +124,7 @@ impl Isolation for Namespaces {
 }
 
 /// The cgroup manager of a container, on the host's layout.
-fn cgroup_of(st: &State) -> Result<Box<dyn rt_cgroups::Manager>> {
+pub(super) fn cgroup_of(st: &State) -> Result<Box<dyn rt_cgroups::Manager>> {
     Ok(match &st.cgroup {
         Some(rec) => rt_cgroups::open(&rt_cgroups::Layout::detect()?, rec.clone()),
         None => rt_cgroups::disabled(),
@@ -133,7 +133,7 @@ fn cgroup_of(st: &State) -> Result<Box<dyn rt_cgroups::Manager>> {
 
 /// Kills what is left of a container (its init, then everything in its
 /// cgroup) and removes its cgroups.
-fn kill_and_remove_cgroup(st: &State, layout: &rt_cgroups::Layout) -> Result<()> {
+pub(super) fn kill_and_remove_cgroup(st: &State, layout: &rt_cgroups::Layout) -> Result<()> {
     if st.init_alive()
         && !st
             .cgroup

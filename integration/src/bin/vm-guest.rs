@@ -1,0 +1,30 @@
+//! Installs the microVM backend's guest assets (`integration/vm/install-guest`):
+//! Debian's cloud kernel into `$RT_VM_DIR/kernel` (default /var/lib/rt/vm),
+//! and the accelerator probe's answer for it on this host (KVM only if a
+//! test boot under it works). A second run reuses both. Containers never
+//! download or probe at create.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .init();
+    let assets = rt_vm::guest::dir();
+    let kernel = rt_vm::guest::install_kernel(&assets).context("installing the guest kernel")?;
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .context("busybox not found: install busybox-static")?;
+    let accel = rt_vm::qemu::probe_accel(&kernel, &busybox, &assets, Duration::from_secs(30))?;
+    println!(
+        "guest kernel {} in {}, accelerator {accel:?}",
+        kernel.version,
+        assets.display()
+    );
+    Ok(())
+}

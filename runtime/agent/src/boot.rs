@@ -1,0 +1,143 @@
+//! Bringing the guest up, as its PID 1.
+//!
+//! Stage 1 moves the initramfs into a tmpfs and makes that the root
+//! (pivot_root, which rt's containers need, is refused on the initramfs
+//! itself), then re-executes the agent. Stage 2 mounts the API filesystems
+//! and cgroup2 (every controller: the guest's limits are v2), loads the
+//! virtio modules, mounts the host's share and opens the channel.
+
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use nix::mount::{mount, MsFlags};
+
+/// Where the host's virtiofs share (the container's rootfs and bind-mount
+/// sources) is mounted.
+pub const SHARE: &str = "/run/rt-share";
+
+/// Copies the initramfs into a tmpfs, makes it the root and re-executes.
+pub fn stage1() -> Result<()> {
+    let new = Path::new("/newroot");
+    std::fs::create_dir_all(new).context("creating /newroot")?;
+    mount(Some("tmpfs"), new, Some("tmpfs"), MsFlags::empty(), Some("mode=0755"))
+        .context("mounting a tmpfs on /newroot")?;
+    for entry in std::fs::read_dir("/").context("reading /")?.flatten() {
+        let name = entry.file_name();
+        if ["newroot", "proc", "sys", "dev"].iter().any(|n| name == *n) {
+            std::fs::create_dir_all(new.join(&name)).context("creating a mount point")?;
+            continue;
+        }
+        copy_tree(&entry.path(), &new.join(&name))?;
+        // What is copied is freed from the initramfs (as switch_root does).
+        let _ = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            std::fs::remove_dir_all(entry.path())
+        } else {
+            std::fs::remove_file(entry.path())
+        };
+    }
+    nix::unistd::chdir(new).context("chdir /newroot")?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .context("moving the tmpfs onto /")?;
+    nix::unistd::chroot(".").context("chroot")?;
+    nix::unistd::chdir("/").context("chdir /")?;
+    let err = nix::unistd::execv(c"/init", &[c"/init", c"stage2"]).unwrap_err();
+    Err(err).context("re-executing /init")
+}
+
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::symlink_metadata(from).with_context(|| format!("reading {}", from.display()))?;
+    let ft = meta.file_type();
+    if ft.is_symlink() {
+        let target = std::fs::read_link(from)?;
+        std::os::unix::fs::symlink(target, to).with_context(|| format!("linking {}", to.display()))?;
+    } else if ft.is_dir() {
+        std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+        std::fs::set_permissions(to, std::fs::Permissions::from_mode(meta.permissions().mode()))?;
+        for e in std::fs::read_dir(from)?.flatten() {
+            copy_tree(&e.path(), &to.join(e.file_name()))?;
+        }
+    } else {
+        std::fs::copy(from, to).with_context(|| format!("copying {}", from.display()))?;
+    }
+    Ok(())
+}
+
+/// Mounts, modules, the share; returns the channel's port.
+pub fn stage2() -> Result<File> {
+    let m = |src: &str, target: &str, fs: &str, data: Option<&str>| {
+        std::fs::create_dir_all(target).with_context(|| format!("creating {target}"))?;
+        mount(Some(src), target, Some(fs), MsFlags::empty(), data)
+            .with_context(|| format!("mounting {fs} on {target}"))
+    };
+    m("proc", "/proc", "proc", None)?;
+    m("sysfs", "/sys", "sysfs", None)?;
+    m("devtmpfs", "/dev", "devtmpfs", None)?;
+    m("devpts", "/dev/pts", "devpts", Some("newinstance,ptmxmode=0666"))?;
+    m("shm", "/dev/shm", "tmpfs", None)?;
+    m("tmpfs", "/tmp", "tmpfs", None)?;
+    m("tmpfs", "/run", "tmpfs", Some("mode=0755"))?;
+    m("cgroup2", "/sys/fs/cgroup", "cgroup2", Some("nsdelegate"))?;
+    enable_controllers();
+    load_modules()?;
+    let port = open_port(Duration::from_secs(20))?;
+    m("share", SHARE, "virtiofs", None)?;
+    std::env::set_var("PATH", "/bin:/usr/bin:/sbin:/usr/sbin");
+    Ok(port)
+}
+
+/// Every controller for the containers' cgroups below the root.
+fn enable_controllers() {
+    let all = std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers").unwrap_or_default();
+    let want: Vec<String> = all.split_whitespace().map(|c| format!("+{c}")).collect();
+    let _ = std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", want.join(" "));
+}
+
+/// Loads /etc/modules-load's modules in order (finit_module).
+fn load_modules() -> Result<()> {
+    let list = std::fs::read_to_string("/etc/modules-load").unwrap_or_default();
+    for path in list.lines().filter(|l| !l.is_empty()) {
+        let f = File::open(path).with_context(|| format!("opening {path}"))?;
+        match nix::kmod::finit_module(f.as_fd(), c"", nix::kmod::ModuleInitFlags::empty()) {
+            Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+            Err(e) => return Err(e).with_context(|| format!("loading {path}")),
+        }
+    }
+    Ok(())
+}
+
+/// The virtio-serial port named `rt.agent`, once udev-less sysfs shows it.
+fn open_port(timeout: Duration) -> Result<File> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(entries) = std::fs::read_dir("/sys/class/virtio-ports") {
+            for e in entries.flatten() {
+                let name = std::fs::read_to_string(e.path().join("name")).unwrap_or_default();
+                if name.trim() == "rt.agent" {
+                    let dev = Path::new("/dev").join(e.file_name());
+                    return std::fs::OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .open(&dev)
+                        .with_context(|| format!("opening {}", dev.display()));
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("no virtio-serial port named rt.agent appeared");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Syncs and powers the guest off (QEMU then exits).
+pub fn power_off() -> ! {
+    nix::unistd::sync();
+    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}

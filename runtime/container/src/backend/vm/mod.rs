@@ -1,0 +1,635 @@
+//! The microVM backend: each container runs in its own QEMU microVM
+//! (`-M microvm,pcie=on`), whose PID 1 is rt's agent (runtime/agent), and
+//! inside it the guest's copy of rt creates the container with the
+//! namespaces backend — the same spec validation, rootfs, cgroup v2 limits,
+//! seccomp and hooks as on the host. See docs/microvm.md.
+//!
+//! Host processes: the supervisor ([`supervisor`]) stands for the init and
+//! owns QEMU and virtiofsd; an exec relay ([`relay`]) stands for each
+//! exec'd process. Every other operation (start, kill, pause, ps, …) is a
+//! request on the supervisor's control socket ([`request`]), which the
+//! supervisor routes to the agent over virtio-serial.
+
+pub mod relay;
+pub mod share;
+mod stdio;
+pub mod supervisor;
+
+use std::io::Read;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use nix::unistd::Pid;
+use oci_spec::runtime::{LinuxResources, Process};
+use rt_vm::channel::{Frame, Kind, Op, Reply, ToGuest, ToHost};
+
+use super::Isolation;
+use crate::error::{Error, Result};
+use crate::sandbox::{Created, ExecHow, Options, Sandbox};
+use crate::state::{self, ContainerDir, State, Status};
+
+/// Annotations for the VM's size.
+pub const CPUS: &str = "run.rt.vm.cpus";
+pub const MEMORY: &str = "run.rt.vm.memory";
+/// Guest memory when the spec sets no memory limit (MiB).
+pub const DEFAULT_MEMORY_MIB: u32 = 256;
+/// What the guest needs beyond the workload's limit: kernel, agent, rt.
+pub const AGENT_MIB: u32 = 64;
+/// QEMU's own memory beyond the guest's under TCG (measured 80–100 MiB,
+/// see shared/microvm-facts.md), added to the host cgroup's limit.
+pub const QEMU_OVERHEAD_MIB: u64 = 160;
+
+/// The files of a VM container in its state directory.
+pub mod files {
+    pub const CONFIG: &str = "vm.json";
+    pub const SHARE: &str = "share";
+    pub const FS_SOCKET: &str = "fs.sock";
+    pub const AGENT_SOCKET: &str = "agent.sock";
+    pub const CONTROL_SOCKET: &str = "vm.sock";
+    pub const CONSOLE: &str = "console.log";
+    pub const VIRTIOFSD_LOG: &str = "virtiofsd.log";
+    pub const SUPERVISOR_LOG: &str = "supervisor.log";
+    pub const HELPERS: &str = "helpers";
+    pub const PAUSED: &str = "paused";
+}
+
+/// Errors of the VM backend.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// rt's own message from inside the guest, passed on as it is.
+    #[error("{0}")]
+    Guest(String),
+    #[error("{0} is not supported by the vm backend")]
+    Unsupported(String),
+    #[error("the VM did not boot: {why} (console: {console})")]
+    Boot { why: String, console: String },
+    #[error("VM helper: {0}")]
+    Helper(String),
+    #[error("invalid annotation {key}={value:?}: {why}")]
+    Annotation {
+        key: &'static str,
+        value: String,
+        why: &'static str,
+    },
+    #[error("isolation \"vm\" contradicts the binary's name {0}: it runs containers in VMs; drop the annotation or run rt")]
+    Contradiction(String),
+    #[error("the VM supervisor of {0} ended before it answered (see its console log)")]
+    NoAnswer(String),
+    #[error("the VM of container {0} is not running")]
+    Gone(String),
+    #[error("{0}")]
+    Mount(&'static str, #[source] nix::errno::Errno),
+    #[error("bind-mounting {0} into the VM's share")]
+    Bind(PathBuf, #[source] nix::errno::Errno),
+    #[error("the VM's terminal")]
+    Terminal(#[source] rt_sys::Error),
+    #[error("running {program}")]
+    Spawn {
+        program: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what} {path}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the VM's control socket")]
+    Socket(#[source] std::io::Error),
+    #[error("the VM's channel")]
+    Channel(#[from] rt_vm::channel::Error),
+    #[error("the VM's configuration")]
+    Config(#[source] serde_json::Error),
+    #[error("the guest's assets")]
+    Assets(#[from] rt_vm::Error),
+    #[error("the VM's host cgroup")]
+    Cgroup(#[from] rt_cgroups::Error),
+}
+
+/// The microVM backend.
+#[derive(Debug)]
+pub struct Vm;
+
+impl Isolation for Vm {
+    fn name(&self) -> &'static str {
+        "vm"
+    }
+
+    fn create(&self, sandbox: Sandbox<'_>, state: &mut State) -> Result<Created> {
+        Ok(create(sandbox, state)?)
+    }
+
+    fn status(&self, dir: &ContainerDir, st: &State) -> Status {
+        dir.status(st, || dir.path().join(files::PAUSED).exists())
+    }
+
+    fn start(&self, dir: &ContainerDir, st: &State) -> Result<()> {
+        ok(request(dir.path(), &st.id, Op::Start)?)?;
+        let fifo = dir.fifo();
+        std::fs::remove_file(&fifo).map_err(|source| Error::Io {
+            what: "removing the created marker",
+            path: fifo,
+            source,
+        })
+    }
+
+    fn kill(&self, st: &State, signal: i32, all: bool) -> Result<()> {
+        ok(request(&dir_of(st)?, &st.id, Op::Kill { signal, all })?)
+    }
+
+    fn exec(
+        &self,
+        st: &State,
+        _status: Status,
+        process: &Process,
+        opts: &Options,
+        how: &ExecHow,
+    ) -> Result<Created> {
+        if !how.cgroup.is_empty() {
+            return Err(self.refuse("exec --cgroup"));
+        }
+        if opts.preserve_fds > 0 {
+            return Err(self.refuse("exec --preserve-fds"));
+        }
+        Ok(exec(&dir_of(st)?, process, opts)?)
+    }
+
+    fn pause(&self, st: &State) -> Result<()> {
+        let dir = dir_of(st)?;
+        rt_op(&dir, &st.id, &["pause"], None)?;
+        let marker = dir.join(files::PAUSED);
+        std::fs::write(&marker, b"").map_err(|source| Error::Io {
+            what: "writing",
+            path: marker,
+            source,
+        })
+    }
+
+    fn resume(&self, st: &State) -> Result<()> {
+        let dir = dir_of(st)?;
+        rt_op(&dir, &st.id, &["resume"], None)?;
+        let _ = std::fs::remove_file(dir.join(files::PAUSED));
+        Ok(())
+    }
+
+    fn update(&self, st: &State, resources: &LinuxResources) -> Result<()> {
+        let json = serde_json::to_string(resources).unwrap_or_default();
+        rt_op(&dir_of(st)?, &st.id, &["update", "--resources", "-"], Some(json))?;
+        Ok(())
+    }
+
+    /// The host processes that make up the VM (supervisor, QEMU,
+    /// virtiofsd): what the host's cgroup holds.
+    fn pids(&self, st: &State) -> Result<Vec<Pid>> {
+        let mut pids = vec![Pid::from_raw(st.pid)];
+        if let Ok(text) = std::fs::read_to_string(dir_of(st)?.join(files::HELPERS)) {
+            pids.extend(text.lines().filter_map(|l| l.parse().ok()).map(Pid::from_raw));
+        }
+        Ok(pids)
+    }
+
+    fn ps(&self, st: &State, json: bool, ps_args: &[String]) -> Result<Option<String>> {
+        let mut a = vec!["ps", "--format", if json { "json" } else { "table" }, "{id}"];
+        a.extend(ps_args.iter().map(String::as_str));
+        Ok(Some(rt_op(&dir_of(st)?, &st.id, &a, None)?))
+    }
+
+    fn cgroup(&self, st: &State) -> Result<Box<dyn rt_cgroups::Manager>> {
+        super::namespaces::cgroup_of(st)
+    }
+
+    fn destroy(&self, st: &State, layout: &rt_cgroups::Layout) -> Vec<String> {
+        let mut errors = Vec::new();
+        // The supervisor's helpers die with it (PR_SET_PDEATHSIG); any left
+        // (a supervisor killed between spawning and recording) are killed by
+        // the pids it recorded and through the host cgroup.
+        let helpers: Vec<Pid> = dir_of(st)
+            .ok()
+            .and_then(|d| std::fs::read_to_string(d.join(files::HELPERS)).ok())
+            .map(|t| t.lines().filter_map(|l| l.parse().ok()).map(Pid::from_raw).collect())
+            .unwrap_or_default();
+        if let Err(e) = super::namespaces::kill_and_remove_cgroup(st, layout) {
+            errors.push(crate::process::chain(&e));
+        }
+        for pid in helpers {
+            if state::proc_stat(pid).is_some_and(|(s, _)| s != 'Z') && is_helper(pid) {
+                let _ = rt_sys::kill(pid, libc::SIGKILL);
+            }
+        }
+        errors
+    }
+}
+
+/// Whether `pid` is still a QEMU or virtiofsd (not a reused number).
+fn is_helper(pid: Pid) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .is_ok_and(|c| c.starts_with("qemu") || c.starts_with("virtiofsd"))
+}
+
+/// The container's state directory (where the supervisor's sockets live).
+fn dir_of(st: &State) -> Result<PathBuf> {
+    st.vm_dir
+        .clone()
+        .ok_or_else(|| Error::Vm(VmError::Gone(st.id.clone())))
+}
+
+fn ok(reply: Reply) -> Result<()> {
+    match reply.error {
+        Some(e) => Err(Error::Vm(VmError::Guest(e))),
+        None => Ok(()),
+    }
+}
+
+/// `rt ARGS` run by the guest's agent on the container; its stdout.
+fn rt_op(dir: &Path, id: &str, args: &[&str], input: Option<String>) -> Result<String> {
+    let reply = request(
+        dir,
+        id,
+        Op::Rt {
+            args: args.iter().map(|a| a.to_string()).collect(),
+            input,
+        },
+    )?;
+    match (reply.error, reply.code) {
+        (Some(e), _) => Err(Error::Vm(VmError::Guest(e))),
+        (None, Some(c)) if c != 0 => Err(Error::Vm(VmError::Guest(format!("rt {} failed ({c})", args[0])))),
+        _ => Ok(reply.output.unwrap_or_default()),
+    }
+}
+
+/// One request on the supervisor's control socket.
+pub fn request(dir: &Path, id: &str, op: Op) -> std::result::Result<Reply, VmError> {
+    let mut conn = UnixStream::connect(dir.join(files::CONTROL_SOCKET))
+        .map_err(|_| VmError::Gone(id.to_string()))?;
+    conn.set_read_timeout(Some(Duration::from_secs(90)))
+        .map_err(VmError::Socket)?;
+    let mut w = conn.try_clone().map_err(VmError::Socket)?;
+    Frame::message(&ToGuest::Request { req: 1, op }).write_to(&mut w)?;
+    loop {
+        let f = Frame::read_from(&mut conn)?;
+        if f.kind == Kind::Message {
+            if let Ok(ToHost::Reply { req: 1, reply }) = f.parse() {
+                return Ok(reply);
+            }
+        }
+    }
+}
+
+/// The guest's vCPUs: the annotation, or the cpu quota/period (rounded up),
+/// or the cpuset's size; at least 1.
+fn cpus(spec: &oci_spec::runtime::Spec) -> std::result::Result<u32, VmError> {
+    if let Some(v) = spec.annotations().as_ref().and_then(|a| a.get(CPUS)) {
+        return match v.parse::<u32>() {
+            Ok(n) if (1..=256).contains(&n) => Ok(n),
+            _ => Err(VmError::Annotation {
+                key: CPUS,
+                value: v.clone(),
+                why: "a vCPU count from 1 to 256",
+            }),
+        };
+    }
+    let cpu = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.resources().as_ref())
+        .and_then(|r| r.cpu().clone());
+    let from_quota = cpu.as_ref().and_then(|c| match (c.quota(), c.period()) {
+        (Some(q), Some(p)) if q > 0 && p > 0 => Some((q as u64).div_ceil(p) as u32),
+        _ => None,
+    });
+    let from_set = cpu
+        .as_ref()
+        .and_then(|c| c.cpus().clone())
+        .map(|s| rt_cgroups_cpuset_size(&s));
+    Ok(from_quota.or(from_set).unwrap_or(1).max(1))
+}
+
+/// How many CPUs a cpuset list (`0-3,6`) names.
+fn rt_cgroups_cpuset_size(list: &str) -> u32 {
+    list.split(',')
+        .filter_map(|part| {
+            let part = part.trim();
+            match part.split_once('-') {
+                Some((a, b)) => Some(b.parse::<u32>().ok()? - a.parse::<u32>().ok()? + 1),
+                None => part.parse::<u32>().ok().map(|_| 1),
+            }
+        })
+        .sum()
+}
+
+/// The guest's memory (MiB): the annotation, or the memory limit plus what
+/// the agent needs, or [`DEFAULT_MEMORY_MIB`].
+fn memory_mib(spec: &oci_spec::runtime::Spec) -> std::result::Result<u32, VmError> {
+    if let Some(v) = spec.annotations().as_ref().and_then(|a| a.get(MEMORY)) {
+        return match v.parse::<u32>() {
+            Ok(n) if (64..=1 << 20).contains(&n) => Ok(n),
+            _ => Err(VmError::Annotation {
+                key: MEMORY,
+                value: v.clone(),
+                why: "MiB, at least 64",
+            }),
+        };
+    }
+    let limit = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.resources().as_ref())
+        .and_then(|r| r.memory().as_ref())
+        .and_then(|m| m.limit())
+        .filter(|l| *l > 0);
+    Ok(match limit {
+        Some(l) => ((l as u64).div_ceil(1 << 20) as u32 + AGENT_MIB).max(128),
+        None => DEFAULT_MEMORY_MIB,
+    })
+}
+
+/// The rt binary (its path before rt re-executed itself from a protected
+/// copy) and the agent beside it ($RT_VM_AGENT overrides).
+fn binaries() -> std::result::Result<(PathBuf, PathBuf), VmError> {
+    let rt = std::env::var_os("RT_EXE")
+        .map(PathBuf::from)
+        .or_else(|| std::fs::read_link("/proc/self/exe").ok())
+        .ok_or_else(|| VmError::Helper("cannot find rt's own binary".into()))?;
+    let agent = std::env::var_os("RT_VM_AGENT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| rt.with_file_name("rt-agent"));
+    if !agent.exists() {
+        return Err(VmError::Helper(format!(
+            "the guest agent {} is missing (install rt-agent beside rt, or set RT_VM_AGENT)",
+            agent.display()
+        )));
+    }
+    Ok((rt, agent))
+}
+
+/// A host pty for a terminal process: the master goes to the console
+/// socket (or back to `rt run`), the slave becomes the stand-in's stdio.
+fn host_pty(opts: &Options) -> std::result::Result<(Option<OwnedFd>, OwnedFd), VmError> {
+    let pty = nix::pty::openpty(None, None).map_err(|e| VmError::Mount("openpty", e))?;
+    match &opts.console_socket {
+        Some(path) => {
+            crate::terminal::send_to_socket(path, pty.master.as_fd())
+                .map_err(|e| VmError::Helper(crate::process::chain(&e)))?;
+            Ok((None, pty.slave))
+        }
+        None if opts.keep_terminal => Ok((Some(pty.master), pty.slave)),
+        None => Err(VmError::Helper(
+            "process.terminal needs --console-socket".into(),
+        )),
+    }
+}
+
+/// Spawns `rt SUBCOMMAND ARGS` (the supervisor or an exec relay) with
+/// the sync socket as fd 3, and reads its answer.
+fn spawn_stand_in(
+    args: &[&std::ffi::OsStr],
+    slave: Option<&OwnedFd>,
+    log: &Path,
+    pid_out: &mut dyn FnMut(Pid) -> Result<()>,
+    timeout: Duration,
+) -> Result<(Pid, supervisor::Answer)> {
+    let (mine, theirs) = UnixStream::pair().map_err(|e| Error::Vm(VmError::Socket(e)))?;
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg("--log").arg(log).arg("--log-format").arg("json").args(args);
+    if let Some(s) = slave {
+        let dup = |f: &OwnedFd| f.try_clone().map(Stdio::from);
+        let io = |e| Error::Vm(VmError::Socket(e));
+        cmd.stdin(dup(s).map_err(io)?)
+            .stdout(dup(s).map_err(io)?)
+            .stderr(dup(s).map_err(io)?);
+    }
+    rt_sys::spawn::inherit_fd(&mut cmd, OwnedFd::from(theirs), supervisor::SYNC_FD);
+    let child = cmd.spawn().map_err(|source| {
+        Error::Vm(VmError::Spawn {
+            program: "/proc/self/exe".into(),
+            source,
+        })
+    })?;
+    drop(cmd);
+    let pid = Pid::from_raw(child.id() as i32);
+    pid_out(pid)?;
+    let mut mine = mine;
+    mine.set_read_timeout(Some(timeout))
+        .map_err(|e| Error::Vm(VmError::Socket(e)))?;
+    let mut text = Vec::new();
+    let _ = mine.read_to_end(&mut text);
+    let answer: supervisor::Answer = serde_json::from_slice(&text).unwrap_or_default();
+    Ok((pid, answer))
+}
+
+fn create(sandbox: Sandbox<'_>, state: &mut State) -> Result<Created> {
+    let Sandbox {
+        dir,
+        bundle,
+        opts,
+        cgroup,
+        network,
+        ..
+    } = sandbox;
+    if network.is_some() {
+        return Err(Error::Vm(VmError::Unsupported(
+            "rt's own networks (run.rt.network) for VM containers".into(),
+        )));
+    }
+    let spec_json = serde_json::to_value(&bundle.spec).map_err(|e| Error::Vm(VmError::Config(e)))?;
+    share::check(&spec_json)?;
+    let (guest, binds) = share::guest_config(&spec_json, &bundle.dir)?;
+    let cpus = cpus(&bundle.spec)?;
+    let memory_mib = memory_mib(&bundle.spec)?;
+    let assets = rt_vm::guest::dir();
+    let kernel = rt_vm::guest::kernel(&assets).map_err(VmError::from)?;
+    let (rt, agent) = binaries()?;
+    let initrd = rt_vm::guest::initrd(&assets, &kernel, &agent, &rt).map_err(VmError::from)?;
+    let kvm = rt_vm::qemu::cached_accel(&kernel, &assets) == Some(rt_vm::qemu::Accel::Kvm);
+    let terminal = bundle
+        .spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false);
+
+    // The host cgroup holds the supervisor, QEMU and virtiofsd, limited to
+    // the guest's memory plus QEMU's own when the spec sets a limit.
+    if state.cgroup.is_some() {
+        cgroup.create()?;
+        state.cgroup = Some(cgroup.record());
+        dir.save(state)?;
+        if let Some(limit) = bundle
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.resources().as_ref())
+            .and_then(|r| r.memory().as_ref())
+            .and_then(|m| m.limit())
+            .filter(|l| *l > 0)
+        {
+            let host = (memory_mib as u64 + QEMU_OVERHEAD_MIB) << 20;
+            let mem = oci_spec::runtime::LinuxMemoryBuilder::default()
+                .limit(host.max(limit as u64) as i64)
+                .build()
+                .map_err(|e| Error::Vm(VmError::Helper(e.to_string())))?;
+            let mut r = LinuxResources::default();
+            r.set_memory(Some(mem));
+            cgroup.set(&r)?;
+        }
+    }
+    let cfg = supervisor::Config {
+        id: state.id.clone(),
+        kernel: kernel.vmlinuz.clone(),
+        initrd,
+        kvm,
+        cpus,
+        memory_mib,
+        rootfs: bundle.rootfs.clone(),
+        binds,
+        guest,
+        terminal,
+        cgroup: state.cgroup.clone(),
+        boot_timeout_secs: boot_timeout(),
+    };
+    let path = dir.path().join(files::CONFIG);
+    std::fs::write(&path, serde_json::to_vec(&cfg).unwrap_or_default())
+        .map_err(|source| Error::Io {
+            what: "writing",
+            path: path.clone(),
+            source,
+        })?;
+    std::fs::create_dir(dir.path().join(files::SHARE)).map_err(|source| Error::Io {
+        what: "creating",
+        path: dir.path().join(files::SHARE),
+        source,
+    })?;
+    state.vm_dir = Some(dir.path().to_path_buf());
+    let (master, slave) = if terminal {
+        let (m, s) = host_pty(opts)?;
+        (m, Some(s))
+    } else {
+        (None, None)
+    };
+    let dir_arg = dir.path().as_os_str();
+    let (pid, answer) = spawn_stand_in(
+        &["vm-supervisor".as_ref(), dir_arg],
+        slave.as_ref(),
+        &dir.path().join(files::SUPERVISOR_LOG),
+        &mut |pid| {
+            // Saved at once: a delete --force after a killed create finds
+            // the supervisor (and through it the VM).
+            state.pid = pid.as_raw();
+            state.start_time = state::proc_stat(pid).map_or(0, |(_, t)| t);
+            dir.save(state)?;
+            Ok(())
+        },
+        Duration::from_secs(cfg.boot_timeout_secs + 150),
+    )?;
+    drop(slave);
+    if let Some(e) = answer.error {
+        return Err(Error::Vm(VmError::Guest(e)));
+    }
+    if answer.guest_pid.is_none() {
+        return Err(Error::Vm(VmError::NoAnswer(state.id.clone())));
+    }
+    tracing::info!(kernel = answer.kernel.as_deref().unwrap_or(""), "VM container created");
+    // The created marker `status` reads, removed at start.
+    let fifo = dir.fifo();
+    std::fs::write(&fifo, b"").map_err(|source| Error::Io {
+        what: "writing the created marker",
+        path: fifo,
+        source,
+    })?;
+    let json = serde_json::to_vec(&state.oci(Status::Creating)).unwrap_or_default();
+    crate::hooks::run(bundle.spec.hooks().as_ref(), crate::hooks::Kind::Prestart, &json)?;
+    crate::hooks::run(bundle.spec.hooks().as_ref(), crate::hooks::Kind::CreateRuntime, &json)?;
+    state.stored_status = Status::Created;
+    dir.save(state)?;
+    Ok(Created { pid, terminal: master })
+}
+
+/// Seconds a guest may take to boot to its agent ($RT_VM_BOOT_TIMEOUT).
+fn boot_timeout() -> u64 {
+    std::env::var("RT_VM_BOOT_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(90)
+}
+
+fn exec(dir: &Path, process: &Process, opts: &Options) -> std::result::Result<Created, Error> {
+    let terminal = process.terminal().unwrap_or(false);
+    let json = serde_json::to_vec(process).map_err(|e| Error::Vm(VmError::Config(e)))?;
+    let file = tempfile_in(dir, &json)?;
+    let (master, slave) = if terminal {
+        let (m, s) = host_pty(opts)?;
+        (m, Some(s))
+    } else {
+        (None, None)
+    };
+    let mut args: Vec<&std::ffi::OsStr> = vec!["vm-exec".as_ref(), dir.as_os_str(), file.as_os_str()];
+    if terminal {
+        args.push("--tty".as_ref());
+    }
+    let (pid, answer) = spawn_stand_in(
+        &args,
+        slave.as_ref(),
+        &dir.join(files::SUPERVISOR_LOG),
+        &mut |_| Ok(()),
+        Duration::from_secs(120),
+    )?;
+    let _ = std::fs::remove_file(&file);
+    if let Some(e) = answer.error {
+        let _ = nix::sys::wait::waitpid(pid, None);
+        return Err(Error::Vm(VmError::Guest(e)));
+    }
+    Ok(Created { pid, terminal: master })
+}
+
+/// A uniquely named file in `dir` holding `bytes`.
+fn tempfile_in(dir: &Path, bytes: &[u8]) -> Result<PathBuf> {
+    for n in 0..1000u32 {
+        let path = dir.join(format!("exec-{}-{n}.json", std::process::id()));
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+            Ok(mut f) => {
+                std::io::Write::write_all(&mut f, bytes).map_err(|source| Error::Io {
+                    what: "writing",
+                    path: path.clone(),
+                    source,
+                })?;
+                return Ok(path);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(source) => return Err(Error::Io { what: "creating", path, source }),
+        }
+    }
+    Err(Error::Vm(VmError::Helper("no free exec file name".into())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(json: serde_json::Value) -> oci_spec::runtime::Spec {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn vm_size_from_annotations_and_limits() {
+        let s = spec(serde_json::json!({"ociVersion": "1.0.2"}));
+        assert_eq!((cpus(&s).unwrap(), memory_mib(&s).unwrap()), (1, DEFAULT_MEMORY_MIB));
+        let s = spec(serde_json::json!({"ociVersion": "1.0.2", "linux": {"resources": {
+            "cpu": {"quota": 150000, "period": 100000}, "memory": {"limit": 100 << 20}}}}));
+        assert_eq!((cpus(&s).unwrap(), memory_mib(&s).unwrap()), (2, 164));
+        let s = spec(serde_json::json!({"ociVersion": "1.0.2", "linux": {"resources": {
+            "cpu": {"cpus": "0-2,5"}}}}));
+        assert_eq!(cpus(&s).unwrap(), 4);
+        let s = spec(serde_json::json!({"ociVersion": "1.0.2",
+            "annotations": {"run.rt.vm.cpus": "3", "run.rt.vm.memory": "512"}}));
+        assert_eq!((cpus(&s).unwrap(), memory_mib(&s).unwrap()), (3, 512));
+        let s = spec(serde_json::json!({"ociVersion": "1.0.2",
+            "annotations": {"run.rt.vm.cpus": "0", "run.rt.vm.memory": "12"}}));
+        assert!(cpus(&s).unwrap_err().to_string().contains("run.rt.vm.cpus"));
+        assert!(memory_mib(&s).unwrap_err().to_string().contains("run.rt.vm.memory"));
+    }
+}

@@ -1,0 +1,600 @@
+//! The VM supervisor (`rt vm-supervisor DIR`): the host process that stands
+//! for a VM container's init. Its pid is the container's in `state` and
+//! `--pid-file`, its stdio is the workload's, it exits with the workload's
+//! code or dies of its signal, and QEMU and virtiofsd die with it (they are
+//! spawned with PR_SET_PDEATHSIG), so SIGKILL of the supervisor takes the
+//! whole VM.
+//!
+//! Steps: join the host cgroup; assemble the share in a private mount
+//! namespace; start virtiofsd and QEMU; wait for the agent's `ready`; have
+//! the agent create the container; answer `rt create` on the sync socket;
+//! then route frames between the agent, its own stdio and the clients of
+//! its control socket (`rt start`, `kill`, `exec`, …) until the init ends.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rt_vm::channel::{self, Frame, Kind, Op, Reply, ToGuest, ToHost};
+use serde::{Deserialize, Serialize};
+
+use super::share::{self, Bind};
+use super::stdio::{self, Received};
+use super::{files, VmError};
+
+/// Everything the supervisor needs, written by `create` to `vm.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Config {
+    pub id: String,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub kvm: bool,
+    pub cpus: u32,
+    pub memory_mib: u32,
+    pub rootfs: PathBuf,
+    pub binds: Vec<Bind>,
+    /// The guest's config.json.
+    pub guest: serde_json::Value,
+    pub terminal: bool,
+    pub cgroup: Option<rt_cgroups::Record>,
+    pub boot_timeout_secs: u64,
+}
+
+/// The supervisor's answer to `rt create` (and the exec relay's to
+/// `rt exec`) on the sync socket.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Answer {
+    pub error: Option<String>,
+    pub guest_pid: Option<i32>,
+    pub kernel: Option<String>,
+}
+
+/// The descriptor number of the sync socket in the supervisor and relay.
+pub const SYNC_FD: i32 = 3;
+
+/// The supervisor's whole life.
+pub fn main(dir: &Path) -> ! {
+    let sync = match rt_sys::spawn::take_inherited_fd(SYNC_FD) {
+        Ok(fd) => UnixStream::from(fd),
+        Err(e) => {
+            eprintln!("rt vm-supervisor: no sync socket: {e}");
+            std::process::exit(1);
+        }
+    };
+    match Vm::boot(dir) {
+        Ok((vm, answer)) => {
+            // rt create may have been killed meanwhile: then delete
+            // --force cleans up; the VM runs until then.
+            let _ = answer_on(sync, &answer);
+            let status = vm.run();
+            stdio::exit_as(status)
+        }
+        Err((e, helpers)) => {
+            tracing::error!("{e}");
+            let _ = answer_on(
+                sync,
+                &Answer {
+                    error: Some(crate::process::chain(&e)),
+                    ..Answer::default()
+                },
+            );
+            for mut h in helpers {
+                let _ = h.kill();
+                let _ = h.wait();
+            }
+            std::process::exit(1)
+        }
+    }
+}
+
+pub fn answer_on(mut sync: UnixStream, a: &Answer) -> std::io::Result<()> {
+    sync.write_all(&serde_json::to_vec(a).unwrap_or_default())
+}
+
+/// A running VM and the routes of its channel.
+struct Vm {
+    qemu: Child,
+    virtiofsd: Child,
+    router: Arc<Router>,
+    reader: UnixStream,
+    listener: UnixListener,
+    terminal: bool,
+}
+
+type BootError = (VmError, Vec<Child>);
+
+impl Vm {
+    fn boot(dir: &Path) -> Result<(Vm, Answer), BootError> {
+        let fail = |e: VmError| (e, Vec::new());
+        let text = std::fs::read(dir.join(files::CONFIG)).map_err(|source| {
+            fail(VmError::Io {
+                what: "reading",
+                path: dir.join(files::CONFIG),
+                source,
+            })
+        })?;
+        let cfg: Config = serde_json::from_slice(&text).map_err(|e| fail(VmError::Config(e)))?;
+        if let Some(rec) = &cfg.cgroup {
+            let layout = rt_cgroups::Layout::detect().map_err(|e| fail(e.into()))?;
+            rt_cgroups::open(&layout, rec.clone())
+                .enter(true)
+                .map_err(|e| fail(e.into()))?;
+        }
+        if cfg.terminal {
+            stdio::own_terminal().map_err(fail)?;
+        }
+        stdio::block_signals().map_err(fail)?;
+        share::assemble(&dir.join(files::SHARE), &cfg.rootfs, &cfg.binds).map_err(fail)?;
+        let virtiofsd = spawn_virtiofsd(dir).map_err(fail)?;
+        let mut helpers = vec![virtiofsd];
+        let with = |e: VmError, helpers: Vec<Child>| (e, helpers);
+        if let Err(e) = wait_for_socket(&dir.join(files::FS_SOCKET), &mut helpers[0]) {
+            return Err(with(e, helpers));
+        }
+        let qemu = match spawn_qemu(dir, &cfg) {
+            Ok(q) => q,
+            Err(e) => return Err(with(e, helpers)),
+        };
+        helpers.insert(0, qemu);
+        let pids: Vec<String> = helpers.iter().map(|c| c.id().to_string()).collect();
+        let _ = std::fs::write(dir.join(files::HELPERS), pids.join("\n"));
+        match Self::handshake(dir, &cfg, &mut helpers[0]) {
+            Ok((reader, router, answer, listener)) => {
+                let mut it = helpers.into_iter();
+                let (qemu, virtiofsd) = (it.next().expect("qemu"), it.next().expect("virtiofsd"));
+                Ok((
+                    Vm {
+                        qemu,
+                        virtiofsd,
+                        router,
+                        reader,
+                        listener,
+                        terminal: cfg.terminal,
+                    },
+                    answer,
+                ))
+            }
+            Err(e) => Err(with(e, helpers)),
+        }
+    }
+
+    /// Connects to the agent, waits for it, creates the container.
+    fn handshake(
+        dir: &Path,
+        cfg: &Config,
+        qemu: &mut Child,
+    ) -> Result<(UnixStream, Arc<Router>, Answer, UnixListener), VmError> {
+        let console = dir.join(files::CONSOLE);
+        let failed = |why: String| VmError::Boot {
+            why,
+            console: console_tail(&console),
+        };
+        let path = dir.join(files::AGENT_SOCKET);
+        let deadline = Instant::now() + Duration::from_secs(cfg.boot_timeout_secs);
+        let mut conn = loop {
+            if let Ok(c) = UnixStream::connect(&path) {
+                break c;
+            }
+            if let Ok(Some(st)) = qemu.try_wait() {
+                return Err(failed(format!("QEMU exited ({st})")));
+            }
+            if Instant::now() > deadline {
+                return Err(failed("QEMU opened no agent socket".into()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        conn.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .map_err(VmError::Socket)?;
+        let kernel = loop {
+            match Frame::read_from(&mut conn) {
+                Ok(f) if f.kind == Kind::Message => {
+                    if let Ok(ToHost::Ready { kernel }) = f.parse() {
+                        break kernel;
+                    }
+                }
+                Ok(_) => {}
+                Err(channel::Error::Io(e))
+                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+                {
+                    return Err(failed(format!(
+                        "the guest's agent did not answer within {} s",
+                        cfg.boot_timeout_secs
+                    )))
+                }
+                Err(_) => {
+                    let st = qemu.try_wait().ok().flatten();
+                    return Err(failed(match st {
+                        Some(st) => format!("QEMU exited ({st}) before the agent answered"),
+                        None => "the agent's channel closed".into(),
+                    }));
+                }
+            }
+        };
+        tracing::info!(kernel, "guest agent ready");
+        let router = Arc::new(Router::new(conn.try_clone().map_err(VmError::Socket)?));
+        conn.set_read_timeout(Some(Duration::from_secs(120)))
+            .map_err(VmError::Socket)?;
+        let create = Op::Create {
+            id: cfg.id.clone(),
+            config: cfg.guest.clone(),
+            terminal: cfg.terminal,
+        };
+        router.to_agent(&Frame::message(&ToGuest::Request { req: 0, op: create }))?;
+        let reply = loop {
+            let f = Frame::read_from(&mut conn).map_err(|e| failed(format!("creating the container: {e}")))?;
+            match f.kind {
+                Kind::Message => {
+                    if let Ok(ToHost::Reply { req: 0, reply }) = f.parse() {
+                        break reply;
+                    }
+                }
+                Kind::Data => stdio::write_out(channel::split(f.stream).1, &f.payload),
+                Kind::Eof => {}
+            }
+        };
+        conn.set_read_timeout(None).map_err(VmError::Socket)?;
+        if let Some(e) = reply.error {
+            return Err(VmError::Guest(e));
+        }
+        let sock = dir.join(files::CONTROL_SOCKET);
+        let listener = UnixListener::bind(&sock).map_err(|source| VmError::Io {
+            what: "binding",
+            path: sock,
+            source,
+        })?;
+        let answer = Answer {
+            error: None,
+            guest_pid: reply.pid,
+            kernel: Some(kernel),
+        };
+        Ok((conn, router, answer, listener))
+    }
+
+    /// Routes until the init ends; returns its raw wait status.
+    fn run(mut self) -> i32 {
+        let (tx, rx) = mpsc::channel();
+        let router = self.router.clone();
+        let reader = self.reader;
+        std::thread::spawn(move || router.pump(reader, tx));
+        let router = self.router.clone();
+        let listener = self.listener;
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let r = router.clone();
+                std::thread::spawn(move || r.serve_client(conn));
+            }
+        });
+        let router = self.router.clone();
+        std::thread::spawn(move || pump_stdin(router.as_ref(), 1));
+        let router = self.router.clone();
+        let terminal = self.terminal;
+        if terminal {
+            router.resize(1);
+        }
+        std::thread::spawn(move || loop {
+            match stdio::next_signal() {
+                Received::Forward(signal) => {
+                    let _ = router.request(Op::Kill { signal, all: false });
+                }
+                Received::Resize if terminal => router.resize(1),
+                _ => {}
+            }
+        });
+        // The channel closing without an exit means the VM is gone: the
+        // workload died with it.
+        let status = rx.recv().unwrap_or(libc::SIGKILL);
+        let _ = self.router.to_agent(&Frame::message(&ToGuest::Shutdown));
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline && matches!(self.qemu.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for c in [&mut self.qemu, &mut self.virtiofsd] {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        status
+    }
+}
+
+/// Copies our stdin to the stream of process `proc` until it ends.
+pub(super) fn pump_stdin(router: &dyn ToAgent, proc: u32) {
+    let stdin = std::io::stdin();
+    let mut buf = vec![0u8; 32 * 1024];
+    let stream = channel::stream(proc, 0);
+    loop {
+        match nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(&stdin), &mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if router.send_frame(&Frame::data(stream, &buf[..n])).is_err() {
+                    return;
+                }
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = router.send_frame(&Frame::eof(stream));
+}
+
+/// Anything frames can be sent to (the agent through the router, the
+/// supervisor through a relay's connection).
+pub(super) trait ToAgent: Send + Sync {
+    fn send_frame(&self, f: &Frame) -> Result<(), VmError>;
+}
+
+impl ToAgent for Router {
+    fn send_frame(&self, f: &Frame) -> Result<(), VmError> {
+        self.to_agent(f)
+    }
+}
+
+/// A client of the control socket.
+struct Client {
+    w: Mutex<UnixStream>,
+    /// Its process numbers → the guest's.
+    procs: Mutex<HashMap<u32, u32>>,
+}
+
+impl Client {
+    fn send(&self, f: &Frame) {
+        let mut w = self.w.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = f.write_to(&mut *w);
+    }
+}
+
+enum Waiter {
+    Own(mpsc::Sender<Reply>),
+    Client(Arc<Client>, u64),
+}
+
+enum Sink {
+    Own,
+    Client(Arc<Client>, u32),
+}
+
+/// Who gets which reply and which stream.
+struct Router {
+    agent: Mutex<UnixStream>,
+    next_req: AtomicU64,
+    next_proc: AtomicU32,
+    pending: Mutex<HashMap<u64, Waiter>>,
+    procs: Mutex<HashMap<u32, Sink>>,
+}
+
+impl Router {
+    fn new(agent: UnixStream) -> Router {
+        let mut procs = HashMap::new();
+        procs.insert(1, Sink::Own);
+        Router {
+            agent: Mutex::new(agent),
+            next_req: AtomicU64::new(1),
+            next_proc: AtomicU32::new(2),
+            pending: Mutex::new(HashMap::new()),
+            procs: Mutex::new(procs),
+        }
+    }
+
+    fn to_agent(&self, f: &Frame) -> Result<(), VmError> {
+        let mut w = self.agent.lock().unwrap_or_else(|e| e.into_inner());
+        f.write_to(&mut *w).map_err(VmError::Channel)
+    }
+
+    /// A request of the supervisor's own.
+    fn request(&self, op: Op) -> Result<Reply, VmError> {
+        let req = self.next_req.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel();
+        lock(&self.pending).insert(req, Waiter::Own(tx));
+        self.to_agent(&Frame::message(&ToGuest::Request { req, op }))?;
+        rx.recv_timeout(Duration::from_secs(60))
+            .map_err(|_| VmError::Guest("the guest's agent did not answer".into()))
+    }
+
+    fn resize(&self, proc: u32) {
+        if let Some((rows, cols)) = stdio::terminal_size() {
+            let _ = self.to_agent(&Frame::message(&ToGuest::Resize { proc, rows, cols }));
+        }
+    }
+
+    /// Reads the agent's frames; sends the init's wait status on `exited`.
+    fn pump(&self, mut reader: UnixStream, exited: mpsc::Sender<i32>) {
+        loop {
+            let f = match Frame::read_from(&mut reader) {
+                Ok(f) => f,
+                Err(_) => return,
+            };
+            match f.kind {
+                Kind::Message => match f.parse::<ToHost>() {
+                    Ok(ToHost::Reply { req, reply }) => match lock(&self.pending).remove(&req) {
+                        Some(Waiter::Own(tx)) => {
+                            let _ = tx.send(reply);
+                        }
+                        Some(Waiter::Client(c, local)) => {
+                            c.send(&Frame::message(&ToHost::Reply { req: local, reply }))
+                        }
+                        None => {}
+                    },
+                    Ok(ToHost::Exited { proc, status }) => match lock(&self.procs).remove(&proc) {
+                        Some(Sink::Own) => {
+                            let _ = exited.send(status);
+                        }
+                        Some(Sink::Client(c, local)) => {
+                            c.send(&Frame::message(&ToHost::Exited { proc: local, status }))
+                        }
+                        None => {}
+                    },
+                    _ => {}
+                },
+                Kind::Data | Kind::Eof => {
+                    let (proc, fd) = channel::split(f.stream);
+                    let procs = lock(&self.procs);
+                    match procs.get(&proc) {
+                        Some(Sink::Own) if f.kind == Kind::Data => stdio::write_out(fd, &f.payload),
+                        Some(Sink::Client(c, local)) => c.send(&Frame {
+                            stream: channel::stream(*local, fd),
+                            ..f
+                        }),
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// One client of the control socket: its requests go to the agent with
+    /// our numbers, its processes' streams both ways.
+    fn serve_client(&self, conn: UnixStream) {
+        let Ok(w) = conn.try_clone() else { return };
+        let client = Arc::new(Client {
+            w: Mutex::new(w),
+            procs: Mutex::new(HashMap::new()),
+        });
+        let mut r = conn;
+        while let Ok(f) = Frame::read_from(&mut r) {
+            let global = |local: u32| lock(&client.procs).get(&local).copied();
+            match f.kind {
+                Kind::Message => match f.parse::<ToGuest>() {
+                    Ok(ToGuest::Request { req, mut op }) => {
+                        match &mut op {
+                            Op::Exec { proc, .. } => {
+                                let g = self.next_proc.fetch_add(1, Ordering::Relaxed);
+                                lock(&client.procs).insert(*proc, g);
+                                lock(&self.procs).insert(g, Sink::Client(client.clone(), *proc));
+                                *proc = g;
+                            }
+                            Op::Signal { proc, .. } => match global(*proc) {
+                                Some(g) => *proc = g,
+                                None => continue,
+                            },
+                            _ => {}
+                        }
+                        let ours = self.next_req.fetch_add(1, Ordering::Relaxed);
+                        lock(&self.pending).insert(ours, Waiter::Client(client.clone(), req));
+                        let _ = self.to_agent(&Frame::message(&ToGuest::Request { req: ours, op }));
+                    }
+                    Ok(ToGuest::Resize { proc, rows, cols }) => {
+                        if let Some(g) = global(proc) {
+                            let _ = self.to_agent(&Frame::message(&ToGuest::Resize { proc: g, rows, cols }));
+                        }
+                    }
+                    _ => {}
+                },
+                Kind::Data | Kind::Eof => {
+                    let (proc, fd) = channel::split(f.stream);
+                    if let Some(g) = global(proc) {
+                        let _ = self.to_agent(&Frame {
+                            stream: channel::stream(g, fd),
+                            ..f
+                        });
+                    }
+                }
+            }
+        }
+        // The client is gone: its processes' stdin ends.
+        for g in lock(&client.procs).values() {
+            let _ = self.to_agent(&Frame::eof(channel::stream(*g, 0)));
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn log_file(path: &Path) -> Result<File, VmError> {
+    File::create(path).map_err(|source| VmError::Io {
+        what: "creating",
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The virtiofsd binary: $RT_VIRTIOFSD, or Debian's C daemon, or the Rust
+/// one's usual place.
+fn virtiofsd() -> PathBuf {
+    if let Some(p) = std::env::var_os("RT_VIRTIOFSD").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    ["/usr/lib/qemu/virtiofsd", "/usr/libexec/virtiofsd"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("/usr/lib/qemu/virtiofsd"))
+}
+
+fn spawn_virtiofsd(dir: &Path) -> Result<Child, VmError> {
+    let log = log_file(&dir.join(files::VIRTIOFSD_LOG))?;
+    let bin = virtiofsd();
+    let mut cmd = Command::new(&bin);
+    cmd.arg(format!("--socket-path={}", dir.join(files::FS_SOCKET).display()))
+        .arg("-o")
+        .arg(format!("source={}", dir.join(files::SHARE).display()))
+        .args(["-o", "cache=auto"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    rt_sys::spawn::die_with_parent(&mut cmd);
+    cmd.spawn().map_err(|source| VmError::Spawn { program: bin, source })
+}
+
+fn spawn_qemu(dir: &Path, cfg: &Config) -> Result<Child, VmError> {
+    let machine = rt_vm::qemu::Machine {
+        kernel: cfg.kernel.clone(),
+        initrd: cfg.initrd.clone(),
+        cmdline: rt_vm::qemu::FAST_BOOT.into(),
+        memory_mib: cfg.memory_mib,
+        cpus: cfg.cpus,
+        accel: if cfg.kvm {
+            rt_vm::qemu::Accel::Kvm
+        } else {
+            rt_vm::qemu::Accel::Tcg
+        },
+        pcie: true,
+        extra: rt_vm::qemu::container_devices(
+            cfg.memory_mib,
+            &dir.join(files::FS_SOCKET),
+            &dir.join(files::AGENT_SOCKET),
+        ),
+    };
+    let mut cmd = machine.command();
+    let log = log_file(&dir.join(files::CONSOLE))?;
+    let err = log.try_clone().map_err(|source| VmError::Io {
+        what: "duplicating",
+        path: dir.join(files::CONSOLE),
+        source,
+    })?;
+    cmd.stdout(log).stderr(err);
+    rt_sys::spawn::die_with_parent(&mut cmd);
+    cmd.spawn().map_err(|source| VmError::Spawn {
+        program: "qemu-system-x86_64".into(),
+        source,
+    })
+}
+
+fn wait_for_socket(path: &Path, helper: &mut Child) -> Result<(), VmError> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !path.exists() {
+        if let Ok(Some(st)) = helper.try_wait() {
+            return Err(VmError::Helper(format!("virtiofsd exited ({st})")));
+        }
+        if Instant::now() > deadline {
+            return Err(VmError::Helper("virtiofsd opened no socket within 10 s".into()));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+/// The last lines of the guest's console, for a boot failure's message.
+fn console_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = &lines[lines.len().saturating_sub(5)..];
+    tail.join(" | ")
+}

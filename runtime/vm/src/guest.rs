@@ -1,0 +1,81 @@
+//! The microVM guest's assets: where they live on the host, the guest
+//! kernel (fetched by the project's scripts, never at container start), and
+//! the initramfs with rt's agent as PID 1, built on first use and cached.
+//!
+//! Layout of the assets directory (`$RT_VM_DIR`, default `/var/lib/rt/vm`):
+//! `kernel/` holds one unpacked Debian cloud kernel package, `accel-*` the
+//! accelerator probe's answer, `initrd/<key>.cpio` the initramfs for one
+//! combination of agent, rt and kernel.
+
+use std::hash::{Hash, Hasher};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::initramfs::Initramfs;
+use crate::kernel::{Kernel, CLOUD};
+use crate::{io, Error, Result};
+
+/// The modules the guest loads (with their dependencies): the PCI
+/// transport, the virtio-serial channel, virtiofs, and overlayfs (rt in
+/// the guest protects its binary with a read-only overlay).
+pub const MODULES: [&str; 4] = ["virtio_pci", "virtio_console", "virtiofs", "overlay"];
+
+/// Bumped whenever the initramfs layout changes, so old caches are not used.
+const FORMAT: u32 = 2;
+
+/// The assets directory.
+pub fn dir() -> PathBuf {
+    std::env::var_os("RT_VM_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/rt/vm"))
+}
+
+/// The installed guest kernel; a clear error when there is none (it is
+/// never downloaded at container start).
+pub fn kernel(assets: &Path) -> Result<Kernel> {
+    let dir = assets.join("kernel");
+    Kernel::cached_any(&dir)
+        .ok()
+        .flatten()
+        .ok_or_else(|| Error::NoGuestKernel(dir))
+}
+
+/// Fetches Debian's cloud kernel into the assets directory (the project's
+/// install scripts call this; a second call reuses it).
+pub fn install_kernel(assets: &Path) -> Result<Kernel> {
+    Kernel::debian_package(&assets.join("kernel"), CLOUD)
+}
+
+/// The initramfs for `agent` (its /init), `rt` (/bin/rt) and `kernel`'s
+/// modules, from the cache or built into it. The cache key covers the
+/// binaries' identity (device, inode, size, modification time), the kernel
+/// and the format.
+pub fn initrd(assets: &Path, kernel: &Kernel, agent: &Path, rt: &Path) -> Result<PathBuf> {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    FORMAT.hash(&mut h);
+    kernel.version.hash(&mut h);
+    for bin in [agent, rt] {
+        let m = std::fs::metadata(bin).map_err(io("reading", bin))?;
+        (bin, m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()).hash(&mut h);
+    }
+    let cache = assets.join("initrd");
+    std::fs::create_dir_all(&cache).map_err(io("creating", &cache))?;
+    let out = cache.join(format!("{:016x}.cpio", h.finish()));
+    if out.exists() {
+        return Ok(out);
+    }
+    let mut i = Initramfs::new();
+    i.stripped_executable("/init", agent)?;
+    i.stripped_executable("/bin/rt", rt)?;
+    i.modules(&kernel.modules_for(&MODULES)?)?;
+    for d in ["/run/rt-share", "/sys/fs/cgroup", "/dev/pts", "/dev/shm"] {
+        i.dir(d)?;
+    }
+    // Built beside the final name, then renamed: a concurrent create sees
+    // either no image or a whole one.
+    let tmp = cache.join(format!(".{}.{}", std::process::id(), out.display().to_string().len()));
+    i.write(&tmp)?;
+    std::fs::rename(&tmp, &out).map_err(io("renaming", &tmp))?;
+    Ok(out)
+}
