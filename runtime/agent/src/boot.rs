@@ -22,8 +22,14 @@ pub const SHARE: &str = "/run/rt-share";
 pub fn stage1() -> Result<()> {
     let new = Path::new("/newroot");
     std::fs::create_dir_all(new).context("creating /newroot")?;
-    mount(Some("tmpfs"), new, Some("tmpfs"), MsFlags::empty(), Some("mode=0755"))
-        .context("mounting a tmpfs on /newroot")?;
+    mount(
+        Some("tmpfs"),
+        new,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("mode=0755"),
+    )
+    .context("mounting a tmpfs on /newroot")?;
     for entry in std::fs::read_dir("/").context("reading /")?.flatten() {
         let name = entry.file_name();
         if ["newroot", "proc", "sys", "dev"].iter().any(|n| name == *n) {
@@ -49,14 +55,19 @@ pub fn stage1() -> Result<()> {
 
 fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::symlink_metadata(from).with_context(|| format!("reading {}", from.display()))?;
+    let meta =
+        std::fs::symlink_metadata(from).with_context(|| format!("reading {}", from.display()))?;
     let ft = meta.file_type();
     if ft.is_symlink() {
         let target = std::fs::read_link(from)?;
-        std::os::unix::fs::symlink(target, to).with_context(|| format!("linking {}", to.display()))?;
+        std::os::unix::fs::symlink(target, to)
+            .with_context(|| format!("linking {}", to.display()))?;
     } else if ft.is_dir() {
         std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
-        std::fs::set_permissions(to, std::fs::Permissions::from_mode(meta.permissions().mode()))?;
+        std::fs::set_permissions(
+            to,
+            std::fs::Permissions::from_mode(meta.permissions().mode()),
+        )?;
         for e in std::fs::read_dir(from)?.flatten() {
             copy_tree(&e.path(), &to.join(e.file_name()))?;
         }
@@ -76,7 +87,12 @@ pub fn stage2() -> Result<File> {
     m("proc", "/proc", "proc", None)?;
     m("sysfs", "/sys", "sysfs", None)?;
     m("devtmpfs", "/dev", "devtmpfs", None)?;
-    m("devpts", "/dev/pts", "devpts", Some("newinstance,ptmxmode=0666"))?;
+    m(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        Some("newinstance,ptmxmode=0666"),
+    )?;
     m("shm", "/dev/shm", "tmpfs", None)?;
     m("tmpfs", "/tmp", "tmpfs", None)?;
     m("tmpfs", "/run", "tmpfs", Some("mode=0755"))?;

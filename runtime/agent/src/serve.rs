@@ -100,9 +100,15 @@ impl Agent {
             } => self.exec(proc, &process, terminal),
             Op::Start => self.simple(&["start"], None),
             Op::Signal { proc, signal } => {
-                let pid = self.procs.lock().unwrap_or_else(|e| e.into_inner()).get(&proc).map(|p| p.pid);
+                let pid = self
+                    .procs
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&proc)
+                    .map(|p| p.pid);
                 match pid {
-                    Some(pid) => match rt_sys::kill(nix::unistd::Pid::from_raw(pid as i32), signal) {
+                    Some(pid) => match rt_sys::kill(nix::unistd::Pid::from_raw(pid as i32), signal)
+                    {
                         Ok(()) => Reply::default(),
                         Err(e) => Reply::failed(e.to_string()),
                     },
@@ -125,13 +131,16 @@ impl Agent {
                 // The id goes where `{id}` stands, or last.
                 let mut cmd = rt();
                 if args.iter().any(|a| a == "{id}") {
-                    cmd.args(args.iter().map(|a| if a == "{id}" { id.as_str() } else { a }));
+                    cmd.args(
+                        args.iter()
+                            .map(|a| if a == "{id}" { id.as_str() } else { a }),
+                    );
                 } else {
                     cmd.args(&args).arg(&id);
                 }
                 let (code, out, err) = self.capture(cmd, input);
                 Reply {
-                    error: (code != 0).then(|| err.trim().to_string()),
+                    error: (code != 0).then(|| non_empty(err, code)),
                     code: Some(code),
                     output: Some(out),
                     ..Reply::default()
@@ -181,8 +190,18 @@ impl Agent {
                 s
             })
         };
-        let out = read(child.stdout.take().map(|r| Box::new(r) as Box<dyn Read + Send>));
-        let err = read(child.stderr.take().map(|r| Box::new(r) as Box<dyn Read + Send>));
+        let out = read(
+            child
+                .stdout
+                .take()
+                .map(|r| Box::new(r) as Box<dyn Read + Send>),
+        );
+        let err = read(
+            child
+                .stderr
+                .take()
+                .map(|r| Box::new(r) as Box<dyn Read + Send>),
+        );
         let status = self.reaper.wait(child.id());
         (
             code_of(status),
@@ -256,19 +275,23 @@ impl Agent {
         cmd.arg("--pid-file").arg(&pid_file).arg(id);
         // rt's errors go to the log: its stderr is the process's.
         let mut full = rt();
-        full.arg("--log").arg(&log).arg("--log-format").arg("json");
-        full.args(cmd.get_args().skip(2));
+        full.arg("--log").arg(&log);
+        full.args(cmd.get_args().skip(RT_ARGS));
         if terminal {
-            full.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+            full.stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
         } else {
-            full.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+            full.stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
         }
         let mut child = full.spawn().context("running /bin/rt")?;
         let status = self.reaper.wait(child.id());
         if status != 0 {
-            return Ok(Reply::failed(
-                log_error(&log).unwrap_or_else(|| format!("rt failed with status {}", code_of(status))),
-            ));
+            return Ok(Reply::failed(log_error(&log).unwrap_or_else(|| {
+                format!("rt failed with status {}", code_of(status))
+            })));
         }
         let pid: u32 = std::fs::read_to_string(&pid_file)
             .with_context(|| format!("reading {}", pid_file.display()))?
@@ -322,7 +345,10 @@ impl Agent {
                 let left = deadline.saturating_duration_since(std::time::Instant::now());
                 let _ = rx.recv_timeout(left);
             }
-            a.procs.lock().unwrap_or_else(|e| e.into_inner()).remove(&proc);
+            a.procs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&proc);
             a.send(&Frame::message(&ToHost::Exited { proc, status }));
         });
         Ok(Reply {
@@ -333,7 +359,12 @@ impl Agent {
 
     /// Copies `r` to stream (proc, fd) until its end; the receiver hears
     /// when it is done.
-    fn relay_out(self: &Arc<Self>, proc: u32, fd: u32, mut r: Box<dyn Read + Send>) -> mpsc::Receiver<()> {
+    fn relay_out(
+        self: &Arc<Self>,
+        proc: u32,
+        fd: u32,
+        mut r: Box<dyn Read + Send>,
+    ) -> mpsc::Receiver<()> {
         let (tx, rx) = mpsc::channel();
         let a = self.clone();
         std::thread::spawn(move || {
@@ -357,7 +388,9 @@ impl Agent {
             return;
         }
         let mut procs = self.procs.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(p) = procs.get_mut(&proc) else { return };
+        let Some(p) = procs.get_mut(&proc) else {
+            return;
+        };
         match (bytes, p.tty.is_some()) {
             (Some(b), _) => {
                 if let Some(tx) = &p.input {
@@ -414,11 +447,16 @@ fn writer(mut w: Box<dyn Write + Send>) -> mpsc::Sender<Option<Vec<u8>>> {
     tx
 }
 
+/// `/bin/rt` with the guest's state root and JSON logs (its errors on
+/// stderr, or in `--log`, are JSON lines the agent reads the message from).
 fn rt() -> Command {
     let mut c = Command::new("/bin/rt");
-    c.arg("--root").arg(RT_ROOT);
+    c.arg("--root").arg(RT_ROOT).args(["--log-format", "json"]);
     c
 }
+
+/// How many arguments [`rt`] puts first.
+const RT_ARGS: usize = 4;
 
 /// Exit code of a raw wait status: the code, or 128+N for signal N.
 fn code_of(status: i32) -> i32 {
@@ -429,7 +467,11 @@ fn code_of(status: i32) -> i32 {
     }
 }
 
+/// rt's error message from its stderr (JSON log lines, or plain text).
 fn non_empty(err: String, code: i32) -> String {
+    if let Some(msg) = last_error(&err) {
+        return msg;
+    }
     let err = err.trim();
     if err.is_empty() {
         format!("rt failed with status {code}")
@@ -438,12 +480,15 @@ fn non_empty(err: String, code: i32) -> String {
     }
 }
 
-/// The last error rt logged (`--log-format json`).
-fn log_error(log: &PathBuf) -> Option<String> {
-    let text = std::fs::read_to_string(log).ok()?;
+fn last_error(text: &str) -> Option<String> {
     text.lines()
         .rev()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .find(|v| v["level"] == "error")
         .and_then(|v| v["msg"].as_str().map(str::to_string))
+}
+
+/// The last error rt logged (`--log-format json`).
+fn log_error(log: &PathBuf) -> Option<String> {
+    last_error(&std::fs::read_to_string(log).ok()?)
 }

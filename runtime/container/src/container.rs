@@ -86,12 +86,11 @@ impl Runtime {
             all.extend(req.annotations.iter().cloned());
             bundle.spec.set_annotations(Some(all));
         }
-        let backend =
-            backend::select(
-                bundle.spec.annotations().as_ref(),
-                req.isolation.as_deref(),
-                req.isolation_by_name.as_deref(),
-            )?;
+        let backend = backend::select(
+            bundle.spec.annotations().as_ref(),
+            req.isolation.as_deref(),
+            req.isolation_by_name.as_deref(),
+        )?;
         let layout = rt_cgroups::Layout::detect()?;
         let cg_path = rt_cgroups::container_path(
             bundle

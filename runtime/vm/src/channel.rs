@@ -192,10 +192,18 @@ pub enum Op {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ToHost {
     /// The agent is up; `kernel` is the guest's `uname -r`.
-    Ready { kernel: String },
-    Reply { req: u64, reply: Reply },
+    Ready {
+        kernel: String,
+    },
+    Reply {
+        req: u64,
+        reply: Reply,
+    },
     /// A process ended; `status` is its raw wait status.
-    Exited { proc: u32, status: i32 },
+    Exited {
+        proc: u32,
+        status: i32,
+    },
 }
 
 /// The answer to a request.
@@ -238,23 +246,37 @@ mod tests {
             },
         };
         Frame::message(&req).write_to(&mut buf).unwrap();
-        Frame::data(stream(2, 1), b"out").write_to(&mut buf).unwrap();
+        Frame::data(stream(2, 1), b"out")
+            .write_to(&mut buf)
+            .unwrap();
         Frame::eof(stream(2, 0)).write_to(&mut buf).unwrap();
         let mut r = &buf[..];
         let f = Frame::read_from(&mut r).unwrap();
         assert_eq!(f.parse::<ToGuest>().unwrap(), req);
         let d = Frame::read_from(&mut r).unwrap();
-        assert_eq!((d.kind, split(d.stream), &d.payload[..]), (Kind::Data, (2, 1), &b"out"[..]));
+        assert_eq!(
+            (d.kind, split(d.stream), &d.payload[..]),
+            (Kind::Data, (2, 1), &b"out"[..])
+        );
         assert_eq!(Frame::read_from(&mut r).unwrap().kind, Kind::Eof);
         assert!(matches!(Frame::read_from(&mut r), Err(Error::Closed)));
 
         let mut huge = (MAX_PAYLOAD as u32 + 1).to_be_bytes().to_vec();
         huge.extend_from_slice(&[0, 0, 0, 0, 1]);
-        assert!(matches!(Frame::read_from(&mut &huge[..]), Err(Error::TooLarge(_))));
+        assert!(matches!(
+            Frame::read_from(&mut &huge[..]),
+            Err(Error::TooLarge(_))
+        ));
         let bad = [0, 0, 0, 0, 0, 0, 0, 0, 9];
-        assert!(matches!(Frame::read_from(&mut &bad[..]), Err(Error::BadKind(9))));
+        assert!(matches!(
+            Frame::read_from(&mut &bad[..]),
+            Err(Error::BadKind(9))
+        ));
         let cut = [0, 0, 0, 5, 0, 0, 0, 0, 1, b'a'];
-        assert!(matches!(Frame::read_from(&mut &cut[..]), Err(Error::Closed)));
+        assert!(matches!(
+            Frame::read_from(&mut &cut[..]),
+            Err(Error::Closed)
+        ));
     }
 
     #[test]

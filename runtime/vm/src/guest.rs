@@ -21,7 +21,7 @@ use crate::{io, Error, Result};
 pub const MODULES: [&str; 4] = ["virtio_pci", "virtio_console", "virtiofs", "overlay"];
 
 /// Bumped whenever the initramfs layout changes, so old caches are not used.
-const FORMAT: u32 = 2;
+const FORMAT: u32 = 3;
 
 /// The assets directory.
 pub fn dir() -> PathBuf {
@@ -38,7 +38,7 @@ pub fn kernel(assets: &Path) -> Result<Kernel> {
     Kernel::cached_any(&dir)
         .ok()
         .flatten()
-        .ok_or_else(|| Error::NoGuestKernel(dir))
+        .ok_or(Error::NoGuestKernel(dir))
 }
 
 /// Fetches Debian's cloud kernel into the assets directory (the project's
@@ -68,13 +68,25 @@ pub fn initrd(assets: &Path, kernel: &Kernel, agent: &Path, rt: &Path) -> Result
     let mut i = Initramfs::new();
     i.stripped_executable("/init", agent)?;
     i.stripped_executable("/bin/rt", rt)?;
+    // `rt ps` runs ps(1) where the processes are.
+    if let Some(ps) = ["/usr/bin/ps", "/bin/ps"]
+        .iter()
+        .map(Path::new)
+        .find(|p| p.exists())
+    {
+        i.executable("/bin/ps", ps)?;
+    }
     i.modules(&kernel.modules_for(&MODULES)?)?;
     for d in ["/run/rt-share", "/sys/fs/cgroup", "/dev/pts", "/dev/shm"] {
         i.dir(d)?;
     }
     // Built beside the final name, then renamed: a concurrent create sees
     // either no image or a whole one.
-    let tmp = cache.join(format!(".{}.{}", std::process::id(), out.display().to_string().len()));
+    let tmp = cache.join(format!(
+        ".{}.{}",
+        std::process::id(),
+        out.display().to_string().len()
+    ));
     i.write(&tmp)?;
     std::fs::rename(&tmp, &out).map_err(io("renaming", &tmp))?;
     Ok(out)

@@ -45,7 +45,9 @@ pub enum Error {
     BadPath(String),
     #[error("file {path} is too large for a cpio archive")]
     TooLarge { path: PathBuf },
-    #[error("no guest kernel is installed in {0}: run integration/vm/install-guest (or set RT_VM_DIR)")]
+    #[error(
+        "no guest kernel is installed in {0}: run integration/vm/install-guest (or set RT_VM_DIR)"
+    )]
     NoGuestKernel(PathBuf),
     #[error("the guest did not print {marker:?} within {secs} s")]
     Timeout { marker: String, secs: u64 },

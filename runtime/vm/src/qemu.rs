@@ -73,7 +73,10 @@ pub fn container_devices(memory_mib: u32, fs_socket: &Path, agent_socket: &Path)
         "-device".into(),
         "virtio-serial-pci,id=vser".into(),
         "-chardev".into(),
-        format!("socket,id=agent,path={},server=on,wait=off", agent_socket.display()),
+        format!(
+            "socket,id=agent,path={},server=on,wait=off",
+            agent_socket.display()
+        ),
         "-device".into(),
         "virtserialport,bus=vser.0,chardev=agent,name=rt.agent".into(),
     ]

@@ -173,13 +173,15 @@ mod tests {
             select(Some(&a), Some("container"), None).unwrap().name(),
             "container"
         );
-        let c: HashMap<String, String> =
-            [(ANNOTATION.to_string(), "container".to_string())].into();
+        let c: HashMap<String, String> = [(ANNOTATION.to_string(), "container".to_string())].into();
         let e = select(Some(&c), None, Some("vm")).unwrap_err().to_string();
         assert!(e.contains("contradicts") && e.contains("rt-vm"), "{e}");
         let k: HashMap<String, String> = [(ANNOTATION.to_string(), "krun".to_string())].into();
         let e = select(Some(&k), None, None).unwrap_err().to_string();
-        assert!(e.contains("\"krun\"") && e.contains("run.rt.isolation"), "{e}");
+        assert!(
+            e.contains("\"krun\"") && e.contains("run.rt.isolation"),
+            "{e}"
+        );
     }
 
     /// A backend that implements only what it must refuses the rest by name.

@@ -121,7 +121,7 @@ impl Isolation for Vm {
     }
 
     fn create(&self, sandbox: Sandbox<'_>, state: &mut State) -> Result<Created> {
-        Ok(create(sandbox, state)?)
+        create(sandbox, state)
     }
 
     fn status(&self, dir: &ContainerDir, st: &State) -> Status {
@@ -156,7 +156,7 @@ impl Isolation for Vm {
         if opts.preserve_fds > 0 {
             return Err(self.refuse("exec --preserve-fds"));
         }
-        Ok(exec(&dir_of(st)?, process, opts)?)
+        exec(&dir_of(st)?, process, opts)
     }
 
     fn pause(&self, st: &State) -> Result<()> {
@@ -179,7 +179,12 @@ impl Isolation for Vm {
 
     fn update(&self, st: &State, resources: &LinuxResources) -> Result<()> {
         let json = serde_json::to_string(resources).unwrap_or_default();
-        rt_op(&dir_of(st)?, &st.id, &["update", "--resources", "-"], Some(json))?;
+        rt_op(
+            &dir_of(st)?,
+            &st.id,
+            &["update", "--resources", "-"],
+            Some(json),
+        )?;
         Ok(())
     }
 
@@ -188,13 +193,22 @@ impl Isolation for Vm {
     fn pids(&self, st: &State) -> Result<Vec<Pid>> {
         let mut pids = vec![Pid::from_raw(st.pid)];
         if let Ok(text) = std::fs::read_to_string(dir_of(st)?.join(files::HELPERS)) {
-            pids.extend(text.lines().filter_map(|l| l.parse().ok()).map(Pid::from_raw));
+            pids.extend(
+                text.lines()
+                    .filter_map(|l| l.parse().ok())
+                    .map(Pid::from_raw),
+            );
         }
         Ok(pids)
     }
 
     fn ps(&self, st: &State, json: bool, ps_args: &[String]) -> Result<Option<String>> {
-        let mut a = vec!["ps", "--format", if json { "json" } else { "table" }, "{id}"];
+        let mut a = vec![
+            "ps",
+            "--format",
+            if json { "json" } else { "table" },
+            "{id}",
+        ];
         a.extend(ps_args.iter().map(String::as_str));
         Ok(Some(rt_op(&dir_of(st)?, &st.id, &a, None)?))
     }
@@ -211,7 +225,12 @@ impl Isolation for Vm {
         let helpers: Vec<Pid> = dir_of(st)
             .ok()
             .and_then(|d| std::fs::read_to_string(d.join(files::HELPERS)).ok())
-            .map(|t| t.lines().filter_map(|l| l.parse().ok()).map(Pid::from_raw).collect())
+            .map(|t| {
+                t.lines()
+                    .filter_map(|l| l.parse().ok())
+                    .map(Pid::from_raw)
+                    .collect()
+            })
             .unwrap_or_default();
         if let Err(e) = super::namespaces::kill_and_remove_cgroup(st, layout) {
             errors.push(crate::process::chain(&e));
@@ -257,7 +276,10 @@ fn rt_op(dir: &Path, id: &str, args: &[&str], input: Option<String>) -> Result<S
     )?;
     match (reply.error, reply.code) {
         (Some(e), _) => Err(Error::Vm(VmError::Guest(e))),
-        (None, Some(c)) if c != 0 => Err(Error::Vm(VmError::Guest(format!("rt {} failed ({c})", args[0])))),
+        (None, Some(c)) if c != 0 => Err(Error::Vm(VmError::Guest(format!(
+            "rt {} failed ({c})",
+            args[0]
+        )))),
         _ => Ok(reply.output.unwrap_or_default()),
     }
 }
@@ -395,7 +417,11 @@ fn spawn_stand_in(
 ) -> Result<(Pid, supervisor::Answer)> {
     let (mine, theirs) = UnixStream::pair().map_err(|e| Error::Vm(VmError::Socket(e)))?;
     let mut cmd = Command::new("/proc/self/exe");
-    cmd.arg("--log").arg(log).arg("--log-format").arg("json").args(args);
+    cmd.arg("--log")
+        .arg(log)
+        .arg("--log-format")
+        .arg("json")
+        .args(args);
     if let Some(s) = slave {
         let dup = |f: &OwnedFd| f.try_clone().map(Stdio::from);
         let io = |e| Error::Vm(VmError::Socket(e));
@@ -436,7 +462,8 @@ fn create(sandbox: Sandbox<'_>, state: &mut State) -> Result<Created> {
             "rt's own networks (run.rt.network) for VM containers".into(),
         )));
     }
-    let spec_json = serde_json::to_value(&bundle.spec).map_err(|e| Error::Vm(VmError::Config(e)))?;
+    let spec_json =
+        serde_json::to_value(&bundle.spec).map_err(|e| Error::Vm(VmError::Config(e)))?;
     share::check(&spec_json)?;
     let (guest, binds) = share::guest_config(&spec_json, &bundle.dir)?;
     let cpus = cpus(&bundle.spec)?;
@@ -493,12 +520,13 @@ fn create(sandbox: Sandbox<'_>, state: &mut State) -> Result<Created> {
         boot_timeout_secs: boot_timeout(),
     };
     let path = dir.path().join(files::CONFIG);
-    std::fs::write(&path, serde_json::to_vec(&cfg).unwrap_or_default())
-        .map_err(|source| Error::Io {
+    std::fs::write(&path, serde_json::to_vec(&cfg).unwrap_or_default()).map_err(|source| {
+        Error::Io {
             what: "writing",
             path: path.clone(),
             source,
-        })?;
+        }
+    })?;
     std::fs::create_dir(dir.path().join(files::SHARE)).map_err(|source| Error::Io {
         what: "creating",
         path: dir.path().join(files::SHARE),
@@ -533,7 +561,10 @@ fn create(sandbox: Sandbox<'_>, state: &mut State) -> Result<Created> {
     if answer.guest_pid.is_none() {
         return Err(Error::Vm(VmError::NoAnswer(state.id.clone())));
     }
-    tracing::info!(kernel = answer.kernel.as_deref().unwrap_or(""), "VM container created");
+    tracing::info!(
+        kernel = answer.kernel.as_deref().unwrap_or(""),
+        "VM container created"
+    );
     // The created marker `status` reads, removed at start.
     let fifo = dir.fifo();
     std::fs::write(&fifo, b"").map_err(|source| Error::Io {
@@ -542,11 +573,22 @@ fn create(sandbox: Sandbox<'_>, state: &mut State) -> Result<Created> {
         source,
     })?;
     let json = serde_json::to_vec(&state.oci(Status::Creating)).unwrap_or_default();
-    crate::hooks::run(bundle.spec.hooks().as_ref(), crate::hooks::Kind::Prestart, &json)?;
-    crate::hooks::run(bundle.spec.hooks().as_ref(), crate::hooks::Kind::CreateRuntime, &json)?;
+    crate::hooks::run(
+        bundle.spec.hooks().as_ref(),
+        crate::hooks::Kind::Prestart,
+        &json,
+    )?;
+    crate::hooks::run(
+        bundle.spec.hooks().as_ref(),
+        crate::hooks::Kind::CreateRuntime,
+        &json,
+    )?;
     state.stored_status = Status::Created;
     dir.save(state)?;
-    Ok(Created { pid, terminal: master })
+    Ok(Created {
+        pid,
+        terminal: master,
+    })
 }
 
 /// Seconds a guest may take to boot to its agent ($RT_VM_BOOT_TIMEOUT).
@@ -567,7 +609,8 @@ fn exec(dir: &Path, process: &Process, opts: &Options) -> std::result::Result<Cr
     } else {
         (None, None)
     };
-    let mut args: Vec<&std::ffi::OsStr> = vec!["vm-exec".as_ref(), dir.as_os_str(), file.as_os_str()];
+    let mut args: Vec<&std::ffi::OsStr> =
+        vec!["vm-exec".as_ref(), dir.as_os_str(), file.as_os_str()];
     if terminal {
         args.push("--tty".as_ref());
     }
@@ -583,14 +626,21 @@ fn exec(dir: &Path, process: &Process, opts: &Options) -> std::result::Result<Cr
         let _ = nix::sys::wait::waitpid(pid, None);
         return Err(Error::Vm(VmError::Guest(e)));
     }
-    Ok(Created { pid, terminal: master })
+    Ok(Created {
+        pid,
+        terminal: master,
+    })
 }
 
 /// A uniquely named file in `dir` holding `bytes`.
 fn tempfile_in(dir: &Path, bytes: &[u8]) -> Result<PathBuf> {
     for n in 0..1000u32 {
         let path = dir.join(format!("exec-{}-{n}.json", std::process::id()));
-        match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
             Ok(mut f) => {
                 std::io::Write::write_all(&mut f, bytes).map_err(|source| Error::Io {
                     what: "writing",
@@ -600,7 +650,13 @@ fn tempfile_in(dir: &Path, bytes: &[u8]) -> Result<PathBuf> {
                 return Ok(path);
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(source) => return Err(Error::Io { what: "creating", path, source }),
+            Err(source) => {
+                return Err(Error::Io {
+                    what: "creating",
+                    path,
+                    source,
+                })
+            }
         }
     }
     Err(Error::Vm(VmError::Helper("no free exec file name".into())))
@@ -617,12 +673,19 @@ mod tests {
     #[test]
     fn vm_size_from_annotations_and_limits() {
         let s = spec(serde_json::json!({"ociVersion": "1.0.2"}));
-        assert_eq!((cpus(&s).unwrap(), memory_mib(&s).unwrap()), (1, DEFAULT_MEMORY_MIB));
-        let s = spec(serde_json::json!({"ociVersion": "1.0.2", "linux": {"resources": {
-            "cpu": {"quota": 150000, "period": 100000}, "memory": {"limit": 100 << 20}}}}));
+        assert_eq!(
+            (cpus(&s).unwrap(), memory_mib(&s).unwrap()),
+            (1, DEFAULT_MEMORY_MIB)
+        );
+        let s = spec(
+            serde_json::json!({"ociVersion": "1.0.2", "linux": {"resources": {
+            "cpu": {"quota": 150000, "period": 100000}, "memory": {"limit": 100 << 20}}}}),
+        );
         assert_eq!((cpus(&s).unwrap(), memory_mib(&s).unwrap()), (2, 164));
-        let s = spec(serde_json::json!({"ociVersion": "1.0.2", "linux": {"resources": {
-            "cpu": {"cpus": "0-2,5"}}}}));
+        let s = spec(
+            serde_json::json!({"ociVersion": "1.0.2", "linux": {"resources": {
+            "cpu": {"cpus": "0-2,5"}}}}),
+        );
         assert_eq!(cpus(&s).unwrap(), 4);
         let s = spec(serde_json::json!({"ociVersion": "1.0.2",
             "annotations": {"run.rt.vm.cpus": "3", "run.rt.vm.memory": "512"}}));
@@ -630,6 +693,9 @@ mod tests {
         let s = spec(serde_json::json!({"ociVersion": "1.0.2",
             "annotations": {"run.rt.vm.cpus": "0", "run.rt.vm.memory": "12"}}));
         assert!(cpus(&s).unwrap_err().to_string().contains("run.rt.vm.cpus"));
-        assert!(memory_mib(&s).unwrap_err().to_string().contains("run.rt.vm.memory"));
+        assert!(memory_mib(&s)
+            .unwrap_err()
+            .to_string()
+            .contains("run.rt.vm.memory"));
     }
 }

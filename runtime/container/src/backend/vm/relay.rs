@@ -37,6 +37,7 @@ impl Conn {
 }
 
 pub fn main(dir: &Path, process: &Path, terminal: bool) -> ! {
+    let _ = nix::sys::prctl::set_name(c"rt-vm-exec");
     let sync = match rt_sys::spawn::take_inherited_fd(supervisor::SYNC_FD) {
         Ok(fd) => UnixStream::from(fd),
         Err(e) => {
@@ -68,7 +69,11 @@ pub fn main(dir: &Path, process: &Path, terminal: bool) -> ! {
     }
 }
 
-fn start(dir: &Path, process: &Path, terminal: bool) -> Result<(Arc<Conn>, UnixStream, i32), VmError> {
+fn start(
+    dir: &Path,
+    process: &Path,
+    terminal: bool,
+) -> Result<(Arc<Conn>, UnixStream, i32), VmError> {
     let text = std::fs::read(process).map_err(|source| VmError::Io {
         what: "reading",
         path: process.to_path_buf(),
@@ -116,7 +121,11 @@ fn relay(conn: Arc<Conn>, mut reader: UnixStream, terminal: bool) -> ! {
     std::thread::spawn(move || supervisor::pump_stdin(c.as_ref(), 1));
     let resize = |c: &Conn| {
         if let Some((rows, cols)) = stdio::terminal_size() {
-            let _ = c.send_frame(&Frame::message(&ToGuest::Resize { proc: 1, rows, cols }));
+            let _ = c.send_frame(&Frame::message(&ToGuest::Resize {
+                proc: 1,
+                rows,
+                cols,
+            }));
         }
     };
     if terminal {

@@ -71,7 +71,10 @@ pub fn guest_config(spec: &Value, bundle: &Path) -> Result<(Value, Vec<Bind>), V
 
 /// Checks what the VM backend cannot do with this spec, naming it.
 pub fn check(spec: &Value) -> Result<(), VmError> {
-    let namespaces = spec["linux"]["namespaces"].as_array().cloned().unwrap_or_default();
+    let namespaces = spec["linux"]["namespaces"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let net = namespaces.iter().find(|n| n["type"] == "network");
     match net {
         None => {
@@ -102,12 +105,25 @@ pub fn check(spec: &Value) -> Result<(), VmError> {
 /// the supervisor, single-threaded, before it starts virtiofsd.
 pub fn assemble(share: &Path, rootfs: &Path, binds: &[Bind]) -> Result<(), VmError> {
     let sys = |what: &'static str| move |e: nix::errno::Errno| VmError::Mount(what, e);
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(sys("unshare(CLONE_NEWNS)"))?;
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+        .map_err(sys("unshare(CLONE_NEWNS)"))?;
     // Host mounts still propagate in; ours never out.
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>)
-        .map_err(sys("making / a slave"))?;
-    mount(Some("tmpfs"), share, Some("tmpfs"), MsFlags::empty(), Some("mode=0755"))
-        .map_err(sys("mounting the share's tmpfs"))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+    .map_err(sys("making / a slave"))?;
+    mount(
+        Some("tmpfs"),
+        share,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("mode=0755"),
+    )
+    .map_err(sys("mounting the share's tmpfs"))?;
     let io = |what: &'static str, path: &Path| {
         let path = path.to_path_buf();
         move |source| VmError::Io { what, path, source }
@@ -131,8 +147,14 @@ pub fn assemble(share: &Path, rootfs: &Path, binds: &[Bind]) -> Result<(), VmErr
 }
 
 fn bind(source: &Path, target: &Path, readonly: bool) -> Result<(), VmError> {
-    mount(Some(source), target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-        .map_err(|e| VmError::Bind(source.to_path_buf(), e))?;
+    mount(
+        Some(source),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| VmError::Bind(source.to_path_buf(), e))?;
     if readonly {
         mount(
             None::<&str>,
@@ -171,27 +193,45 @@ mod tests {
         assert_eq!(
             binds,
             [
-                Bind { source: "/srv/data".into(), readonly: true },
-                Bind { source: "/b/hosts".into(), readonly: false }
+                Bind {
+                    source: "/srv/data".into(),
+                    readonly: true
+                },
+                Bind {
+                    source: "/b/hosts".into(),
+                    readonly: false
+                }
             ]
         );
-        assert_eq!(g["hooks"], serde_json::json!({"createContainer": [{"path": "/y"}]}));
+        assert_eq!(
+            g["hooks"],
+            serde_json::json!({"createContainer": [{"path": "/y"}]})
+        );
         assert_eq!(g["annotations"], serde_json::json!({"keep": "me"}));
     }
 
     #[test]
     fn host_networking_and_joined_namespaces_are_refused_by_name() {
         let with = |ns: Value| serde_json::json!({"linux": {"namespaces": ns}});
-        let e = check(&with(serde_json::json!([{"type": "pid"}]))).unwrap_err().to_string();
+        let e = check(&with(serde_json::json!([{"type": "pid"}])))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("host networking"), "{e}");
-        let e = check(&with(serde_json::json!([{"type": "network", "path": "/run/netns/x"}])))
-            .unwrap_err()
-            .to_string();
+        let e = check(&with(
+            serde_json::json!([{"type": "network", "path": "/run/netns/x"}]),
+        ))
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("/run/netns/x"), "{e}");
-        let e = check(&with(serde_json::json!([{"type": "network"}, {"type": "ipc", "path": "/proc/1/ns/ipc"}])))
-            .unwrap_err()
-            .to_string();
+        let e = check(&with(
+            serde_json::json!([{"type": "network"}, {"type": "ipc", "path": "/proc/1/ns/ipc"}]),
+        ))
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("ipc namespace"), "{e}");
-        check(&with(serde_json::json!([{"type": "network"}, {"type": "pid"}]))).unwrap();
+        check(&with(
+            serde_json::json!([{"type": "network"}, {"type": "pid"}]),
+        ))
+        .unwrap();
     }
 }

@@ -60,6 +60,8 @@ pub const SYNC_FD: i32 = 3;
 
 /// The supervisor's whole life.
 pub fn main(dir: &Path) -> ! {
+    // Named for `ps` (it was exec'd as /proc/self/exe).
+    let _ = nix::sys::prctl::set_name(c"rt-vm");
     let sync = match rt_sys::spawn::take_inherited_fd(SYNC_FD) {
         Ok(fd) => UnixStream::from(fd),
         Err(e) => {
@@ -201,7 +203,10 @@ impl Vm {
                 }
                 Ok(_) => {}
                 Err(channel::Error::Io(e))
-                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
                 {
                     return Err(failed(format!(
                         "the guest's agent did not answer within {} s",
@@ -209,7 +214,16 @@ impl Vm {
                     )))
                 }
                 Err(_) => {
-                    let st = qemu.try_wait().ok().flatten();
+                    // The channel closes as QEMU goes: give it a moment
+                    // to be reaped, to report how it ended.
+                    let mut st = None;
+                    for _ in 0..100 {
+                        st = qemu.try_wait().ok().flatten();
+                        if st.is_some() {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
                     return Err(failed(match st {
                         Some(st) => format!("QEMU exited ({st}) before the agent answered"),
                         None => "the agent's channel closed".into(),
@@ -228,7 +242,8 @@ impl Vm {
         };
         router.to_agent(&Frame::message(&ToGuest::Request { req: 0, op: create }))?;
         let reply = loop {
-            let f = Frame::read_from(&mut conn).map_err(|e| failed(format!("creating the container: {e}")))?;
+            let f = Frame::read_from(&mut conn)
+                .map_err(|e| failed(format!("creating the container: {e}")))?;
             match f.kind {
                 Kind::Message => {
                     if let Ok(ToHost::Reply { req: 0, reply }) = f.parse() {
@@ -290,6 +305,12 @@ impl Vm {
         // The channel closing without an exit means the VM is gone: the
         // workload died with it.
         let status = rx.recv().unwrap_or(libc::SIGKILL);
+        // Requests in flight (the `kill` that ended the init) get their
+        // replies before the VM goes.
+        let drain = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < drain && !lock(&self.router.pending).is_empty() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let _ = self.router.to_agent(&Frame::message(&ToGuest::Shutdown));
         let deadline = Instant::now() + Duration::from_secs(3);
         while Instant::now() < deadline && matches!(self.qemu.try_wait(), Ok(None)) {
@@ -424,9 +445,10 @@ impl Router {
                         Some(Sink::Own) => {
                             let _ = exited.send(status);
                         }
-                        Some(Sink::Client(c, local)) => {
-                            c.send(&Frame::message(&ToHost::Exited { proc: local, status }))
-                        }
+                        Some(Sink::Client(c, local)) => c.send(&Frame::message(&ToHost::Exited {
+                            proc: local,
+                            status,
+                        })),
                         None => {}
                     },
                     _ => {}
@@ -480,7 +502,11 @@ impl Router {
                     }
                     Ok(ToGuest::Resize { proc, rows, cols }) => {
                         if let Some(g) = global(proc) {
-                            let _ = self.to_agent(&Frame::message(&ToGuest::Resize { proc: g, rows, cols }));
+                            let _ = self.to_agent(&Frame::message(&ToGuest::Resize {
+                                proc: g,
+                                rows,
+                                cols,
+                            }));
                         }
                     }
                     _ => {}
@@ -532,15 +558,21 @@ fn spawn_virtiofsd(dir: &Path) -> Result<Child, VmError> {
     let log = log_file(&dir.join(files::VIRTIOFSD_LOG))?;
     let bin = virtiofsd();
     let mut cmd = Command::new(&bin);
-    cmd.arg(format!("--socket-path={}", dir.join(files::FS_SOCKET).display()))
-        .arg("-o")
-        .arg(format!("source={}", dir.join(files::SHARE).display()))
-        .args(["-o", "cache=auto"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log);
+    cmd.arg(format!(
+        "--socket-path={}",
+        dir.join(files::FS_SOCKET).display()
+    ))
+    .arg("-o")
+    .arg(format!("source={}", dir.join(files::SHARE).display()))
+    .args(["-o", "cache=auto"])
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(log);
     rt_sys::spawn::die_with_parent(&mut cmd);
-    cmd.spawn().map_err(|source| VmError::Spawn { program: bin, source })
+    cmd.spawn().map_err(|source| VmError::Spawn {
+        program: bin,
+        source,
+    })
 }
 
 fn spawn_qemu(dir: &Path, cfg: &Config) -> Result<Child, VmError> {
@@ -584,7 +616,9 @@ fn wait_for_socket(path: &Path, helper: &mut Child) -> Result<(), VmError> {
             return Err(VmError::Helper(format!("virtiofsd exited ({st})")));
         }
         if Instant::now() > deadline {
-            return Err(VmError::Helper("virtiofsd opened no socket within 10 s".into()));
+            return Err(VmError::Helper(
+                "virtiofsd opened no socket within 10 s".into(),
+            ));
         }
         std::thread::sleep(Duration::from_millis(10));
     }

@@ -1,0 +1,534 @@
+//! The microVM backend, for real under TCG (or KVM where a probe boot
+//! works): each test boots QEMU guests through `rt`, so timeouts are sized
+//! for a loaded 2-core TCG host (a boot takes about 5 s there). The guest
+//! kernel comes from integration/vm/install-guest (the test command runs it
+//! first).
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use rt_testsupport::{
+    cgroup_dirs_named, eventually, need_root, recv_with_fd, rt_bin, unique_id, Bundle, Root,
+};
+use serde_json::{json, Value};
+
+/// The guest kernel's version (not the host's: `uname -r` tells them apart).
+fn guest_kernel() -> String {
+    rt_vm::guest::kernel(&rt_vm::guest::dir())
+        .expect("no guest kernel: run integration/vm/install-guest")
+        .version
+}
+
+/// Host processes whose command line names `needle` (a state root): QEMU,
+/// virtiofsd, supervisors and relays all do.
+fn processes_naming(needle: &Path) -> Vec<String> {
+    let needle = needle.to_string_lossy().into_owned();
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.parse::<u32>().is_err() || name == std::process::id().to_string() {
+            continue;
+        }
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if text.contains(&needle) {
+            found.push(format!("{name}: {text}"));
+        }
+    }
+    found
+}
+
+/// Nothing of the root's containers is left: no state, no process, no cgroup.
+fn assert_nothing_left(root: &Root, ids: &[&str]) {
+    assert!(
+        eventually(10, || processes_naming(root.dir.path()).is_empty()),
+        "processes left: {:?}",
+        processes_naming(root.dir.path())
+    );
+    let left: Vec<_> = std::fs::read_dir(root.dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "state left: {left:?}");
+    for id in ids {
+        assert_eq!(
+            cgroup_dirs_named(id),
+            Vec::<PathBuf>::new(),
+            "cgroups of {id} left"
+        );
+    }
+}
+
+fn vm_bundle(script: &str) -> Bundle {
+    Bundle::new(&["sh", "-c", script])
+}
+
+fn run_vm(root: &Root, b: &Bundle, id: &str) -> (i32, String, String) {
+    let out = root.rt(&[
+        "run",
+        "--isolation",
+        "vm",
+        "--bundle",
+        b.path().to_str().unwrap(),
+        id,
+    ]);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn run_prints_exits_and_sees_the_guest_kernel_and_volumes() {
+    need_root!();
+    let root = Root::new();
+    let volume = tempfile::tempdir().unwrap();
+    std::fs::write(volume.path().join("from-host"), "host data\n").unwrap();
+    let ro = tempfile::tempdir().unwrap();
+    std::fs::write(ro.path().join("f"), "ro data\n").unwrap();
+    let mut b = vm_bundle(
+        "uname -r; hostname; cat /data/from-host; echo guest data > /data/from-guest; \
+         cat /ro/f; touch /ro/x 2>/dev/null && echo ro-writable; touch /root-file 2>/dev/null && echo root-writable; \
+         echo err >&2; exit 3",
+    );
+    b.edit(|c| {
+        c["hostname"] = json!("vmbox");
+        c["root"]["readonly"] = json!(true);
+        let mounts = c["mounts"].as_array_mut().unwrap();
+        mounts.push(json!({"destination": "/data", "type": "bind",
+            "source": volume.path(), "options": ["rbind", "rw"]}));
+        mounts.push(json!({"destination": "/ro", "type": "bind",
+            "source": ro.path(), "options": ["rbind", "ro"]}));
+    });
+    let id = unique_id("vmrun");
+    let (code, out, err) = run_vm(&root, &b, &id);
+    assert_eq!(code, 3, "{out}{err}");
+    let kernel = guest_kernel();
+    let host = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert_ne!(kernel, host.trim());
+    assert_eq!(
+        out,
+        format!("{kernel}\nvmbox\nhost data\nro data\n"),
+        "{err}"
+    );
+    assert!(err.contains("err"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(volume.path().join("from-guest")).unwrap(),
+        "guest data\n"
+    );
+    assert!(!ro.path().join("x").exists());
+    assert_nothing_left(&root, &[&id]);
+}
+
+#[test]
+fn lifecycle_exec_ps_pause_update_and_signals() {
+    need_root!();
+    let root = Root::new();
+    let mut b = vm_bundle(
+        "trap 'echo got TERM; exit 0' TERM; echo started; while true; do sleep 0.1; done",
+    );
+    b.edit(|c| c["process"]["env"] = json!(["PATH=/bin", "FROM_SPEC=1"]));
+    let id = unique_id("vmlife");
+    let files = tempfile::tempdir().unwrap();
+    let pid_file = files.path().join("init.pid");
+    let log = tempfile::NamedTempFile::new().unwrap();
+    // rt create's stdio is the workload's: keep it in a file.
+    let create = root
+        .cmd()
+        .args(["create", "--isolation", "vm", "--pid-file"])
+        .arg(&pid_file)
+        .args(["--bundle", b.path().to_str().unwrap(), &id])
+        .stdin(Stdio::null())
+        .stdout(log.reopen().unwrap())
+        .stderr(log.reopen().unwrap())
+        .status()
+        .unwrap();
+    assert!(
+        create.success(),
+        "{}",
+        std::fs::read_to_string(log.path()).unwrap()
+    );
+    let state: Value = serde_json::from_str(&root.ok(&["state", &id])).unwrap();
+    assert_eq!(state["status"], "created");
+    let pid = state["pid"].as_i64().unwrap();
+    assert_eq!(std::fs::read_to_string(&pid_file).unwrap(), pid.to_string());
+    // The pid is rt's supervisor on the host, not QEMU.
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+    assert!(comm.starts_with("rt"), "{comm}");
+    root.ok(&["start", &id]);
+    assert_eq!(root.status(&id), "running");
+    assert!(eventually(60, || std::fs::read_to_string(log.path())
+        .unwrap()
+        .contains("started")));
+
+    // exec: attached, with env, cwd and user, its exit status.
+    let out = root.rt(&[
+        "exec",
+        "--env",
+        "X=y",
+        "--cwd",
+        "/tmp",
+        "--user",
+        "1000:1000",
+        &id,
+        "sh",
+        "-c",
+        "echo $X $FROM_SPEC $(pwd) $(id -u):$(id -g); exit 7",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "y 1 /tmp 1000:1000\n");
+    // A missing executable fails exec with rt's (runc's) message.
+    let out = root.rt(&["exec", &id, "/nonexistent"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("executable file not found"));
+    // Detached, with a pid file: a host process stands for it.
+    let exec_pid = files.path().join("exec.pid");
+    root.ok(&[
+        "exec",
+        "-d",
+        "--pid-file",
+        exec_pid.to_str().unwrap(),
+        &id,
+        "sleep",
+        "30",
+    ]);
+    let relay: i32 = std::fs::read_to_string(&exec_pid).unwrap().parse().unwrap();
+    assert!(Path::new(&format!("/proc/{relay}")).exists());
+
+    // ps lists the guest's processes.
+    let ps: Vec<i64> = serde_json::from_str(&root.ok(&["ps", "--format", "json", &id])).unwrap();
+    assert!(ps.len() >= 2, "{ps:?}");
+    let table = root.ok(&["ps", &id]);
+    assert!(table.contains("sleep 30"), "{table}");
+
+    root.ok(&["pause", &id]);
+    assert_eq!(root.status(&id), "paused");
+    root.ok(&["resume", &id]);
+    assert_eq!(root.status(&id), "running");
+
+    // update reaches the guest's cgroup v2.
+    root.ok(&["update", "--memory", "50m", &id]);
+    let out = root.ok(&["exec", &id, "sh", "-c", "cat /sys/fs/cgroup/memory.max"]);
+    assert_eq!(out.trim(), (50 << 20).to_string());
+
+    // kill --all reaches the exec'd sleep too; its relay ends.
+    root.ok(&["kill", "--all", &id, "TERM"]);
+    assert!(eventually(30, || root.status(&id) == "stopped"));
+    assert!(eventually(10, || !Path::new(&format!("/proc/{relay}"))
+        .exists()
+        || std::fs::read_to_string(format!("/proc/{relay}/stat"))
+            .is_ok_and(|s| s.contains(") Z"))));
+    assert!(std::fs::read_to_string(log.path())
+        .unwrap()
+        .contains("got TERM"));
+    root.ok(&["delete", &id]);
+    assert_nothing_left(&root, &[&id]);
+}
+
+#[test]
+fn exit_statuses_match_the_namespaces_backend() {
+    need_root!();
+    let root = Root::new();
+    // TERM with no handler: 143; KILL: 137 (rt run's 128+N, as runc).
+    // Without a pid namespace, so that the workload is no namespace's init
+    // (which ignores signals it has no handler for).
+    for (sig, want) in [("TERM", 143), ("KILL", 137)] {
+        let mut b = vm_bundle("echo up; exec sleep 60");
+        b.edit(|c| {
+            c["linux"]["namespaces"]
+                .as_array_mut()
+                .unwrap()
+                .retain(|n| n["type"] != "pid")
+        });
+        let id = unique_id("vmsig");
+        let mut run = root
+            .cmd()
+            .args([
+                "run",
+                "--isolation",
+                "vm",
+                "--bundle",
+                b.path().to_str().unwrap(),
+                &id,
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut first = [0u8; 3];
+        run.stdout.as_mut().unwrap().read_exact(&mut first).unwrap();
+        assert_eq!(&first, b"up\n");
+        root.ok(&["kill", &id, sig]);
+        let status = run.wait().unwrap();
+        assert_eq!(status.code(), Some(want), "{sig}");
+        assert_nothing_left(&root, &[&id]);
+    }
+}
+
+#[test]
+fn terminal_through_the_console_socket_follows_resizes() {
+    need_root!();
+    let root = Root::new();
+    let mut b = vm_bundle("tty; stty size; read line; echo got $line; stty size");
+    b.edit(|c| c["process"]["terminal"] = json!(true));
+    let id = unique_id("vmtty");
+    let sockets = tempfile::tempdir().unwrap();
+    let sock_path = sockets.path().join("console.sock");
+    let listener = UnixListener::bind(&sock_path).unwrap();
+    let accept = std::thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        recv_with_fd(&conn).1
+    });
+    root.ok(&[
+        "create",
+        "--isolation",
+        "vm",
+        "--console-socket",
+        sock_path.to_str().unwrap(),
+        "--bundle",
+        b.path().to_str().unwrap(),
+        &id,
+    ]);
+    let master = accept.join().unwrap();
+    rt_sys::set_window_size(std::os::fd::AsFd::as_fd(&master), 30, 90).unwrap();
+    root.ok(&["start", &id]);
+    let mut m = std::fs::File::from(master);
+    let mut seen = String::new();
+    let mut buf = [0u8; 256];
+    let mut read_until = |m: &mut std::fs::File, seen: &mut String, what: &str| {
+        while !seen.contains(what) {
+            let n = m.read(&mut buf).unwrap();
+            assert!(n > 0, "terminal closed before {what:?}: {seen:?}");
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    };
+    read_until(&mut m, &mut seen, "30 90");
+    assert!(seen.contains("/dev/pts/0"), "{seen:?}");
+    rt_sys::set_window_size(std::os::fd::AsFd::as_fd(&m), 40, 120).unwrap();
+    // The resize travels host pty → supervisor (SIGWINCH) → guest pty.
+    std::thread::sleep(Duration::from_secs(2));
+    m.write_all(b"hello\r").unwrap();
+    read_until(&mut m, &mut seen, "got hello");
+    read_until(&mut m, &mut seen, "40 120");
+    assert!(eventually(30, || root.status(&id) == "stopped"));
+    root.ok(&["delete", &id]);
+    assert_nothing_left(&root, &[&id]);
+}
+
+/// A change to a test's config.json.
+type Edit = Box<dyn Fn(&mut Value)>;
+
+#[test]
+fn the_same_config_gives_the_same_output_on_both_backends() {
+    need_root!();
+    let root = Root::new();
+    let cases: Vec<(&str, Edit)> = vec![
+        ("echo $$ $HOME; id -u; cat /proc/self/status | grep -E '^(CapEff|NoNewPrivs|Seccomp):'; ls /sys/class/net",
+            Box::new(|_c: &mut Value| {})),
+        ("id -u -g; pwd; echo $GREETING; ulimit -n; test -w / || echo ro",
+            Box::new(|c: &mut Value| {
+                c["process"]["user"] = json!({"uid": 1000, "gid": 1000});
+                c["process"]["cwd"] = json!("/tmp");
+                c["process"]["env"] = json!(["PATH=/bin", "GREETING=hi"]);
+                c["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "hard": 512, "soft": 256}]);
+            })),
+    ];
+    for (script, edit) in cases {
+        let mut b = vm_bundle(script);
+        b.edit(|c| edit(c));
+        let ns = root.rt(&[
+            "run",
+            "--bundle",
+            b.path().to_str().unwrap(),
+            &unique_id("same-ns"),
+        ]);
+        let id = unique_id("same-vm");
+        let (code, vm_out, vm_err) = run_vm(&root, &b, &id);
+        assert_eq!(ns.status.code(), Some(code), "{vm_err}");
+        assert_eq!(
+            String::from_utf8_lossy(&ns.stdout),
+            vm_out,
+            "{script}: {vm_err}"
+        );
+    }
+    assert_nothing_left(&root, &[]);
+}
+
+#[test]
+fn refusals_name_their_cause_and_leave_nothing() {
+    need_root!();
+    let root = Root::new();
+    let b = vm_bundle("true");
+    let bundle = b.path().to_str().unwrap();
+    // Host networking (no network namespace).
+    let mut host_net = vm_bundle("true");
+    host_net.edit(|c| {
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|n| n["type"] != "network")
+    });
+    let out = root.rt(&[
+        "run",
+        "--isolation",
+        "vm",
+        "--bundle",
+        host_net.path().to_str().unwrap(),
+        "hostnet",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("host networking"));
+    // Unknown isolation.
+    let out = root.rt(&["run", "--isolation", "krun", "--bundle", bundle, "krun"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("krun") && err.contains("not supported"),
+        "{err}"
+    );
+    // rt-vm with an annotation that says otherwise.
+    let links = tempfile::tempdir().unwrap();
+    let rt_vm = links.path().join("rt-vm");
+    std::os::unix::fs::symlink(rt_bin(), &rt_vm).unwrap();
+    let mut annotated = vm_bundle("true");
+    annotated.edit(|c| c["annotations"] = json!({"run.rt.isolation": "container"}));
+    let out = Command::new(&rt_vm)
+        .arg("--root")
+        .arg(root.dir.path())
+        .args([
+            "run",
+            "--bundle",
+            annotated.path().to_str().unwrap(),
+            "contra",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("contradicts") && err.contains("rt-vm"),
+        "{err}"
+    );
+    // No guest kernel installed.
+    let empty = tempfile::tempdir().unwrap();
+    let out = root
+        .cmd()
+        .env("RT_VM_DIR", empty.path())
+        .args(["run", "--isolation", "vm", "--bundle", bundle, "nokernel"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no guest kernel") && err.contains("install-guest"),
+        "{err}"
+    );
+    assert_nothing_left(&root, &["hostnet", "krun", "contra", "nokernel"]);
+}
+
+/// An assets directory whose "kernel" is not one (its modules are
+/// stand-ins too): the image builds, QEMU refuses to boot it.
+fn broken_assets() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    let pkg = d.path().join("kernel/linux-image-0-broken");
+    std::fs::create_dir_all(pkg.join("boot")).unwrap();
+    std::fs::write(pkg.join("boot/vmlinuz-0.0.0-broken"), b"not a kernel").unwrap();
+    let modules = pkg.join("lib/modules/0.0.0-broken/kernel");
+    std::fs::create_dir_all(&modules).unwrap();
+    for m in rt_vm::guest::MODULES {
+        std::fs::write(
+            modules.join(format!("{m}.ko")),
+            format!("\0depends=\0name={m}\0"),
+        )
+        .unwrap();
+    }
+    d
+}
+
+#[test]
+fn failed_boots_and_killed_processes_leave_nothing() {
+    need_root!();
+    let root = Root::new();
+    let b = vm_bundle("echo up; sleep 60");
+    let bundle = b.path().to_str().unwrap();
+
+    // A kernel that does not boot (the modules it lacks fail the image).
+    let broken = broken_assets();
+    let out = root
+        .cmd()
+        .env("RT_VM_DIR", broken.path())
+        .args(["run", "--isolation", "vm", "--bundle", bundle, "broken"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("did not boot") && err.contains("QEMU exited"),
+        "{err}"
+    );
+
+    // An agent that does not answer in time.
+    let out = root
+        .cmd()
+        .env("RT_VM_BOOT_TIMEOUT", "1")
+        .args(["run", "--isolation", "vm", "--bundle", bundle, "slow"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("did not boot") && err.contains("within 1 s"),
+        "{err}"
+    );
+    assert_nothing_left(&root, &["broken", "slow"]);
+
+    // SIGKILL of rt create while the VM boots, then delete --force.
+    let mut create = root
+        .cmd()
+        .args([
+            "create",
+            "--isolation",
+            "vm",
+            "--bundle",
+            bundle,
+            "killed-create",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(eventually(30, || processes_naming(root.dir.path())
+        .iter()
+        .any(|p| p.contains("qemu-system"))));
+    create.kill().unwrap();
+    create.wait().unwrap();
+    root.ok(&["delete", "--force", "killed-create"]);
+    assert_nothing_left(&root, &["killed-create"]);
+
+    // SIGKILL of the supervisor of a running VM: QEMU goes with it.
+    let id = "killed-supervisor";
+    root.ok(&["run", "-d", "--isolation", "vm", "--bundle", bundle, id]);
+    let state: Value = serde_json::from_str(&root.ok(&["state", id])).unwrap();
+    let pid = state["pid"].as_i64().unwrap() as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert!(eventually(30, || root.status(id) == "stopped"));
+    assert!(eventually(10, || !processes_naming(root.dir.path())
+        .iter()
+        .any(|p| p.contains("qemu-system"))));
+    root.ok(&["delete", id]);
+    assert_nothing_left(&root, &[id]);
+}
