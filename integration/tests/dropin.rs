@@ -28,10 +28,24 @@ fn text(o: &Output) -> String {
 /// raced ("failed to create 2048 locks in /libpod_lock: file exists").
 struct Podman {
     dir: tempfile::TempDir,
+    runtime: PathBuf,
+}
+
+/// A directory with `rt-vm`, a link to rt: rt under the name whose
+/// containers default to the microVM backend.
+fn rt_vm_link() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::Builder::new().prefix("rt-vm-").tempdir().unwrap();
+    let link = dir.path().join("rt-vm");
+    std::os::unix::fs::symlink(rt_bin(), &link).unwrap();
+    (dir, link)
 }
 
 impl Podman {
     fn new() -> Podman {
+        Self::with_runtime(rt_bin())
+    }
+
+    fn with_runtime(runtime: PathBuf) -> Podman {
         let dir = tempfile::Builder::new()
             .prefix("rt-podman-")
             .tempdir()
@@ -40,12 +54,12 @@ impl Podman {
             "[containers]\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=32768:32768\"]\n\
              [engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n\
              lock_type = \"file\"\n\
-             runtime_supports_json = [\"rt\"]\n\
+             runtime_supports_json = [\"rt\", \"rt-vm\"]\n\
              [engine.runtimes]\nrt = [\"{}\"]\n",
             rt_bin().display()
         );
         std::fs::write(dir.path().join("containers.conf"), conf).unwrap();
-        Podman { dir }
+        Podman { dir, runtime }
     }
 
     fn cmd(&self) -> Command {
@@ -61,7 +75,7 @@ impl Podman {
             .arg("--tmpdir")
             .arg(self.dir.path().join("tmp"))
             .args(["--storage-driver", "vfs", "--runtime"])
-            .arg(rt_bin());
+            .arg(&self.runtime);
         c
     }
 
@@ -71,11 +85,15 @@ impl Podman {
 
     /// A podman with the busybox image loaded as localhost/rt-busybox.
     fn with_busybox() -> Podman {
+        Self::with_busybox_on(rt_bin())
+    }
+
+    fn with_busybox_on(runtime: PathBuf) -> Podman {
         assert!(
             have("podman"),
             "podman missing: integration/install-deps installs it"
         );
-        let p = Podman::new();
+        let p = Podman::with_runtime(runtime);
         let archive = p.dir.path().join("busybox.tar");
         rt_integration::image::busybox_oci_archive(&archive, "localhost/rt-busybox:latest");
         let out = p.run(&["load", "-i", archive.to_str().unwrap()]);
@@ -221,7 +239,10 @@ impl Containerd {
 
     /// `ctr run MODE --runc-binary rt BUSYBOX ID CMD...` (MODE: --rm or -d).
     fn run_busybox(&self, mode: &str, id: &str, cmd: &[&str]) -> Output {
-        let rt = rt_bin();
+        self.run_busybox_on(&rt_bin(), mode, id, cmd)
+    }
+
+    fn run_busybox_on(&self, rt: &Path, mode: &str, id: &str, cmd: &[&str]) -> Output {
         let mut args = vec![
             "run",
             mode,
@@ -506,4 +527,136 @@ fn containerd_operates_tasks() {
         eventually(5, || rt_testsupport::cgroup_dirs_named(&ns).is_empty()),
         "{ns} left"
     );
+}
+
+/// The guest kernel's version, which `uname -r` prints in a VM container.
+fn guest_kernel() -> String {
+    rt_vm::guest::kernel(&rt_vm::guest::dir())
+        .expect("no guest kernel: run integration/vm/install-guest")
+        .version
+}
+
+#[test]
+fn podman_runs_vm_containers_with_rt_vm() {
+    if !root_or_skip("podman_runs_vm_containers_with_rt_vm") {
+        return;
+    }
+    let (_links, rt_vm) = rt_vm_link();
+    let p = Podman::with_busybox_on(rt_vm);
+    let image = "localhost/rt-busybox:latest";
+    let out = p.run(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        image,
+        "sh",
+        "-c",
+        "uname -r; exit 5",
+    ]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{}\n", guest_kernel())
+    );
+    // -it: podman's terminal through the console socket (under script(1),
+    // which gives podman a terminal of its own).
+    let out = output_via_files(
+        Command::new("script")
+            .args(["-qec"])
+            .arg(format!(
+                "{} run --rm -it --network none {image} sh -c 'tty; stty size'",
+                shell_words(&p.cmd())
+            ))
+            .arg("/dev/null"),
+    );
+    let t = text(&out);
+    assert!(out.status.success() && t.contains("/dev/pts/0"), "{t}");
+    // Detached: exec inside the VM, stop (TERM reaches the workload), rm.
+    let out = p.run(&[
+        "run",
+        "-d",
+        "--name",
+        "rt-vm-bg",
+        "--network",
+        "none",
+        image,
+        "sh",
+        "-c",
+        "trap 'exit 0' TERM; while true; do sleep 0.1; done",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = p.run(&["exec", "rt-vm-bg", "sh", "-c", "uname -r; exit 4"]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{}\n", guest_kernel())
+    );
+    let out = p.run(&["stop", "-t", "20", "rt-vm-bg"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = p.run(&["inspect", "--format", "{{.State.ExitCode}}", "rt-vm-bg"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "0",
+        "stopped by TERM, not killed"
+    );
+    let out = p.run(&["rm", "rt-vm-bg"]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+/// A command line for sh -c.
+fn shell_words(c: &Command) -> String {
+    let mut words = vec![c.get_program().to_string_lossy().into_owned()];
+    words.extend(c.get_args().map(|a| a.to_string_lossy().into_owned()));
+    let env: Vec<String> = c
+        .get_envs()
+        .filter_map(|(k, v)| Some(format!("{}={}", k.to_string_lossy(), v?.to_string_lossy())))
+        .collect();
+    format!("env {} {}", env.join(" "), words.join(" "))
+}
+
+#[test]
+fn containerd_runs_vm_tasks_with_rt_vm() {
+    if !root_or_skip("containerd_runs_vm_tasks_with_rt_vm") {
+        return;
+    }
+    let (_links, rt_vm) = rt_vm_link();
+    let c = Containerd::with_busybox();
+    let id = format!("rt-ctr-vm-{}", std::process::id());
+    let out = c.run_busybox_on(&rt_vm, "--rm", &id, &["sh", "-c", "uname -r; exit 6"]);
+    assert_eq!(out.status.code(), Some(6), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{}\n", guest_kernel())
+    );
+    let id = format!("rt-ctr-vm-bg-{}", std::process::id());
+    let out = c.run_busybox_on(&rt_vm, "-d", &id, &["sleep", "600"]);
+    assert!(out.status.success(), "ctr run -d: {}", text(&out));
+    let out = c.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        &id,
+        "sh",
+        "-c",
+        "uname -r; exit 3",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{}\n", guest_kernel())
+    );
+    let out = c.ctr(&["task", "kill", "-s", "KILL", &id]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(eventually(30, || {
+        let out = c.ctr(&["task", "ls"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l.starts_with(&id) && l.contains("STOPPED"))
+    }));
+    let out = c.ctr(&["task", "delete", &id]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = c.ctr(&["container", "delete", &id]);
+    assert!(out.status.success(), "{}", text(&out));
 }
