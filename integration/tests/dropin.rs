@@ -660,3 +660,51 @@ fn containerd_runs_vm_tasks_with_rt_vm() {
     let out = c.ctr(&["container", "delete", &id]);
     assert!(out.status.success(), "{}", text(&out));
 }
+
+#[test]
+fn podman_default_network_reaches_a_vm_through_its_tap() {
+    if !root_or_skip("podman_default_network_reaches_a_vm_through_its_tap") {
+        return;
+    }
+    let (_links, rt_vm) = rt_vm_link();
+    let p = Podman::with_busybox_on(rt_vm);
+    let port = 18000 + (std::process::id() % 1000) as u16;
+    let publish = format!("127.0.0.1:{port}:80");
+    let out = p.run(&[
+        "run",
+        "-d",
+        "--name",
+        "rt-vm-web",
+        "-p",
+        &publish,
+        "localhost/rt-busybox:latest",
+        "sh",
+        "-c",
+        "mkdir -p /tmp/www && echo hello-from-the-vm > /tmp/www/index.html && \
+         ip addr show eth0 | grep -q inet && exec httpd -f -p 80 -h /tmp/www",
+    ]);
+    assert!(out.status.success(), "podman run: {}", text(&out));
+    let url = format!("http://127.0.0.1:{port}/");
+    let mut last = String::new();
+    let reached = eventually(60, || {
+        let out = Command::new("curl")
+            .args(["-s", "--max-time", "2", &url])
+            .output();
+        last = out.map(|o| text(&o)).unwrap_or_default();
+        last.contains("hello-from-the-vm")
+    });
+    let logs = p.run(&["logs", "rt-vm-web"]);
+    assert!(reached, "curl {url}: {last}\nlogs: {}", text(&logs));
+    // The guest's eth0 carries the address podman gave the container.
+    let ip = p.run(&[
+        "inspect",
+        "--format",
+        "{{.NetworkSettings.IPAddress}}",
+        "rt-vm-web",
+    ]);
+    let ip = String::from_utf8_lossy(&ip.stdout).trim().to_string();
+    let out = p.run(&["exec", "rt-vm-web", "ip", "-4", "addr", "show", "eth0"]);
+    assert!(text(&out).contains(&ip), "{ip}: {}", text(&out));
+    let out = p.run(&["rm", "--force", "rt-vm-web"]);
+    assert!(out.status.success(), "{}", text(&out));
+}

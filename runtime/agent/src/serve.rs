@@ -92,7 +92,15 @@ impl Agent {
                 id,
                 config,
                 terminal,
-            } => self.create(&id, &config, terminal),
+                network,
+            } => {
+                if let Some(net) = network {
+                    if let Err(e) = self.configure_net(&net) {
+                        return Reply::failed(format!("configuring the guest's eth0: {e}"));
+                    }
+                }
+                self.create(&id, &config, terminal)
+            }
             Op::Exec {
                 proc,
                 process,
@@ -147,6 +155,45 @@ impl Agent {
                 }
             }
         }
+    }
+
+    /// The guest's eth0 takes the host interface's MAC (already the
+    /// virtio-net device's), MTU, addresses and routes.
+    fn configure_net(&self, net: &rt_vm::channel::GuestNet) -> std::result::Result<(), String> {
+        let name = std::fs::read_dir("/sys/class/net")
+            .map_err(|e| e.to_string())?
+            .flatten()
+            .find(|e| {
+                std::fs::read_to_string(e.path().join("address"))
+                    .is_ok_and(|a| a.trim().eq_ignore_ascii_case(&net.mac))
+            })
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .ok_or_else(|| format!("no interface with MAC {}", net.mac))?;
+        let ip = |args: &[&str]| -> std::result::Result<(), String> {
+            let mut cmd = Command::new("/bin/ip");
+            cmd.args(args);
+            match self.capture(cmd, None) {
+                (0, _, _) => Ok(()),
+                (_, _, err) => Err(format!("ip {}: {}", args.join(" "), err.trim())),
+            }
+        };
+        ip(&["link", "set", "lo", "up"])?;
+        if name != "eth0" {
+            ip(&["link", "set", "dev", &name, "name", "eth0"])?;
+        }
+        ip(&["link", "set", "eth0", "mtu", &net.mtu.to_string(), "up"])?;
+        for a in &net.addrs {
+            ip(&["addr", "add", a, "dev", "eth0"])?;
+        }
+        for r in &net.routes {
+            let mut args = vec!["route", "add", r.dst.as_str()];
+            if let Some(gw) = &r.gateway {
+                args.extend(["via", gw.as_str()]);
+            }
+            args.extend(["dev", "eth0"]);
+            ip(&args)?;
+        }
+        Ok(())
     }
 
     fn id(&self) -> Option<String> {

@@ -548,6 +548,40 @@ pub fn die_of(signal: i32) -> ! {
     exit_now(128 + signal)
 }
 
+/// Creates tap device `name` in the calling thread's network namespace
+/// (TUNSETIFF, IFF_TAP | IFF_NO_PI) and returns its queue's descriptor,
+/// close-on-exec. The device lives as long as the descriptor (it is not
+/// persistent): when the VM that holds it ends, the device goes.
+pub fn open_tap(name: &str) -> Result<OwnedFd> {
+    // _IOW('T', 202, int)
+    const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+    let tun = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .map_err(|e| {
+            Error::Syscall(
+                "open(/dev/net/tun)",
+                Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+            )
+        })?;
+    let fd = OwnedFd::from(tun);
+    if name.len() >= libc::IFNAMSIZ {
+        return Err(Error::Syscall("TUNSETIFF", Errno::ENAMETOOLONG));
+    }
+    // SAFETY: ifreq is plain data; all-zero is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+    // SAFETY: TUNSETIFF reads (and updates) the ifreq through the pointer,
+    // which points to a live, initialised value on our stack for the call.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF, &mut ifr) };
+    Errno::result(rc).map_err(|e| Error::Syscall("ioctl(TUNSETIFF)", e))?;
+    Ok(fd)
+}
+
 /// _exit(2): ends the process at once, without running atexit handlers or
 /// flushing stdio buffers copied from the parent at fork.
 pub fn exit_now(code: i32) -> ! {

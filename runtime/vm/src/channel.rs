@@ -164,6 +164,10 @@ pub enum Op {
         id: String,
         config: serde_json::Value,
         terminal: bool,
+        /// The interface the guest takes over from the caller's network
+        /// namespace (None: the guest has only `lo`).
+        #[serde(default)]
+        network: Option<GuestNet>,
     },
     /// Starts the created container.
     Start,
@@ -185,6 +189,24 @@ pub enum Op {
         args: Vec<String>,
         input: Option<String>,
     },
+}
+
+/// The guest's eth0: the MAC, MTU, addresses and routes of the interface
+/// in the caller's network namespace that the VM's tap is joined to.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GuestNet {
+    pub mac: String,
+    pub mtu: u32,
+    /// `10.88.0.5/16`.
+    pub addrs: Vec<String>,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Route {
+    /// `default` or a prefix.
+    pub dst: String,
+    pub gateway: Option<String>,
 }
 
 /// Messages from the guest's agent (and from the supervisor).

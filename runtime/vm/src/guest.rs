@@ -18,10 +18,16 @@ use crate::{io, Error, Result};
 /// The modules the guest loads (with their dependencies): the PCI
 /// transport, the virtio-serial channel, virtiofs, and overlayfs (rt in
 /// the guest protects its binary with a read-only overlay).
-pub const MODULES: [&str; 4] = ["virtio_pci", "virtio_console", "virtiofs", "overlay"];
+pub const MODULES: [&str; 5] = [
+    "virtio_pci",
+    "virtio_console",
+    "virtiofs",
+    "overlay",
+    "virtio_net",
+];
 
 /// Bumped whenever the initramfs layout changes, so old caches are not used.
-const FORMAT: u32 = 3;
+const FORMAT: u32 = 4;
 
 /// The assets directory.
 pub fn dir() -> PathBuf {
@@ -68,13 +74,15 @@ pub fn initrd(assets: &Path, kernel: &Kernel, agent: &Path, rt: &Path) -> Result
     let mut i = Initramfs::new();
     i.stripped_executable("/init", agent)?;
     i.stripped_executable("/bin/rt", rt)?;
-    // `rt ps` runs ps(1) where the processes are.
-    if let Some(ps) = ["/usr/bin/ps", "/bin/ps"]
-        .iter()
-        .map(Path::new)
-        .find(|p| p.exists())
-    {
-        i.executable("/bin/ps", ps)?;
+    // `rt ps` runs ps(1) where the processes are; the agent configures
+    // eth0 with ip(8).
+    for (name, candidates) in [
+        ("/bin/ps", ["/usr/bin/ps", "/bin/ps"]),
+        ("/bin/ip", ["/usr/sbin/ip", "/sbin/ip"]),
+    ] {
+        if let Some(p) = candidates.iter().map(Path::new).find(|p| p.exists()) {
+            i.executable(name, p)?;
+        }
     }
     i.modules(&kernel.modules_for(&MODULES)?)?;
     for d in ["/run/rt-share", "/sys/fs/cgroup", "/dev/pts", "/dev/shm"] {

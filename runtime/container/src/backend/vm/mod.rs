@@ -10,6 +10,7 @@
 //! request on the supervisor's control socket ([`request`]), which the
 //! supervisor routes to the agent over virtio-serial.
 
+pub mod net;
 pub mod relay;
 pub mod share;
 mod stdio;
@@ -54,6 +55,8 @@ pub mod files {
     pub const SUPERVISOR_LOG: &str = "supervisor.log";
     pub const HELPERS: &str = "helpers";
     pub const PAUSED: &str = "paused";
+    /// The caller's network namespace and the interface joined to the tap.
+    pub const NETWORK: &str = "network";
 }
 
 /// Errors of the VM backend.
@@ -68,6 +71,8 @@ pub enum VmError {
     Boot { why: String, console: String },
     #[error("VM helper: {0}")]
     Helper(String),
+    #[error("the VM's network: {0}")]
+    Network(String),
     #[error("invalid annotation {key}={value:?}: {why}")]
     Annotation {
         key: &'static str,
@@ -234,6 +239,16 @@ impl Isolation for Vm {
             .unwrap_or_default();
         if let Err(e) = super::namespaces::kill_and_remove_cgroup(st, layout) {
             errors.push(crate::process::chain(&e));
+        }
+        if let Some(text) = dir_of(st)
+            .ok()
+            .and_then(|d| std::fs::read_to_string(d.join(files::NETWORK)).ok())
+        {
+            if let Some((netns, ifname)) = text.split_once('\n') {
+                if let Err(e) = net::unwire(Path::new(netns), ifname.trim()) {
+                    errors.push(crate::process::chain(&e));
+                }
+            }
         }
         for pid in helpers {
             if state::proc_stat(pid).is_some_and(|(s, _)| s != 'Z') && is_helper(pid) {
@@ -516,6 +531,7 @@ fn create(sandbox: Sandbox<'_>, state: &mut State) -> Result<Created> {
         binds,
         guest,
         terminal,
+        netns: share::netns_path(&spec_json),
         cgroup: state.cgroup.clone(),
         boot_timeout_secs: boot_timeout(),
     };

@@ -60,6 +60,13 @@ pub fn guest_config(spec: &Value, bundle: &Path) -> Result<(Value, Vec<Bind>), V
             binds.push(Bind { source, readonly });
         }
     }
+    // With the caller's network wired to the VM, the container uses the
+    // guest's own namespace, where eth0 is.
+    if netns_path(spec).is_some() {
+        if let Some(ns) = g["linux"]["namespaces"].as_array_mut() {
+            ns.retain(|n| n["type"] != "network");
+        }
+    }
     if let Some(hooks) = g.get_mut("hooks").and_then(Value::as_object_mut) {
         hooks.retain(|k, _| k == "createContainer" || k == "startContainer");
     }
@@ -76,21 +83,13 @@ pub fn check(spec: &Value) -> Result<(), VmError> {
         .cloned()
         .unwrap_or_default();
     let net = namespaces.iter().find(|n| n["type"] == "network");
-    match net {
-        None => {
-            return Err(VmError::Unsupported(
-                "host networking (no network namespace in config.json)".into(),
-            ))
-        }
-        Some(n) if n["path"].as_str().is_some_and(|p| !p.is_empty()) => {
-            return Err(VmError::Unsupported(format!(
-                "joining network namespace {} (a VM's tap wiring is not built yet)",
-                n["path"].as_str().unwrap_or_default()
-            )))
-        }
-        Some(_) => {}
+    if net.is_none() {
+        return Err(VmError::Unsupported(
+            "host networking (no network namespace in config.json)".into(),
+        ));
     }
-    for n in &namespaces {
+    // A network namespace path is the caller's network, wired to the VM.
+    for n in namespaces.iter().filter(|n| n["type"] != "network") {
         if let Some(p) = n["path"].as_str().filter(|p| !p.is_empty()) {
             return Err(VmError::Unsupported(format!(
                 "joining the host's {} namespace {p}",
@@ -99,6 +98,17 @@ pub fn check(spec: &Value) -> Result<(), VmError> {
         }
     }
     Ok(())
+}
+
+/// The caller's network namespace (`linux.namespaces` network path).
+pub fn netns_path(spec: &Value) -> Option<PathBuf> {
+    spec["linux"]["namespaces"]
+        .as_array()?
+        .iter()
+        .find(|n| n["type"] == "network")?["path"]
+        .as_str()
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
 }
 
 /// Builds the share at `share` (a directory in the state dir): called by
@@ -217,12 +227,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("host networking"), "{e}");
-        let e = check(&with(
-            serde_json::json!([{"type": "network", "path": "/run/netns/x"}]),
-        ))
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("/run/netns/x"), "{e}");
+        let joined =
+            with(serde_json::json!([{"type": "network", "path": "/run/netns/x"}, {"type": "pid"}]));
+        check(&joined).unwrap();
+        assert_eq!(netns_path(&joined), Some(PathBuf::from("/run/netns/x")));
+        let (g, _) = guest_config(&joined, Path::new("/b")).unwrap();
+        assert_eq!(
+            g["linux"]["namespaces"],
+            serde_json::json!([{"type": "pid"}])
+        );
         let e = check(&with(
             serde_json::json!([{"type": "network"}, {"type": "ipc", "path": "/proc/1/ns/ipc"}]),
         ))

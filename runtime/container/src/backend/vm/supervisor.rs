@@ -42,6 +42,8 @@ pub struct Config {
     /// The guest's config.json.
     pub guest: serde_json::Value,
     pub terminal: bool,
+    /// The caller's network namespace, wired to the VM with a tap.
+    pub netns: Option<PathBuf>,
     pub cgroup: Option<rt_cgroups::Record>,
     pub boot_timeout_secs: u64,
 }
@@ -139,14 +141,26 @@ impl Vm {
         if let Err(e) = wait_for_socket(&dir.join(files::FS_SOCKET), &mut helpers[0]) {
             return Err(with(e, helpers));
         }
-        let qemu = match spawn_qemu(dir, &cfg) {
+        let wired = match &cfg.netns {
+            Some(ns) => match super::net::wire(ns) {
+                Ok(w) => {
+                    let record = format!("{}\n{}", ns.display(), w.ifname);
+                    let _ = std::fs::write(dir.join(files::NETWORK), record);
+                    Some(w)
+                }
+                Err(e) => return Err(with(e, helpers)),
+            },
+            None => None,
+        };
+        let guest_net = wired.as_ref().map(|w| w.guest.clone());
+        let qemu = match spawn_qemu(dir, &cfg, wired) {
             Ok(q) => q,
             Err(e) => return Err(with(e, helpers)),
         };
         helpers.insert(0, qemu);
         let pids: Vec<String> = helpers.iter().map(|c| c.id().to_string()).collect();
         let _ = std::fs::write(dir.join(files::HELPERS), pids.join("\n"));
-        match Self::handshake(dir, &cfg, &mut helpers[0]) {
+        match Self::handshake(dir, &cfg, guest_net, &mut helpers[0]) {
             Ok((reader, router, answer, listener)) => {
                 let mut it = helpers.into_iter();
                 let (qemu, virtiofsd) = (it.next().expect("qemu"), it.next().expect("virtiofsd"));
@@ -170,6 +184,7 @@ impl Vm {
     fn handshake(
         dir: &Path,
         cfg: &Config,
+        network: Option<rt_vm::channel::GuestNet>,
         qemu: &mut Child,
     ) -> Result<(UnixStream, Arc<Router>, Answer, UnixListener), VmError> {
         let console = dir.join(files::CONSOLE);
@@ -239,6 +254,7 @@ impl Vm {
             id: cfg.id.clone(),
             config: cfg.guest.clone(),
             terminal: cfg.terminal,
+            network,
         };
         router.to_agent(&Frame::message(&ToGuest::Request { req: 0, op: create }))?;
         let reply = loop {
@@ -575,7 +591,14 @@ fn spawn_virtiofsd(dir: &Path) -> Result<Child, VmError> {
     })
 }
 
-fn spawn_qemu(dir: &Path, cfg: &Config) -> Result<Child, VmError> {
+/// The descriptor number of the tap in QEMU.
+const TAP_FD: i32 = 10;
+
+fn spawn_qemu(
+    dir: &Path,
+    cfg: &Config,
+    wired: Option<super::net::Wired>,
+) -> Result<Child, VmError> {
     let machine = rt_vm::qemu::Machine {
         kernel: cfg.kernel.clone(),
         initrd: cfg.initrd.clone(),
@@ -595,6 +618,13 @@ fn spawn_qemu(dir: &Path, cfg: &Config) -> Result<Child, VmError> {
         ),
     };
     let mut cmd = machine.command();
+    if let Some(w) = wired {
+        cmd.arg("-netdev")
+            .arg(format!("tap,id=net0,fd={TAP_FD}"))
+            .arg("-device")
+            .arg(format!("virtio-net-pci,netdev=net0,mac={}", w.guest.mac));
+        rt_sys::spawn::inherit_fd(&mut cmd, w.tap, TAP_FD);
+    }
     let log = log_file(&dir.join(files::CONSOLE))?;
     let err = log.try_clone().map_err(|source| VmError::Io {
         what: "duplicating",

@@ -1,0 +1,202 @@
+//! A VM's network when the caller hands rt a network namespace (podman's
+//! and CNI's `linux.namespaces` path): a tap device in that namespace,
+//! joined to its interface with tc mirred redirects both ways (Kata's
+//! default, chosen for CNI compatibility), and the guest's eth0 taking the
+//! interface's MAC, addresses, routes and MTU. Published ports, the
+//! bridge and the firewall rules of the caller's network then work
+//! unchanged: the packets that reach the interface go to the guest.
+//!
+//! The namespace is entered by a short-lived thread; `ip` and `tc`
+//! (iproute2) run from it and so in the namespace. They are used instead
+//! of netlink here because the u32 match-all filter with a mirred action
+//! has no typed builder in netlink-packet-route's tc support; reading the
+//! addresses with `ip -j` keeps the two halves in one tool.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+use std::process::Command;
+
+use rt_vm::channel::{GuestNet, Route};
+use serde_json::Value;
+
+use super::VmError;
+
+/// The tap's name in the caller's namespace.
+pub const TAP: &str = "tap0_rt";
+
+/// What [`wire`] made.
+#[derive(Debug)]
+pub struct Wired {
+    pub tap: OwnedFd,
+    pub guest: GuestNet,
+    /// The interface the tap is joined to.
+    pub ifname: String,
+}
+
+/// Runs `f` in the network namespace at `netns`, on a thread of its own.
+fn in_netns<T: Send + 'static>(
+    netns: &Path,
+    f: impl FnOnce() -> Result<T, VmError> + Send + 'static,
+) -> Result<T, VmError> {
+    let ns = std::fs::File::open(netns).map_err(|source| VmError::Io {
+        what: "opening network namespace",
+        path: netns.to_path_buf(),
+        source,
+    })?;
+    std::thread::spawn(move || {
+        nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| VmError::Mount("joining the network namespace", e))?;
+        f()
+    })
+    .join()
+    .unwrap_or_else(|_| Err(VmError::Helper("the network thread panicked".into())))
+}
+
+fn run(program: &str, args: &[&str]) -> Result<String, VmError> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|source| VmError::Spawn {
+            program: program.into(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(VmError::Network(format!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The first Ethernet interface with an address, from `ip -j addr`.
+fn pick(links: &Value) -> Option<(String, GuestNet)> {
+    for l in links.as_array()? {
+        if l["ifname"] == "lo" || l["link_type"] != "ether" || l["ifname"] == TAP {
+            continue;
+        }
+        let addrs: Vec<String> = l["addr_info"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|a| a["scope"] == "global" && (a["family"] == "inet" || a["family"] == "inet6"))
+            .filter_map(|a| {
+                Some(format!(
+                    "{}/{}",
+                    a["local"].as_str()?,
+                    a["prefixlen"].as_u64()?
+                ))
+            })
+            .collect();
+        if addrs.is_empty() {
+            continue;
+        }
+        return Some((
+            l["ifname"].as_str()?.to_string(),
+            GuestNet {
+                mac: l["address"].as_str()?.to_string(),
+                mtu: l["mtu"].as_u64().unwrap_or(1500) as u32,
+                addrs,
+                routes: Vec::new(),
+            },
+        ));
+    }
+    None
+}
+
+/// Routes through a gateway, from `ip -j route show dev IF` (the link's own
+/// prefix route comes with its address).
+fn routes(list: &Value) -> Vec<Route> {
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| {
+            Some(Route {
+                dst: r["dst"].as_str()?.to_string(),
+                gateway: Some(r["gateway"].as_str()?.to_string()),
+            })
+        })
+        .collect()
+}
+
+/// Creates the tap and the redirects in the namespace at `netns`.
+pub fn wire(netns: &Path) -> Result<Wired, VmError> {
+    in_netns(netns, || {
+        let links: Value =
+            serde_json::from_str(&run("ip", &["-j", "addr", "show"])?).map_err(VmError::Config)?;
+        let (ifname, mut guest) = pick(&links).ok_or_else(|| {
+            VmError::Network(
+                "the network namespace has no Ethernet interface with an address".into(),
+            )
+        })?;
+        let list: Value =
+            serde_json::from_str(&run("ip", &["-j", "route", "show", "dev", &ifname])?)
+                .map_err(VmError::Config)?;
+        guest.routes = routes(&list);
+        let tap =
+            rt_sys::open_tap(TAP).map_err(|e| VmError::Network(format!("creating {TAP}: {e}")))?;
+        let mtu = guest.mtu.to_string();
+        run("ip", &["link", "set", TAP, "mtu", &mtu, "up"])?;
+        for (from, to) in [(ifname.as_str(), TAP), (TAP, ifname.as_str())] {
+            run("tc", &["qdisc", "add", "dev", from, "ingress"])?;
+            run(
+                "tc",
+                &[
+                    "filter", "add", "dev", from, "parent", "ffff:", "protocol", "all", "u32",
+                    "match", "u32", "0", "0", "action", "mirred", "egress", "redirect", "dev", to,
+                ],
+            )?;
+        }
+        Ok(Wired { tap, guest, ifname })
+    })
+}
+
+/// Removes the redirect from the interface (the tap goes with the VM's
+/// descriptor). Idempotent: a namespace or qdisc already gone is fine.
+pub fn unwire(netns: &Path, ifname: &str) -> Result<(), VmError> {
+    if !netns.exists() {
+        return Ok(());
+    }
+    let ifname = ifname.to_string();
+    in_netns(netns, move || {
+        let qdiscs = run("tc", &["qdisc", "show", "dev", &ifname, "ingress"]).unwrap_or_default();
+        if qdiscs.contains("ingress") {
+            run("tc", &["qdisc", "del", "dev", &ifname, "ingress"])?;
+        }
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_interface_and_gateway_routes_are_read_from_ip_json() {
+        let links = serde_json::json!([
+            {"ifname": "lo", "link_type": "loopback", "addr_info": [{"family": "inet", "local": "127.0.0.1", "prefixlen": 8, "scope": "host"}]},
+            {"ifname": "eth0", "link_type": "ether", "address": "aa:bb:cc:00:11:22", "mtu": 1400,
+             "addr_info": [{"family": "inet", "local": "10.88.0.5", "prefixlen": 16, "scope": "global"},
+                           {"family": "inet6", "local": "fe80::1", "prefixlen": 64, "scope": "link"}]}
+        ]);
+        let (ifname, g) = pick(&links).unwrap();
+        assert_eq!(ifname, "eth0");
+        assert_eq!(
+            (g.mac.as_str(), g.mtu, g.addrs.clone()),
+            ("aa:bb:cc:00:11:22", 1400, vec!["10.88.0.5/16".to_string()])
+        );
+        let r = routes(&serde_json::json!([
+            {"dst": "default", "gateway": "10.88.0.1", "dev": "eth0"},
+            {"dst": "10.88.0.0/16", "dev": "eth0", "protocol": "kernel", "scope": "link"}
+        ]));
+        assert_eq!(
+            r,
+            [Route {
+                dst: "default".into(),
+                gateway: Some("10.88.0.1".into())
+            }]
+        );
+        assert!(pick(&serde_json::json!([{"ifname": "lo", "link_type": "loopback"}])).is_none());
+    }
+}
