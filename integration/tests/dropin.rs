@@ -41,10 +41,6 @@ fn rt_vm_link() -> (tempfile::TempDir, PathBuf) {
 }
 
 impl Podman {
-    fn new() -> Podman {
-        Self::with_runtime(rt_bin())
-    }
-
     fn with_runtime(runtime: PathBuf) -> Podman {
         let dir = tempfile::Builder::new()
             .prefix("rt-podman-")
