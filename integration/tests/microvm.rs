@@ -221,6 +221,11 @@ fn lifecycle_exec_ps_pause_update_and_signals() {
     let out = root.ok(&["exec", &id, "sh", "-c", "cat /sys/fs/cgroup/memory.max"]);
     assert_eq!(out.trim(), (50 << 20).to_string());
 
+    // events --stats: the guest's cgroup v2 statistics.
+    let ev: Value = serde_json::from_str(root.ok(&["events", "--stats", &id]).trim()).unwrap();
+    assert_eq!(ev["type"], "stats", "{ev}");
+    assert!(ev["data"]["pids"]["current"].as_u64().unwrap() >= 2, "{ev}");
+
     // kill --all reaches the exec'd sleep too; its relay ends.
     root.ok(&["kill", "--all", &id, "TERM"]);
     assert!(eventually(30, || root.status(&id) == "stopped"));

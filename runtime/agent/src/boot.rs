@@ -87,6 +87,7 @@ pub fn stage2() -> Result<File> {
     m("proc", "/proc", "proc", None)?;
     m("sysfs", "/sys", "sysfs", None)?;
     m("devtmpfs", "/dev", "devtmpfs", None)?;
+    console_stdio();
     m(
         "devpts",
         "/dev/pts",
@@ -99,10 +100,60 @@ pub fn stage2() -> Result<File> {
     m("cgroup2", "/sys/fs/cgroup", "cgroup2", Some("nsdelegate"))?;
     enable_controllers();
     load_modules()?;
+    protect_rt()?;
     let port = open_port(Duration::from_secs(20))?;
     m("share", SHARE, "virtiofs", None)?;
     std::env::set_var("PATH", "/bin:/usr/bin:/sbin:/usr/sbin");
     Ok(port)
+}
+
+/// The kernel found no /dev/console in the initramfs, so PID 1 starts with
+/// descriptors 0–2 closed: the first files opened would take those numbers
+/// and anything written to "stderr" would land in them (the channel).
+/// Opening the console until 0–2 are taken fills them first.
+fn console_stdio() {
+    for _ in 0..3 {
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/console")
+        {
+            Ok(f) => {
+                let fd = std::os::fd::IntoRawFd::into_raw_fd(f);
+                if fd > 2 {
+                    // 0–2 were open after all: give this one back.
+                    let _ = nix::unistd::close(fd);
+                    return;
+                }
+                // Kept open (without close-on-exec? std opened it with
+                // O_CLOEXEC; children get their own stdio from Command).
+                let _ = nix::fcntl::fcntl(
+                    fd,
+                    nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+                );
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+/// Where the agent runs rt from: a read-only overlayfs of the initramfs's
+/// rt directory (lower layers only), so no one in the guest can open the
+/// binary for writing through /proc/PID/exe and rt needs no sealed copy.
+pub const RT_BIN: &str = "/run/rt-bin/rt";
+
+fn protect_rt() -> Result<()> {
+    std::fs::create_dir_all("/run/rt-empty").context("creating /run/rt-empty")?;
+    std::fs::create_dir_all("/run/rt-bin").context("creating /run/rt-bin")?;
+    let opts = format!("lowerdir={}:/run/rt-empty", rt_vm::guest::RT_DIR);
+    mount(
+        Some("overlay"),
+        "/run/rt-bin",
+        Some("overlay"),
+        MsFlags::MS_RDONLY,
+        Some(opts.as_str()),
+    )
+    .context("mounting rt's read-only overlay")
 }
 
 /// Every controller for the containers' cgroups below the root.

@@ -69,7 +69,10 @@ pub fn serve(port: File) -> Result<()> {
                     });
                 }
                 Ok(ToGuest::Resize { proc, rows, cols }) => agent.resize(proc, rows, cols),
-                Ok(ToGuest::Shutdown) => return Ok(()),
+                Ok(ToGuest::Shutdown) => {
+                    eprintln!("rt-agent: shutdown requested");
+                    return Ok(());
+                }
                 Err(e) => eprintln!("rt-agent: {e}"),
             },
             Kind::Data => agent.input(f.stream, Some(f.payload)),
@@ -107,6 +110,7 @@ impl Agent {
                 terminal,
             } => self.exec(proc, &process, terminal),
             Op::Start => self.simple(&["start"], None),
+            Op::Stream { proc, args } => self.stream(proc, &args),
             Op::Signal { proc, signal } => {
                 let pid = self
                     .procs
@@ -382,6 +386,54 @@ impl Agent {
                 },
             );
         }
+        self.watch_exit(proc, pid, outputs);
+        Ok(Reply {
+            pid: Some(pid as i32),
+            ..Reply::default()
+        })
+    }
+
+    /// Runs `rt ARGS ID` as process `proc`, its output streamed (`rt
+    /// events` for the host's `rt events`).
+    fn stream(self: &Arc<Self>, proc: u32, args: &[String]) -> Reply {
+        let Some(id) = self.id() else {
+            return Reply::failed("no container in this VM");
+        };
+        let mut cmd = rt();
+        cmd.args(args)
+            .arg(&id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => return Reply::failed(format!("running /bin/rt: {e}")),
+        };
+        let pid = child.id();
+        let mut outputs = Vec::new();
+        if let Some(out) = child.stdout.take() {
+            outputs.push(self.relay_out(proc, 1, Box::new(out)));
+        }
+        if let Some(err) = child.stderr.take() {
+            outputs.push(self.relay_out(proc, 2, Box::new(err)));
+        }
+        self.procs.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            proc,
+            Proc {
+                input: None,
+                tty: None,
+                pid,
+            },
+        );
+        self.watch_exit(proc, pid, outputs);
+        Reply {
+            pid: Some(pid as i32),
+            ..Reply::default()
+        }
+    }
+
+    /// Sends process `proc`'s exit once it ended and its output is relayed.
+    fn watch_exit(self: &Arc<Self>, proc: u32, pid: u32, outputs: Vec<mpsc::Receiver<()>>) {
         let a = self.clone();
         std::thread::spawn(move || {
             let status = a.reaper.wait(pid);
@@ -398,10 +450,6 @@ impl Agent {
                 .remove(&proc);
             a.send(&Frame::message(&ToHost::Exited { proc, status }));
         });
-        Ok(Reply {
-            pid: Some(pid as i32),
-            ..Reply::default()
-        })
     }
 
     /// Copies `r` to stream (proc, fd) until its end; the receiver hears
@@ -497,7 +545,7 @@ fn writer(mut w: Box<dyn Write + Send>) -> mpsc::Sender<Option<Vec<u8>>> {
 /// `/bin/rt` with the guest's state root and JSON logs (its errors on
 /// stderr, or in `--log`, are JSON lines the agent reads the message from).
 fn rt() -> Command {
-    let mut c = Command::new("/bin/rt");
+    let mut c = Command::new(crate::boot::RT_BIN);
     c.arg("--root").arg(RT_ROOT).args(["--log-format", "json"]);
     c
 }

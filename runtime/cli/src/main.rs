@@ -208,7 +208,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Resume(a) => commands::pause::resume(&global, a).map(|()| 0),
         Command::Ps(a) => commands::ps::run(&global, a).map(|()| 0),
         Command::Update(a) => commands::update::run(&global, a).map(|()| 0),
-        Command::Events(a) => commands::events::run(&global, a).map(|()| 0),
+        Command::Events(a) => commands::events::run(&global, a),
         Command::Spec(a) => commands::spec::run(a).map(|()| 0),
         Command::Features => commands::features::run().map(|()| 0),
         Command::Image(c) => commands::image::run(&global, c).map(|()| 0),

@@ -351,6 +351,16 @@ impl Runtime {
         c.backend.ps(&c.st, json, ps_args)
     }
 
+    /// `events` by the backend itself (a VM's guest), or None for the
+    /// engine's own from [`Runtime::live_cgroup`].
+    pub fn backend_events(&self, id: &str, args: &[String]) -> Result<Option<i32>> {
+        let c = self.open(id)?;
+        if matches!(c.status, Status::Stopped | Status::Creating) {
+            return Err(Error::NotRunning);
+        }
+        c.backend.events(&c.st, args)
+    }
+
     /// The cgroup of a live (running or paused) container, for `events`.
     pub fn live_cgroup(&self, id: &str) -> Result<Box<dyn rt_cgroups::Manager>> {
         let c = self.open(id)?;

@@ -180,6 +180,9 @@ pub enum Op {
         process: serde_json::Value,
         terminal: bool,
     },
+    /// Runs the guest's rt on the container with `args` as process number
+    /// `proc`, its output streamed (the host's `rt events`).
+    Stream { proc: u32, args: Vec<String> },
     /// Sends `signal` to process `proc` (an exec'd one; the init is
     /// [`Op::Kill`]'s).
     Signal { proc: u32, signal: i32 },

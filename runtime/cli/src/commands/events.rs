@@ -84,8 +84,19 @@ fn drain(fd: &OwnedFd) {
     while nix::unistd::read(fd.as_raw_fd(), &mut buf).is_ok_and(|n| n > 0) {}
 }
 
-pub fn run(g: &Global, a: Args) -> anyhow::Result<()> {
+pub fn run(g: &Global, a: Args) -> anyhow::Result<i32> {
     let rt = Runtime::new(&g.root);
+    let mut args = vec![format!("--interval={}ms", a.interval.as_millis())];
+    if a.stats {
+        args.push("--stats".into());
+    }
+    if let Some(code) = rt.backend_events(&a.id, &args)? {
+        return Ok(code);
+    }
+    run_on_cgroup(&rt, a).map(|()| 0)
+}
+
+fn run_on_cgroup(rt: &Runtime, a: Args) -> anyhow::Result<()> {
     let cgroup = rt.live_cgroup(&a.id)?;
     if a.stats {
         return emit("stats", &a.id, Some(cgroup.stats()?));

@@ -88,6 +88,13 @@ pub trait Isolation: std::fmt::Debug {
         Ok(None)
     }
 
+    /// `events` run where the cgroup is (a VM's guest), its output on our
+    /// stdout, with `args` (`--stats`, `--interval D`); its exit code.
+    /// `None`: the engine reads [`Isolation::cgroup`] itself.
+    fn events(&self, _st: &State, _args: &[String]) -> Result<Option<i32>> {
+        Ok(None)
+    }
+
     /// The cgroup whose statistics and OOM events are the container's
     /// (`events`).
     fn cgroup(&self, _st: &State) -> Result<Box<dyn rt_cgroups::Manager>> {

@@ -39,9 +39,12 @@ pub const MEMORY: &str = "run.rt.vm.memory";
 pub const DEFAULT_MEMORY_MIB: u32 = 256;
 /// What the guest needs beyond the workload's limit: kernel, agent, rt.
 pub const AGENT_MIB: u32 = 64;
-/// QEMU's own memory beyond the guest's under TCG (measured 80–100 MiB,
-/// see shared/microvm-facts.md), added to the host cgroup's limit.
-pub const QEMU_OVERHEAD_MIB: u64 = 160;
+/// QEMU's own memory beyond the guest's, added to the host cgroup's limit.
+/// Measured here under TCG when a 168 MiB guest was OOM-killed by a limit
+/// of guest + 160 MiB: 170 MB anonymous (the translation cache and QEMU's
+/// heap), 59 MB of file pages, 164 MB of guest RAM (shmem). So 384 MiB
+/// covers QEMU, virtiofsd and the supervisor with room to spare.
+pub const QEMU_OVERHEAD_MIB: u64 = 384;
 
 /// The files of a VM container in its state directory.
 pub mod files {
@@ -222,6 +225,22 @@ impl Isolation for Vm {
         super::namespaces::cgroup_of(st)
     }
 
+    /// The guest's `rt events`: its cgroup v2 statistics and OOM events,
+    /// relayed to our stdout until it ends; its exit code.
+    fn events(&self, st: &State, args: &[String]) -> Result<Option<i32>> {
+        let mut a = vec!["events".to_string()];
+        a.extend(args.iter().cloned());
+        let op = Op::Stream { proc: 1, args: a };
+        let created = relay(&dir_of(st)?, &op, false, &Options::default(), true)?;
+        let status = nix::sys::wait::waitpid(created.pid, None)
+            .map_err(|e| Error::Vm(VmError::Mount("waiting for the relay", e)))?;
+        Ok(Some(match status {
+            nix::sys::wait::WaitStatus::Exited(_, c) => c,
+            nix::sys::wait::WaitStatus::Signaled(_, s, _) => 128 + s as i32,
+            _ => 1,
+        }))
+    }
+
     fn destroy(&self, st: &State, layout: &rt_cgroups::Layout) -> Vec<String> {
         let mut errors = Vec::new();
         // The supervisor's helpers die with it (PR_SET_PDEATHSIG); any left
@@ -385,6 +404,15 @@ fn memory_mib(spec: &oci_spec::runtime::Spec) -> std::result::Result<u32, VmErro
     })
 }
 
+/// The least guest memory that boots `initrd`: the kernel unpacks it into
+/// a tmpfs (half the memory at most) and the agent copies it once more
+/// into the root it pivots to, so twice its size, plus the kernel's own.
+/// A debug build of rt needs about 170 MiB, a release build 128.
+fn memory_floor(initrd: &Path) -> u32 {
+    let mib = std::fs::metadata(initrd).map_or(0, |m| m.len().div_ceil(1 << 20)) as u32;
+    (2 * mib + 96).max(128)
+}
+
 /// The rt binary (its path before rt re-executed itself from a protected
 /// copy) and the agent beside it ($RT_VM_AGENT overrides).
 fn binaries() -> std::result::Result<(PathBuf, PathBuf), VmError> {
@@ -429,9 +457,13 @@ fn spawn_stand_in(
     log: &Path,
     pid_out: &mut dyn FnMut(Pid) -> Result<()>,
     timeout: Duration,
+    tied: bool,
 ) -> Result<(Pid, supervisor::Answer)> {
     let (mine, theirs) = UnixStream::pair().map_err(|e| Error::Vm(VmError::Socket(e)))?;
     let mut cmd = Command::new("/proc/self/exe");
+    if tied {
+        rt_sys::spawn::die_with_parent(&mut cmd);
+    }
     cmd.arg("--log")
         .arg(log)
         .arg("--log-format")
@@ -487,6 +519,7 @@ fn create(sandbox: Sandbox<'_>, state: &mut State) -> Result<Created> {
     let kernel = rt_vm::guest::kernel(&assets).map_err(VmError::from)?;
     let (rt, agent) = binaries()?;
     let initrd = rt_vm::guest::initrd(&assets, &kernel, &agent, &rt).map_err(VmError::from)?;
+    let memory_mib = memory_mib.max(memory_floor(&initrd));
     let kvm = rt_vm::qemu::cached_accel(&kernel, &assets) == Some(rt_vm::qemu::Accel::Kvm);
     let terminal = bundle
         .spec
@@ -569,6 +602,7 @@ fn create(sandbox: Sandbox<'_>, state: &mut State) -> Result<Created> {
             Ok(())
         },
         Duration::from_secs(cfg.boot_timeout_secs + 150),
+        false,
     )?;
     drop(slave);
     if let Some(e) = answer.error {
@@ -617,7 +651,19 @@ fn boot_timeout() -> u64 {
 
 fn exec(dir: &Path, process: &Process, opts: &Options) -> std::result::Result<Created, Error> {
     let terminal = process.terminal().unwrap_or(false);
-    let json = serde_json::to_vec(process).map_err(|e| Error::Vm(VmError::Config(e)))?;
+    let op = Op::Exec {
+        proc: 1,
+        process: serde_json::to_value(process).map_err(|e| Error::Vm(VmError::Config(e)))?,
+        terminal,
+    };
+    relay(dir, &op, terminal, opts, false)
+}
+
+/// Starts an exec relay for `op` (an exec, or a streamed guest rt). A
+/// `tied` relay dies with the thread that spawned it (`events`'s: it ends
+/// with the command); an exec's outlives `rt exec -d`.
+fn relay(dir: &Path, op: &Op, terminal: bool, opts: &Options, tied: bool) -> Result<Created> {
+    let json = serde_json::to_vec(op).map_err(|e| Error::Vm(VmError::Config(e)))?;
     let file = tempfile_in(dir, &json)?;
     let (master, slave) = if terminal {
         let (m, s) = host_pty(opts)?;
@@ -636,6 +682,7 @@ fn exec(dir: &Path, process: &Process, opts: &Options) -> std::result::Result<Cr
         &dir.join(files::SUPERVISOR_LOG),
         &mut |_| Ok(()),
         Duration::from_secs(120),
+        tied,
     )?;
     let _ = std::fs::remove_file(&file);
     if let Some(e) = answer.error {

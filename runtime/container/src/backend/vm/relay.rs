@@ -1,5 +1,6 @@
-//! The exec relay (`rt vm-exec DIR PROCESS.json [--tty]`): the host process
-//! that stands for a process exec'd in a VM container. `rt exec` returns
+//! The exec relay (`rt vm-exec DIR OP.json [--tty]`): the host process
+//! that stands for a process exec'd in a VM container (OP is an
+//! [`Op::Exec`]; an [`Op::Stream`] relays the guest rt's `events`). `rt exec` returns
 //! (or, attached, waits for) it: its pid is the exec'd process's in
 //! `--pid-file`, its stdio is the process's, signals sent to it reach the
 //! process in the guest, and it ends as the process ended. It talks to the
@@ -36,7 +37,7 @@ impl Conn {
     }
 }
 
-pub fn main(dir: &Path, process: &Path, terminal: bool) -> ! {
+pub fn main(dir: &Path, op: &Path, terminal: bool) -> ! {
     let _ = nix::sys::prctl::set_name(c"rt-vm-exec");
     let sync = match rt_sys::spawn::take_inherited_fd(supervisor::SYNC_FD) {
         Ok(fd) => UnixStream::from(fd),
@@ -45,7 +46,7 @@ pub fn main(dir: &Path, process: &Path, terminal: bool) -> ! {
             std::process::exit(1);
         }
     };
-    match start(dir, process, terminal) {
+    match start(dir, op, terminal) {
         Ok((conn, reader, pid)) => {
             let _ = supervisor::answer_on(
                 sync,
@@ -69,18 +70,14 @@ pub fn main(dir: &Path, process: &Path, terminal: bool) -> ! {
     }
 }
 
-fn start(
-    dir: &Path,
-    process: &Path,
-    terminal: bool,
-) -> Result<(Arc<Conn>, UnixStream, i32), VmError> {
-    let text = std::fs::read(process).map_err(|source| VmError::Io {
+fn start(dir: &Path, op: &Path, terminal: bool) -> Result<(Arc<Conn>, UnixStream, i32), VmError> {
+    let text = std::fs::read(op).map_err(|source| VmError::Io {
         what: "reading",
-        path: process.to_path_buf(),
+        path: op.to_path_buf(),
         source,
     })?;
-    let _ = std::fs::remove_file(process);
-    let process: serde_json::Value = serde_json::from_slice(&text).map_err(VmError::Config)?;
+    let _ = std::fs::remove_file(op);
+    let op: Op = serde_json::from_slice(&text).map_err(VmError::Config)?;
     if terminal {
         stdio::own_terminal()?;
     }
@@ -91,14 +88,7 @@ fn start(
         w: Mutex::new(reader.try_clone().map_err(VmError::Socket)?),
         next: AtomicU64::new(2),
     });
-    conn.send_frame(&Frame::message(&ToGuest::Request {
-        req: 1,
-        op: Op::Exec {
-            proc: 1,
-            process,
-            terminal,
-        },
-    }))?;
+    conn.send_frame(&Frame::message(&ToGuest::Request { req: 1, op }))?;
     loop {
         let f = Frame::read_from(&mut reader)?;
         match f.kind {

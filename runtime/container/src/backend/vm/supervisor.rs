@@ -444,7 +444,10 @@ impl Router {
         loop {
             let f = match Frame::read_from(&mut reader) {
                 Ok(f) => f,
-                Err(_) => return,
+                Err(e) => {
+                    tracing::error!("the agent's channel: {}", crate::process::chain(&e));
+                    return;
+                }
             };
             match f.kind {
                 Kind::Message => match f.parse::<ToHost>() {
@@ -500,7 +503,7 @@ impl Router {
                 Kind::Message => match f.parse::<ToGuest>() {
                     Ok(ToGuest::Request { req, mut op }) => {
                         match &mut op {
-                            Op::Exec { proc, .. } => {
+                            Op::Exec { proc, .. } | Op::Stream { proc, .. } => {
                                 let g = self.next_proc.fetch_add(1, Ordering::Relaxed);
                                 lock(&client.procs).insert(*proc, g);
                                 lock(&self.procs).insert(g, Sink::Client(client.clone(), *proc));
@@ -602,7 +605,11 @@ fn spawn_qemu(
     let machine = rt_vm::qemu::Machine {
         kernel: cfg.kernel.clone(),
         initrd: cfg.initrd.clone(),
-        cmdline: rt_vm::qemu::FAST_BOOT.into(),
+        // $RT_VM_KERNEL_ARGS adds to it (`loglevel=7` to debug a guest).
+        cmdline: match std::env::var("RT_VM_KERNEL_ARGS") {
+            Ok(extra) if !extra.is_empty() => format!("{} {extra}", rt_vm::qemu::FAST_BOOT),
+            _ => rt_vm::qemu::FAST_BOOT.into(),
+        },
         memory_mib: cfg.memory_mib,
         cpus: cfg.cpus,
         accel: if cfg.kvm {
