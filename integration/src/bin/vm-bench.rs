@@ -1,0 +1,160 @@
+//! `integration/bench/vm`: the microVM backend's start time and memory,
+//! side by side in one run with rt's namespaces container and the floor (a
+//! bare QEMU boot of the same kernel, same machine and command line, to a
+//! busybox initramfs that prints a line).
+//!
+//! Start time: from spawning `rt run` (or QEMU) to the workload's first
+//! output line, median of N. Memory: a running idle VM container's host
+//! processes (supervisor, QEMU, virtiofsd): RSS and PSS from
+//! /proc/PID/smaps_rollup. Usage: vm-bench [N] (default 5).
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rt_vm::initramfs::Initramfs;
+use rt_vm::qemu::{Accel, Machine};
+
+fn first_line(mut cmd: Command) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+    let d = t.elapsed();
+    let _ = child.kill();
+    let _ = child.wait();
+    anyhow::ensure!(!line.is_empty(), "no output");
+    Ok(d)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// (RSS, PSS) in KiB of `pid`.
+fn memory(pid: &str) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("Rss:"), field("Pss:"))
+}
+
+fn main() -> anyhow::Result<()> {
+    let n: usize = std::env::args().nth(1).map_or(Ok(5), |a| a.parse())?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("root")?.to_path_buf();
+    let rt = std::env::var_os("RT").map_or_else(|| root.join("target/release/rt"), PathBuf::from);
+    let work = tempfile::tempdir()?;
+    let state = work.path().join("state");
+    let bundle = work.path().join("bundle");
+    std::fs::create_dir_all(bundle.join("rootfs"))?;
+    rt_testsupport::make_rootfs(&bundle.join("rootfs"));
+    let ok = Command::new(&rt).args(["spec", "--bundle"]).arg(&bundle).status()?;
+    anyhow::ensure!(ok.success(), "rt spec");
+    let cfg_path = bundle.join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg_path)?)?;
+    cfg["process"]["terminal"] = false.into();
+    cfg["process"]["args"] = serde_json::json!(["sh", "-c", "echo ready; exec sleep 1000"]);
+    cfg["annotations"] = serde_json::json!({"run.rt.vm.memory": "256"});
+    std::fs::write(&cfg_path, serde_json::to_vec(&cfg)?)?;
+
+    let run = |isolation: &str, id: &str| {
+        let mut c = Command::new(&rt);
+        c.arg("--root").arg(&state).args(["run", "--isolation", isolation, "--bundle"]);
+        c.arg(&bundle).arg(id);
+        c
+    };
+    let delete = |id: &str| {
+        let _ = Command::new(&rt).arg("--root").arg(&state).args(["delete", "--force", id]).status();
+    };
+    // One warm-up: the guest's initramfs is built on first use.
+    first_line(run("vm", "warm"))?;
+    delete("warm");
+
+    let mut results = Vec::new();
+    for isolation in ["container", "vm"] {
+        let mut times = Vec::new();
+        for i in 0..n {
+            let id = format!("{isolation}-{i}");
+            times.push(first_line(run(isolation, &id))?);
+            delete(&id);
+        }
+        results.push((format!("rt --isolation {isolation}"), median(times)));
+    }
+
+    // The floor: the same kernel, machine and command line, no agent, no
+    // virtiofs, a busybox init that prints a line.
+    let assets = rt_vm::guest::dir();
+    let kernel = rt_vm::guest::kernel(&assets)?;
+    let accel = rt_vm::qemu::cached_accel(&kernel, &assets).unwrap_or(Accel::Tcg);
+    let initrd = work.path().join("floor.cpio");
+    let mut i = Initramfs::new();
+    i.busybox(Path::new("/bin/busybox"))?;
+    i.data("/init", "#!/bin/sh\necho floor-ready\nexec sleep 1000\n", 0o755)?;
+    i.write(&initrd)?;
+    let machine = Machine {
+        kernel: kernel.vmlinuz.clone(),
+        initrd,
+        cmdline: rt_vm::qemu::FAST_BOOT.into(),
+        memory_mib: 256,
+        cpus: 1,
+        accel,
+        pcie: true,
+        extra: Vec::new(),
+    };
+    let mut times = Vec::new();
+    for _ in 0..n {
+        let mut c = machine.command();
+        c.stdin(Stdio::null());
+        // The console prints kernel lines first (quiet keeps them few):
+        // time to the init's line.
+        let t = Instant::now();
+        let mut child = c.stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
+        let out = std::io::BufReader::new(child.stdout.take().context("stdout")?);
+        for line in out.lines() {
+            if line?.contains("floor-ready") {
+                break;
+            }
+        }
+        times.push(t.elapsed());
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    results.push(("bare QEMU boot (floor)".into(), median(times)));
+
+    println!("accelerator {accel:?}, guest kernel {}, N={n} (median)", kernel.version);
+    println!("{:<26} {:>14}", "", "first line, ms");
+    for (name, d) in &results {
+        println!("{name:<26} {:>14}", d.as_millis());
+    }
+
+    // Memory of an idle VM container (a 256 MiB guest).
+    let mut c = Command::new(&rt);
+    c.arg("--root").arg(&state).args(["run", "-d", "--isolation", "vm", "--bundle"]);
+    let ok = c.arg(&bundle).arg("idle").stdout(Stdio::null()).status()?;
+    anyhow::ensure!(ok.success(), "rt run -d");
+    std::thread::sleep(Duration::from_secs(5));
+    let st = Command::new(&rt).arg("--root").arg(&state).args(["state", "idle"]).output()?;
+    let st: serde_json::Value = serde_json::from_slice(&st.stdout)?;
+    let sup = st["pid"].to_string();
+    let helpers = std::fs::read_to_string(state.join("idle/helpers")).unwrap_or_default();
+    let mut total = (0, 0);
+    println!("{:<26} {:>10} {:>10}", "idle VM container", "RSS KiB", "PSS KiB");
+    for (name, pid) in std::iter::once(("supervisor", sup.as_str()))
+        .chain(helpers.lines().zip(["qemu", "virtiofsd"]).map(|(p, n)| (n, p)))
+    {
+        let (rss, pss) = memory(pid);
+        total = (total.0 + rss, total.1 + pss);
+        println!("{name:<26} {rss:>10} {pss:>10}");
+    }
+    println!("{:<26} {:>10} {:>10}", "total", total.0, total.1);
+    delete("idle");
+    Ok(())
+}
