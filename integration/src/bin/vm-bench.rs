@@ -49,14 +49,20 @@ fn memory(pid: &str) -> (u64, u64) {
 
 fn main() -> anyhow::Result<()> {
     let n: usize = std::env::args().nth(1).map_or(Ok(5), |a| a.parse())?;
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("root")?.to_path_buf();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("root")?
+        .to_path_buf();
     let rt = std::env::var_os("RT").map_or_else(|| root.join("target/release/rt"), PathBuf::from);
     let work = tempfile::tempdir()?;
     let state = work.path().join("state");
     let bundle = work.path().join("bundle");
     std::fs::create_dir_all(bundle.join("rootfs"))?;
     rt_testsupport::make_rootfs(&bundle.join("rootfs"));
-    let ok = Command::new(&rt).args(["spec", "--bundle"]).arg(&bundle).status()?;
+    let ok = Command::new(&rt)
+        .args(["spec", "--bundle"])
+        .arg(&bundle)
+        .status()?;
     anyhow::ensure!(ok.success(), "rt spec");
     let cfg_path = bundle.join("config.json");
     let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg_path)?)?;
@@ -67,12 +73,18 @@ fn main() -> anyhow::Result<()> {
 
     let run = |isolation: &str, id: &str| {
         let mut c = Command::new(&rt);
-        c.arg("--root").arg(&state).args(["run", "--isolation", isolation, "--bundle"]);
+        c.arg("--root")
+            .arg(&state)
+            .args(["run", "--isolation", isolation, "--bundle"]);
         c.arg(&bundle).arg(id);
         c
     };
     let delete = |id: &str| {
-        let _ = Command::new(&rt).arg("--root").arg(&state).args(["delete", "--force", id]).status();
+        let _ = Command::new(&rt)
+            .arg("--root")
+            .arg(&state)
+            .args(["delete", "--force", id])
+            .status();
     };
     // One warm-up: the guest's initramfs is built on first use.
     first_line(run("vm", "warm"))?;
@@ -97,7 +109,11 @@ fn main() -> anyhow::Result<()> {
     let initrd = work.path().join("floor.cpio");
     let mut i = Initramfs::new();
     i.busybox(Path::new("/bin/busybox"))?;
-    i.data("/init", "#!/bin/sh\necho floor-ready\nexec sleep 1000\n", 0o755)?;
+    i.data(
+        "/init",
+        "#!/bin/sh\necho floor-ready\nexec sleep 1000\n",
+        0o755,
+    )?;
     i.write(&initrd)?;
     let machine = Machine {
         kernel: kernel.vmlinuz.clone(),
@@ -129,7 +145,10 @@ fn main() -> anyhow::Result<()> {
     }
     results.push(("bare QEMU boot (floor)".into(), median(times)));
 
-    println!("accelerator {accel:?}, guest kernel {}, N={n} (median)", kernel.version);
+    println!(
+        "accelerator {accel:?}, guest kernel {}, N={n} (median)",
+        kernel.version
+    );
     println!("{:<26} {:>14}", "", "first line, ms");
     for (name, d) in &results {
         println!("{name:<26} {:>14}", d.as_millis());
@@ -137,19 +156,31 @@ fn main() -> anyhow::Result<()> {
 
     // Memory of an idle VM container (a 256 MiB guest).
     let mut c = Command::new(&rt);
-    c.arg("--root").arg(&state).args(["run", "-d", "--isolation", "vm", "--bundle"]);
+    c.arg("--root")
+        .arg(&state)
+        .args(["run", "-d", "--isolation", "vm", "--bundle"]);
     let ok = c.arg(&bundle).arg("idle").stdout(Stdio::null()).status()?;
     anyhow::ensure!(ok.success(), "rt run -d");
     std::thread::sleep(Duration::from_secs(5));
-    let st = Command::new(&rt).arg("--root").arg(&state).args(["state", "idle"]).output()?;
+    let st = Command::new(&rt)
+        .arg("--root")
+        .arg(&state)
+        .args(["state", "idle"])
+        .output()?;
     let st: serde_json::Value = serde_json::from_slice(&st.stdout)?;
     let sup = st["pid"].to_string();
     let helpers = std::fs::read_to_string(state.join("idle/helpers")).unwrap_or_default();
     let mut total = (0, 0);
-    println!("{:<26} {:>10} {:>10}", "idle VM container", "RSS KiB", "PSS KiB");
-    for (name, pid) in std::iter::once(("supervisor", sup.as_str()))
-        .chain(helpers.lines().zip(["qemu", "virtiofsd"]).map(|(p, n)| (n, p)))
-    {
+    println!(
+        "{:<26} {:>10} {:>10}",
+        "idle VM container", "RSS KiB", "PSS KiB"
+    );
+    for (name, pid) in std::iter::once(("supervisor", sup.as_str())).chain(
+        helpers
+            .lines()
+            .zip(["qemu", "virtiofsd"])
+            .map(|(p, n)| (n, p)),
+    ) {
         let (rss, pss) = memory(pid);
         total = (total.0 + rss, total.1 + pss);
         println!("{name:<26} {rss:>10} {pss:>10}");
