@@ -657,11 +657,66 @@ fn containerd_runs_vm_tasks_with_rt_vm() {
     assert!(out.status.success(), "{}", text(&out));
 }
 
+/// What podman's default CNI network leaves on the host after its last
+/// container: the `cni-podman0` bridge, the CNI chains (in the iptables-nft
+/// tables `ip nat`, `ip filter`, `ip6 nat`) and the /run/netns bind mount.
+/// Recorded before the test; whatever was not there is removed after it.
+struct CniLeftovers {
+    bridge: bool,
+    tables: String,
+    netns_mount: bool,
+}
+
+impl CniLeftovers {
+    fn now() -> CniLeftovers {
+        let tables = Command::new("nft").args(["list", "tables"]).output();
+        CniLeftovers {
+            bridge: Path::new("/sys/class/net/cni-podman0").exists(),
+            tables: tables
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default(),
+            netns_mount: std::fs::read_to_string("/proc/self/mounts")
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l.split(' ').nth(1) == Some("/run/netns")),
+        }
+    }
+}
+
+impl Drop for CniLeftovers {
+    fn drop(&mut self) {
+        if !self.bridge {
+            let _ = Command::new("ip")
+                .args(["link", "del", "cni-podman0"])
+                .status();
+        }
+        for table in ["ip nat", "ip filter", "ip6 nat", "ip6 filter"] {
+            if !self
+                .tables
+                .lines()
+                .any(|l| l.trim() == format!("table {table}"))
+            {
+                let mut args = vec!["delete", "table"];
+                args.extend(table.split(' '));
+                let _ = Command::new("nft")
+                    .args(&args)
+                    .stderr(std::process::Stdio::null())
+                    .status();
+            }
+        }
+        if !self.netns_mount {
+            let _ = nix::mount::umount2("/run/netns", nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
 #[test]
 fn podman_default_network_reaches_a_vm_through_its_tap() {
     if !root_or_skip("podman_default_network_reaches_a_vm_through_its_tap") {
         return;
     }
+    let before = CniLeftovers::now();
+    let bridge_before = before.bridge;
     let (_links, rt_vm) = rt_vm_link();
     let p = Podman::with_busybox_on(rt_vm);
     let port = 18000 + (std::process::id() % 1000) as u16;
@@ -703,4 +758,14 @@ fn podman_default_network_reaches_a_vm_through_its_tap() {
     assert!(text(&out).contains(&ip), "{ip}: {}", text(&out));
     let out = p.run(&["rm", "--force", "rt-vm-web"]);
     assert!(out.status.success(), "{}", text(&out));
+    // rt's part is gone (the tap went with QEMU); podman's CNI leftovers
+    // are removed by `before` when it drops.
+    assert!(!Path::new("/sys/class/net/tap0_rt").exists());
+    drop(p);
+    drop(before);
+    assert_eq!(
+        CniLeftovers::now().bridge,
+        bridge_before,
+        "cni-podman0 left behind"
+    );
 }
