@@ -88,8 +88,9 @@ pub enum VmError {
     NoAnswer(String),
     #[error("the VM of container {0} is not running")]
     Gone(String),
+    /// A system call of the VM's host side (`what` names it).
     #[error("{0}")]
-    Mount(&'static str, #[source] nix::errno::Errno),
+    Sys(&'static str, #[source] nix::errno::Errno),
     #[error("bind-mounting {0} into the VM's share")]
     Bind(PathBuf, #[source] nix::errno::Errno),
     #[error("the VM's terminal")]
@@ -233,7 +234,7 @@ impl Isolation for Vm {
         let op = Op::Stream { proc: 1, args: a };
         let created = relay(&dir_of(st)?, &op, false, &Options::default(), true)?;
         let status = nix::sys::wait::waitpid(created.pid, None)
-            .map_err(|e| Error::Vm(VmError::Mount("waiting for the relay", e)))?;
+            .map_err(|e| Error::Vm(VmError::Sys("waiting for the relay", e)))?;
         Ok(Some(match status {
             nix::sys::wait::WaitStatus::Exited(_, c) => c,
             nix::sys::wait::WaitStatus::Signaled(_, s, _) => 128 + s as i32,
@@ -246,16 +247,7 @@ impl Isolation for Vm {
         // The supervisor's helpers die with it (PR_SET_PDEATHSIG); any left
         // (a supervisor killed between spawning and recording) are killed by
         // the pids it recorded and through the host cgroup.
-        let helpers: Vec<Pid> = dir_of(st)
-            .ok()
-            .and_then(|d| std::fs::read_to_string(d.join(files::HELPERS)).ok())
-            .map(|t| {
-                t.lines()
-                    .filter_map(|l| l.parse().ok())
-                    .map(Pid::from_raw)
-                    .collect()
-            })
-            .unwrap_or_default();
+        let helpers = helper_pids(st);
         if let Err(e) = super::namespaces::kill_and_remove_cgroup(st, layout) {
             errors.push(crate::process::chain(&e));
         }
@@ -276,6 +268,20 @@ impl Isolation for Vm {
         }
         errors
     }
+}
+
+/// The pids of QEMU and virtiofsd, as the supervisor recorded them.
+fn helper_pids(st: &State) -> Vec<Pid> {
+    dir_of(st)
+        .ok()
+        .and_then(|d| std::fs::read_to_string(d.join(files::HELPERS)).ok())
+        .map(|t| {
+            t.lines()
+                .filter_map(|l| l.parse().ok())
+                .map(Pid::from_raw)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Whether `pid` is still a QEMU or virtiofsd (not a reused number).
@@ -361,12 +367,12 @@ fn cpus(spec: &oci_spec::runtime::Spec) -> std::result::Result<u32, VmError> {
     let from_set = cpu
         .as_ref()
         .and_then(|c| c.cpus().clone())
-        .map(|s| rt_cgroups_cpuset_size(&s));
+        .map(|s| cpuset_size(&s));
     Ok(from_quota.or(from_set).unwrap_or(1).max(1))
 }
 
 /// How many CPUs a cpuset list (`0-3,6`) names.
-fn rt_cgroups_cpuset_size(list: &str) -> u32 {
+fn cpuset_size(list: &str) -> u32 {
     list.split(',')
         .filter_map(|part| {
             let part = part.trim();
@@ -435,7 +441,7 @@ fn binaries() -> std::result::Result<(PathBuf, PathBuf), VmError> {
 /// A host pty for a terminal process: the master goes to the console
 /// socket (or back to `rt run`), the slave becomes the stand-in's stdio.
 fn host_pty(opts: &Options) -> std::result::Result<(Option<OwnedFd>, OwnedFd), VmError> {
-    let pty = nix::pty::openpty(None, None).map_err(|e| VmError::Mount("openpty", e))?;
+    let pty = nix::pty::openpty(None, None).map_err(|e| VmError::Sys("openpty", e))?;
     match &opts.console_socket {
         Some(path) => {
             crate::terminal::send_to_socket(path, pty.master.as_fd())

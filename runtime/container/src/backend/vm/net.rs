@@ -45,7 +45,7 @@ fn in_netns<T: Send + 'static>(
     })?;
     std::thread::spawn(move || {
         nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-            .map_err(|e| VmError::Mount("joining the network namespace", e))?;
+            .map_err(|e| VmError::Sys("joining the network namespace", e))?;
         f()
     })
     .join()

@@ -114,7 +114,7 @@ pub fn netns_path(spec: &Value) -> Option<PathBuf> {
 /// Builds the share at `share` (a directory in the state dir): called by
 /// the supervisor, single-threaded, before it starts virtiofsd.
 pub fn assemble(share: &Path, rootfs: &Path, binds: &[Bind]) -> Result<(), VmError> {
-    let sys = |what: &'static str| move |e: nix::errno::Errno| VmError::Mount(what, e);
+    let sys = |what: &'static str| move |e: nix::errno::Errno| VmError::Sys(what, e);
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
         .map_err(sys("unshare(CLONE_NEWNS)"))?;
     // Host mounts still propagate in; ours never out.

@@ -16,7 +16,7 @@ use super::VmError;
 /// empty mask.
 pub fn block_signals() -> Result<(), VmError> {
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&SigSet::all()), None)
-        .map_err(|e| VmError::Mount("blocking signals", e))
+        .map_err(|e| VmError::Sys("blocking signals", e))
 }
 
 /// What to do with a signal the stand-in received.
@@ -49,10 +49,10 @@ pub fn own_terminal() -> Result<(), VmError> {
     let _ = nix::unistd::setsid();
     let stdin = std::io::stdin();
     rt_sys::set_controlling_terminal(stdin.as_fd()).map_err(VmError::Terminal)?;
-    let mut t = termios::tcgetattr(stdin.as_fd()).map_err(|e| VmError::Mount("tcgetattr", e))?;
+    let mut t = termios::tcgetattr(stdin.as_fd()).map_err(|e| VmError::Sys("tcgetattr", e))?;
     termios::cfmakeraw(&mut t);
     termios::tcsetattr(stdin.as_fd(), termios::SetArg::TCSANOW, &t)
-        .map_err(|e| VmError::Mount("tcsetattr", e))
+        .map_err(|e| VmError::Sys("tcsetattr", e))
 }
 
 /// The stand-in's terminal size, if its stdin is one.
