@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 
-use rt_testsupport::{eventually, output_via_files, root_or_skip, rt_bin};
+use rt_testsupport::{assert_guest_uname, eventually, output_via_files, root_or_skip, rt_bin};
 
 fn have(bin: &str) -> bool {
     Command::new("sh")
@@ -525,13 +525,6 @@ fn containerd_operates_tasks() {
     );
 }
 
-/// The guest kernel's version, which `uname -r` prints in a VM container.
-fn guest_kernel() -> String {
-    rt_vm::guest::kernel(&rt_vm::guest::dir())
-        .expect("no guest kernel: run integration/vm/install-guest")
-        .version
-}
-
 #[test]
 fn podman_runs_vm_containers_with_rt_vm() {
     if !root_or_skip("podman_runs_vm_containers_with_rt_vm") {
@@ -550,11 +543,7 @@ fn podman_runs_vm_containers_with_rt_vm() {
         "-c",
         "uname -r; exit 5",
     ]);
-    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        format!("{}\n", guest_kernel())
-    );
+    assert_guest_uname(&out, 5);
     // -it: podman's terminal through the console socket (under script(1),
     // which gives podman a terminal of its own).
     let out = output_via_files(
@@ -583,11 +572,7 @@ fn podman_runs_vm_containers_with_rt_vm() {
     ]);
     assert!(out.status.success(), "{}", text(&out));
     let out = p.run(&["exec", "rt-vm-bg", "sh", "-c", "uname -r; exit 4"]);
-    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        format!("{}\n", guest_kernel())
-    );
+    assert_guest_uname(&out, 4);
     let out = p.run(&["stop", "-t", "20", "rt-vm-bg"]);
     assert!(out.status.success(), "{}", text(&out));
     let out = p.run(&["inspect", "--format", "{{.State.ExitCode}}", "rt-vm-bg"]);
@@ -620,11 +605,7 @@ fn containerd_runs_vm_tasks_with_rt_vm() {
     let c = Containerd::with_busybox();
     let id = format!("rt-ctr-vm-{}", std::process::id());
     let out = c.run_busybox_on(&rt_vm, "--rm", &id, &["sh", "-c", "uname -r; exit 6"]);
-    assert_eq!(out.status.code(), Some(6), "{}", text(&out));
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        format!("{}\n", guest_kernel())
-    );
+    assert_guest_uname(&out, 6);
     let id = format!("rt-ctr-vm-bg-{}", std::process::id());
     let out = c.run_busybox_on(&rt_vm, "-d", &id, &["sleep", "600"]);
     assert!(out.status.success(), "ctr run -d: {}", text(&out));
@@ -638,11 +619,7 @@ fn containerd_runs_vm_tasks_with_rt_vm() {
         "-c",
         "uname -r; exit 3",
     ]);
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        format!("{}\n", guest_kernel())
-    );
+    assert_guest_uname(&out, 3);
     let out = c.ctr(&["task", "kill", "-s", "KILL", &id]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(eventually(30, || {

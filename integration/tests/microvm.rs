@@ -11,16 +11,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use rt_testsupport::{
-    cgroup_dirs_named, eventually, need_root, recv_with_fd, rt_bin, unique_id, Bundle, Root,
+    cgroup_dirs_named, eventually, guest_kernel, need_root, recv_with_fd, rt_bin, unique_id,
+    Bundle, Root,
 };
 use serde_json::{json, Value};
-
-/// The guest kernel's version (not the host's: `uname -r` tells them apart).
-fn guest_kernel() -> String {
-    rt_vm::guest::kernel(&rt_vm::guest::dir())
-        .expect("no guest kernel: run integration/vm/install-guest")
-        .version
-}
 
 /// Host processes whose command line names `needle` (a state root): QEMU,
 /// virtiofsd, supervisors and relays all do.

@@ -342,3 +342,27 @@ pub fn in_user_namespace(config: &mut Value) {
     config["linux"]["uidMappings"] = map.clone();
     config["linux"]["gidMappings"] = map;
 }
+
+/// The installed microVM guest kernel's version, which `uname -r` prints
+/// in a VM container (and which is not the host's).
+pub fn guest_kernel() -> String {
+    rt_vm::guest::kernel(&rt_vm::guest::dir())
+        .expect("no guest kernel: run integration/vm/install-guest")
+        .version
+}
+
+/// Asserts that a command exited with `code` after printing only the guest
+/// kernel's version (a VM container's `uname -r; exit CODE`).
+pub fn assert_guest_uname(out: &Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{}\n", guest_kernel())
+    );
+}

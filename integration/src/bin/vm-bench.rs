@@ -108,7 +108,7 @@ fn main() -> anyhow::Result<()> {
     let accel = rt_vm::qemu::cached_accel(&kernel, &assets).unwrap_or(Accel::Tcg);
     let initrd = work.path().join("floor.cpio");
     let mut i = Initramfs::new();
-    i.busybox(Path::new("/bin/busybox"))?;
+    i.busybox(&rt_testsupport::busybox())?;
     i.data(
         "/init",
         "#!/bin/sh\necho floor-ready\nexec sleep 1000\n",

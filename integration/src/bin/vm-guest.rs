@@ -4,7 +4,6 @@
 //! test boot under it works). A second run reuses both. Containers never
 //! download or probe at create.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -15,11 +14,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     let assets = rt_vm::guest::dir();
     let kernel = rt_vm::guest::install_kernel(&assets).context("installing the guest kernel")?;
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .context("busybox not found: install busybox-static")?;
+    let busybox = rt_testsupport::busybox();
     let accel = rt_vm::qemu::probe_accel(&kernel, &busybox, &assets, Duration::from_secs(30))?;
     println!(
         "guest kernel {} in {}, accelerator {accel:?}",

@@ -267,9 +267,8 @@ impl Agent {
             std::fs::create_dir_all(&dir).context("creating the bundle")?;
             std::fs::write(dir.join("config.json"), serde_json::to_vec(config)?)
                 .context("writing config.json")?;
-            let mut cmd = rt();
-            cmd.arg("create").arg("--bundle").arg(&dir);
-            self.launch(cmd, id, 1, &dir.join("init"), terminal)
+            let args = ["create".as_ref(), "--bundle".as_ref(), dir.as_os_str()];
+            self.launch(&args, id, 1, &dir.join("init"), terminal)
         })();
         match result {
             Ok(r) => {
@@ -290,22 +289,26 @@ impl Agent {
         let result = (|| -> Result<Reply> {
             let json = base.with_extension("json");
             std::fs::write(&json, serde_json::to_vec(process)?).context("writing the process")?;
-            let mut cmd = rt();
-            cmd.arg("exec").arg("--detach").arg("--process").arg(&json);
+            let mut args = vec![
+                "exec".as_ref(),
+                "--detach".as_ref(),
+                "--process".as_ref(),
+                json.as_os_str(),
+            ];
             if terminal {
-                cmd.arg("--tty");
+                args.push("--tty".as_ref());
             }
-            self.launch(cmd, &id, proc, &base, terminal)
+            self.launch(&args, &id, proc, &base, terminal)
         })();
         result.unwrap_or_else(|e| Reply::failed(format!("{e:#}")))
     }
 
-    /// Runs `rt create` or `rt exec -d` (`cmd`, given `--pid-file`,
+    /// Runs `rt create` or `rt exec -d` (`args`, given `--pid-file`,
     /// `--log` and `--console-socket` here) for process `proc`, whose stdio
     /// is then relayed; `base` names its files.
     fn launch(
         self: &Arc<Self>,
-        mut cmd: Command,
+        args: &[&std::ffi::OsStr],
         id: &str,
         proc: u32,
         base: &Path,
@@ -315,19 +318,18 @@ impl Agent {
         let log = base.with_extension("log");
         let console = base.with_extension("sock");
         let _ = std::fs::remove_file(&console);
+        // rt's errors go to the log: its stderr is the process's.
+        let mut full = rt();
+        full.arg("--log").arg(&log).args(args);
         let listener = if terminal {
             let l = std::os::unix::net::UnixListener::bind(&console)
                 .with_context(|| format!("binding {}", console.display()))?;
-            cmd.arg("--console-socket").arg(&console);
+            full.arg("--console-socket").arg(&console);
             Some(l)
         } else {
             None
         };
-        cmd.arg("--pid-file").arg(&pid_file).arg(id);
-        // rt's errors go to the log: its stderr is the process's.
-        let mut full = rt();
-        full.arg("--log").arg(&log);
-        full.args(cmd.get_args().skip(RT_ARGS));
+        full.arg("--pid-file").arg(&pid_file).arg(id);
         if terminal {
             full.stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -549,9 +551,6 @@ fn rt() -> Command {
     c.arg("--root").arg(RT_ROOT).args(["--log-format", "json"]);
     c
 }
-
-/// How many arguments [`rt`] puts first.
-const RT_ARGS: usize = 4;
 
 /// Exit code of a raw wait status: the code, or 128+N for signal N.
 fn code_of(status: i32) -> i32 {

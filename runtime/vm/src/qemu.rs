@@ -210,15 +210,10 @@ pub fn probe_accel(
     cache: &Path,
     timeout: Duration,
 ) -> Result<Accel> {
-    let host = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let record = cache.join(format!("accel-{}-on-{}", kernel.version, host.trim()));
-    if let Ok(text) = std::fs::read_to_string(&record) {
-        match text.trim() {
-            "kvm" => return Ok(Accel::Kvm),
-            "tcg" => return Ok(Accel::Tcg),
-            _ => {}
-        }
+    if let Some(accel) = cached_accel(kernel, cache) {
+        return Ok(accel);
     }
+    let record = accel_record(kernel, cache);
     let kvm_opens = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -237,13 +232,20 @@ pub fn probe_accel(
 /// The accelerator a probe recorded for `kernel` on this host kernel, if
 /// one ran ([`probe_accel`]); containers never probe at create.
 pub fn cached_accel(kernel: &Kernel, cache: &Path) -> Option<Accel> {
-    let host = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let record = cache.join(format!("accel-{}-on-{}", kernel.version, host.trim()));
-    match std::fs::read_to_string(record).ok()?.trim() {
+    match std::fs::read_to_string(accel_record(kernel, cache))
+        .ok()?
+        .trim()
+    {
         "kvm" => Some(Accel::Kvm),
         "tcg" => Some(Accel::Tcg),
         _ => None,
     }
+}
+
+/// Where the probe's answer for `kernel` on this host kernel is kept.
+fn accel_record(kernel: &Kernel, cache: &Path) -> PathBuf {
+    let host = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    cache.join(format!("accel-{}-on-{}", kernel.version, host.trim()))
 }
 
 const PROBE_MARKER: &str = "RT-KVM-PROBE-OK";
