@@ -418,6 +418,16 @@ fn refusals_name_their_cause_and_leave_nothing() {
         err.contains("contradicts") && err.contains("rt-vm"),
         "{err}"
     );
+    // Options that cannot cross the VM boundary.
+    for (flag, id) in [("--preserve-fds=1", "pfds"), ("--no-pivot", "nopivot")] {
+        let out = root.rt(&["create", "--isolation", "vm", flag, "--bundle", bundle, id]);
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(flag.trim_end_matches("=1")) && err.contains("vm backend"),
+            "{err}"
+        );
+    }
     // No guest kernel installed.
     let empty = tempfile::tempdir().unwrap();
     let out = root
@@ -431,7 +441,10 @@ fn refusals_name_their_cause_and_leave_nothing() {
         err.contains("no guest kernel") && err.contains("install-guest"),
         "{err}"
     );
-    assert_nothing_left(&root, &["hostnet", "krun", "contra", "nokernel"]);
+    assert_nothing_left(
+        &root,
+        &["hostnet", "krun", "contra", "pfds", "nopivot", "nokernel"],
+    );
 }
 
 /// An assets directory whose "kernel" is not one (its modules are

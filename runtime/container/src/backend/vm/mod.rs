@@ -515,6 +515,20 @@ fn create(sandbox: Sandbox<'_>, state: &mut State) -> Result<Created> {
             "rt's own networks (run.rt.network) for VM containers".into(),
         )));
     }
+    // Descriptors of the caller's and a chroot-based root have no meaning
+    // across the VM boundary: refused rather than ignored.
+    if opts.preserve_fds > 0 {
+        return Err(Error::NotSupported {
+            backend: "vm",
+            op: "create --preserve-fds",
+        });
+    }
+    if opts.no_pivot {
+        return Err(Error::NotSupported {
+            backend: "vm",
+            op: "create --no-pivot",
+        });
+    }
     let spec_json =
         serde_json::to_value(&bundle.spec).map_err(|e| Error::Vm(VmError::Config(e)))?;
     share::check(&spec_json)?;
