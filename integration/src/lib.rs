@@ -3,3 +3,5 @@
 //! building an OCI image archive from busybox-static.
 
 pub mod image;
+pub mod podman;
+pub mod suite;

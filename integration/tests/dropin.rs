@@ -4,32 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 
+use rt_integration::podman::{have, text, Manager, Podman};
 use rt_testsupport::{assert_guest_uname, eventually, output_via_files, root_or_skip, rt_bin};
-
-fn have(bin: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {bin}")])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// podman with its own storage, run root and containers.conf, so nothing of
-/// the host's podman is touched. Its locks are files under its own tmpdir
-/// (`lock_type = "file"`): with the default shared-memory segment
-/// /libpod_lock, two tests starting podman for the first time together
-/// raced ("failed to create 2048 locks in /libpod_lock: file exists").
-struct Podman {
-    dir: tempfile::TempDir,
-    runtime: PathBuf,
-}
 
 /// A directory with `rt-vm`, a link to rt: rt under the name whose
 /// containers default to the microVM backend.
@@ -40,86 +16,12 @@ fn rt_vm_link() -> (tempfile::TempDir, PathBuf) {
     (dir, link)
 }
 
-impl Podman {
-    fn with_runtime(runtime: PathBuf) -> Podman {
-        let dir = tempfile::Builder::new()
-            .prefix("rt-podman-")
-            .tempdir()
-            .unwrap();
-        let conf = format!(
-            "[containers]\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=32768:32768\"]\n\
-             [engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n\
-             lock_type = \"file\"\n\
-             runtime_supports_json = [\"rt\", \"rt-vm\"]\n\
-             [engine.runtimes]\nrt = [\"{}\"]\n",
-            rt_bin().display()
-        );
-        std::fs::write(dir.path().join("containers.conf"), conf).unwrap();
-        Podman { dir, runtime }
-    }
-
-    fn cmd(&self) -> Command {
-        let mut c = Command::new("podman");
-        c.env("CONTAINERS_CONF", self.dir.path().join("containers.conf"))
-            .arg("--root")
-            .arg(self.dir.path().join("storage"))
-            .arg("--runroot")
-            .arg(self.dir.path().join("run"))
-            // Its own tmpdir too (exit files, locks): the default
-            // /run/libpod is shared, and one test's `system reset` would
-            // remove another's exit files mid-stop.
-            .arg("--tmpdir")
-            .arg(self.dir.path().join("tmp"))
-            .args(["--storage-driver", "vfs", "--runtime"])
-            .arg(&self.runtime);
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        output_via_files(self.cmd().args(args))
-    }
-
-    /// A podman with the busybox image loaded as localhost/rt-busybox.
-    fn with_busybox() -> Podman {
-        Self::with_busybox_on(rt_bin())
-    }
-
-    fn with_busybox_on(runtime: PathBuf) -> Podman {
-        assert!(
-            have("podman"),
-            "podman missing: integration/install-deps installs it"
-        );
-        let p = Podman::with_runtime(runtime);
-        let archive = p.dir.path().join("busybox.tar");
-        rt_integration::image::busybox_oci_archive(&archive, "localhost/rt-busybox:latest");
-        let out = p.run(&["load", "-i", archive.to_str().unwrap()]);
-        assert!(out.status.success(), "podman load: {}", text(&out));
-        // The locks are this podman's own files, not the shared segment.
-        assert!(p.dir.path().join("tmp/locks").exists());
-        p
-    }
-}
-
-impl Drop for Podman {
-    fn drop(&mut self) {
-        let _ = self.run(&["rm", "--all", "--force"]);
-        let _ = self.run(&["system", "reset", "--force"]);
-        // conmon puts itself in /libpod_parent/conmon with the cgroupfs
-        // manager and leaves it: remove what podman made, if now empty.
-        for leaf in ["libpod_parent/conmon", "libpod_parent"] {
-            for dir in rt_testsupport::cgroup_dirs_named(leaf) {
-                let _ = std::fs::remove_dir(dir);
-            }
-        }
-    }
-}
-
 #[test]
 fn podman_runs_with_rt() {
     if !root_or_skip("podman_runs_with_rt") {
         return;
     }
-    let p = Podman::with_busybox();
+    let p = Podman::with_busybox_on(rt_bin(), Manager::Cgroupfs);
     let out = p.run(&[
         "run",
         "--rm",
@@ -377,7 +279,7 @@ fn podman_operates_running_containers() {
     if !root_or_skip("podman_operates_running_containers") {
         return;
     }
-    let p = Podman::with_busybox();
+    let p = Podman::with_busybox_on(rt_bin(), Manager::Cgroupfs);
     let out = p.run(&[
         "run",
         "-d",
@@ -531,7 +433,7 @@ fn podman_runs_vm_containers_with_rt_vm() {
         return;
     }
     let (_links, rt_vm) = rt_vm_link();
-    let p = Podman::with_busybox_on(rt_vm);
+    let p = Podman::with_busybox_on(rt_vm, Manager::Cgroupfs);
     let image = "localhost/rt-busybox:latest";
     let out = p.run(&[
         "run",
@@ -695,7 +597,7 @@ fn podman_default_network_reaches_a_vm_through_its_tap() {
     let before = CniLeftovers::now();
     let bridge_before = before.bridge;
     let (_links, rt_vm) = rt_vm_link();
-    let p = Podman::with_busybox_on(rt_vm);
+    let p = Podman::with_busybox_on(rt_vm, Manager::Cgroupfs);
     let port = 18000 + (std::process::id() % 1000) as u16;
     let publish = format!("127.0.0.1:{port}:80");
     let out = p.run(&[

@@ -8,11 +8,11 @@
 //! program sums their `test result` lines and ends with `N passed, N failed`,
 //! exiting 0 only if every test passed.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use rt_integration::suite::{build_test, tally, workspace};
 use rt_vm::initramfs::Initramfs;
 use rt_vm::kernel::Kernel;
 use rt_vm::qemu::{probe_accel, Accel, Machine};
@@ -61,81 +61,6 @@ echo RT-SUITE-END
 poweroff -f
 "#;
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
-
-/// Builds a test binary with cargo and returns its path.
-fn build_test(package: &str, kind: &str, name: &str) -> anyhow::Result<PathBuf> {
-    let mut cmd = Command::new(env!("CARGO"));
-    cmd.current_dir(workspace()).args([
-        "test",
-        "--no-run",
-        "--message-format=json",
-        "-q",
-        "-p",
-        package,
-    ]);
-    if kind == "lib" {
-        cmd.arg("--lib");
-    } else {
-        cmd.args(["--test", name]);
-    }
-    let out = cmd.output().context("running cargo")?;
-    if !out.status.success() {
-        bail!(
-            "cargo test --no-run -p {package}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        if v["reason"] == "compiler-artifact"
-            && v["target"]["name"] == name
-            && v["profile"]["test"] == true
-        {
-            if let Some(exe) = v["executable"].as_str() {
-                return Ok(PathBuf::from(exe));
-            }
-        }
-    }
-    bail!("cargo built no test executable for {package} {name}")
-}
-
-fn busybox() -> anyhow::Result<PathBuf> {
-    ["/bin/busybox", "/usr/bin/busybox"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .context("busybox not found: install busybox-static")
-}
-
-/// Sums libtest's `test result: ok. N passed; M failed; ...` lines.
-fn tally(lines: &[String]) -> (u64, u64) {
-    let mut passed = 0;
-    let mut failed = 0;
-    for l in lines.iter().filter_map(|l| l.split("test result: ").nth(1)) {
-        for part in l.split(';') {
-            let mut words = part.split_whitespace().rev();
-            let (Some(label), Some(n)) = (words.next(), words.next()) else {
-                continue;
-            };
-            let n: u64 = n.parse().unwrap_or(0);
-            match label {
-                "passed" => passed += n,
-                "failed" => failed += n,
-                _ => {}
-            }
-        }
-    }
-    (passed, failed)
-}
-
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -160,7 +85,7 @@ fn main() -> anyhow::Result<()> {
 
     let kernel = Kernel::debian(&cache).context("fetching the guest kernel")?;
     eprintln!("vm-suite: kernel {}", kernel.version);
-    let busybox = busybox()?;
+    let busybox = rt_testsupport::busybox();
     let accel = probe_accel(&kernel, &busybox, &cache, Duration::from_secs(30))?;
     eprintln!("vm-suite: accelerator {accel:?}");
 
@@ -201,20 +126,4 @@ fn main() -> anyhow::Result<()> {
         std::process::exit(1);
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tally_sums_result_lines() {
-        let lines = [
-            "guest| test result: ok. 10 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out"
-                .to_string(),
-            "test result: FAILED. 3 passed; 2 failed; 0 ignored".to_string(),
-            "noise 5 passed".to_string(),
-        ];
-        assert_eq!(tally(&lines), (13, 2));
-    }
 }

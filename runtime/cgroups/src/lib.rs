@@ -10,6 +10,7 @@ pub mod ebpf;
 mod layout;
 pub mod resources;
 pub mod stats;
+pub mod systemd;
 mod v1;
 mod v2;
 
@@ -69,6 +70,14 @@ pub enum Error {
         #[source]
         source: nix::errno::Errno,
     },
+    #[error("expected cgroupsPath to be of format \"slice:prefix:name\" for systemd cgroups, got {0:?} instead")]
+    SystemdPath(String),
+    #[error("invalid slice name: {0}")]
+    Slice(String),
+    #[error("systemd cgroup driver, {what}: {message}")]
+    Systemd { what: &'static str, message: String },
+    #[error("the systemd cgroup driver's helper process")]
+    Helper(#[source] rt_sys::Error),
     #[error("attaching the eBPF device filter to {path}")]
     BpfAttach {
         path: PathBuf,
@@ -88,6 +97,9 @@ pub struct Record {
     /// Directories rt created, in creation order (parents first).
     #[serde(default)]
     pub created: Vec<PathBuf>,
+    /// The systemd unit that owns the cgroup (the systemd driver), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub systemd: Option<systemd::Unit>,
 }
 
 /// One container's cgroup, on whatever layout the host has.
@@ -290,8 +302,17 @@ pub fn container_path(cgroups_path: Option<&Path>, id: &str) -> Result<String> {
     Ok(out)
 }
 
-/// Opens the manager for `record.path` on the host's layout.
+/// Opens the manager for `record.path` on the host's layout: through
+/// systemd if the record names a unit, by the cgroup files otherwise.
 pub fn open(layout: &Layout, record: Record) -> Box<dyn Manager> {
+    match record.systemd.clone() {
+        Some(unit) => Box::new(systemd::Systemd::new(layout, record, unit)),
+        None => open_fs(layout, record),
+    }
+}
+
+/// The cgroupfs manager for `record.path`.
+pub(crate) fn open_fs(layout: &Layout, record: Record) -> Box<dyn Manager> {
     match layout {
         Layout::Unified(root) => Box::new(v2::V2::new(root.clone(), record)),
         Layout::V1 {

@@ -31,10 +31,11 @@ struct Cli {
     /// Debug logging.
     #[arg(long)]
     debug: bool,
-    /// Use the systemd cgroup driver (not supported: there is no systemd driver).
+    /// Use the systemd cgroup driver: systemd owns each new container's
+    /// cgroup as a transient unit (cgroupsPath `slice:prefix:name`).
     #[arg(long)]
     systemd_cgroup: bool,
-    /// cgroup manager: cgroupfs, systemd (not supported) or disabled.
+    /// cgroup manager: cgroupfs, systemd or disabled.
     #[arg(long, value_enum)]
     cgroup_manager: Option<CgroupManager>,
     /// Image store (default /var/lib/rt; $XDG_DATA_HOME/rt for other users).
@@ -122,6 +123,8 @@ pub fn invoked_as_vm() -> bool {
 pub struct Global {
     pub root: PathBuf,
     pub cgroups: bool,
+    /// `--systemd-cgroup`: systemd owns new containers' cgroups.
+    pub systemd_cgroup: bool,
     /// Rootless mode: cgroups only where delegated.
     pub rootless: bool,
     /// The image store.
@@ -179,9 +182,16 @@ fn default_root(root_user: bool) -> PathBuf {
 }
 
 fn run(cli: Cli) -> anyhow::Result<i32> {
-    if cli.systemd_cgroup || cli.cgroup_manager == Some(CgroupManager::Systemd) {
-        anyhow::bail!("the systemd cgroup driver is not supported: use --cgroup-manager cgroupfs");
-    }
+    let systemd_cgroup = match cli.cgroup_manager {
+        Some(CgroupManager::Systemd) => true,
+        Some(CgroupManager::Disabled) if cli.systemd_cgroup => {
+            anyhow::bail!("--systemd-cgroup contradicts --cgroup-manager disabled")
+        }
+        Some(CgroupManager::Cgroupfs) if cli.systemd_cgroup => {
+            anyhow::bail!("--systemd-cgroup contradicts --cgroup-manager cgroupfs")
+        }
+        _ => cli.systemd_cgroup,
+    };
     let root_user = nix::unistd::geteuid().is_root();
     let rootless = match cli.rootless.as_str() {
         "auto" => !root_user,
@@ -192,6 +202,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
     let global = Global {
         root: cli.root.unwrap_or_else(|| default_root(root_user)),
         cgroups: cli.cgroup_manager != Some(CgroupManager::Disabled),
+        systemd_cgroup,
         rootless,
         store: cli.store.unwrap_or_else(rt_images::store::default_root),
     };

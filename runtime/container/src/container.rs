@@ -23,6 +23,7 @@ pub struct Runtime {
     store: Store,
     cgroups: bool,
     rootless: bool,
+    systemd: bool,
 }
 
 /// How `create` is asked for by the CLI.
@@ -55,6 +56,7 @@ impl Runtime {
             store: Store::new(root),
             cgroups: true,
             rootless: false,
+            systemd: false,
         }
     }
 
@@ -70,6 +72,14 @@ impl Runtime {
     /// refuses specs that set resource limits.
     pub fn with_cgroups(mut self, cgroups: bool) -> Runtime {
         self.cgroups = cgroups;
+        self
+    }
+
+    /// With `true` (`--systemd-cgroup`), systemd owns the container's
+    /// cgroup as a transient unit (see `rt_cgroups::systemd`): the user's
+    /// instance in rootless mode, the system's otherwise.
+    pub fn systemd_cgroup(mut self, systemd: bool) -> Runtime {
+        self.systemd = systemd;
         self
     }
 
@@ -92,14 +102,18 @@ impl Runtime {
             req.isolation_by_name.as_deref(),
         )?;
         let layout = rt_cgroups::Layout::detect()?;
-        let cg_path = rt_cgroups::container_path(
-            bundle
-                .spec
-                .linux()
-                .as_ref()
-                .and_then(|l| l.cgroups_path().as_deref()),
-            &req.id,
-        )?;
+        let cgroups_path = bundle
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.cgroups_path().as_deref());
+        let (cg_path, unit) = if self.systemd && self.cgroups {
+            let raw = cgroups_path.map(|p| p.to_string_lossy());
+            let unit = rt_cgroups::systemd::Unit::parse(raw.as_deref(), &req.id, self.rootless)?;
+            (unit.cgroup_path()?, Some(unit))
+        } else {
+            (rt_cgroups::container_path(cgroups_path, &req.id)?, None)
+        };
         let dir = self.store.create(&req.id)?;
         let mut state = State {
             version: state::STATE_VERSION,
@@ -113,12 +127,13 @@ impl Runtime {
             owner: owner(),
             annotations: bundle.spec.annotations().clone().unwrap_or_default(),
             backend: backend.name().to_string(),
-            cgroup: self
-                .use_cgroup(&layout, &cg_path)
-                .then_some(rt_cgroups::Record {
+            cgroup: (unit.is_some() || self.use_cgroup(&layout, &cg_path)).then_some(
+                rt_cgroups::Record {
                     path: cg_path,
                     created: Vec::new(),
-                }),
+                    systemd: unit,
+                },
+            ),
             config: bundle.spec.clone(),
             network: None,
             vm_dir: None,

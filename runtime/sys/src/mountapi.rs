@@ -67,27 +67,84 @@ fn fsmount(fs: BorrowedFd<'_>, attrs: u64) -> Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
+/// Where [`readonly_overlay_of`] finds an empty directory when the kernel
+/// refuses a detached layer: created once (root-owned, mode 0555), and
+/// never written to.
+pub const EMPTY_DIR: &str = "/run/rt-empty";
+
 /// A detached, read-only, nosuid, nodev overlayfs whose only content is
-/// `dir` (over an empty detached tmpfs: overlayfs without an upper layer
-/// needs two lower ones, and the same one twice is refused). Returns the
-/// mount's root directory. Needs CAP_SYS_ADMIN in the mount's user namespace.
+/// `dir` (overlayfs without an upper layer needs two lower ones, and the
+/// same one twice is refused). Returns the mount's root directory. Needs
+/// CAP_SYS_ADMIN in the mount's user namespace.
+///
+/// The second layer is an empty detached tmpfs, which leaves nothing
+/// anywhere; kernels before 6.5 or so refuse a layer outside the caller's
+/// mount namespace ("overlayfs: failed to clone lowerpath", EINVAL), and
+/// there the empty directory [`EMPTY_DIR`] is the second layer instead.
 pub fn readonly_overlay_of(dir: &Path) -> Result<OwnedFd> {
     let ro = libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV;
     let tmpfs = fsopen("tmpfs")?;
     fsconfig(tmpfs.as_fd(), None, None)?;
     let empty = fsmount(tmpfs.as_fd(), ro)?;
+    let detached = format!("/proc/self/fd/{}", empty.as_raw_fd());
+    match overlay_with(dir, detached.as_bytes(), ro) {
+        Err(Error::Syscall("fsconfig", Errno::EINVAL)) => {}
+        other => return other,
+    }
+    drop(empty);
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new().mode(0o555).create(EMPTY_DIR) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => {
+            return Err(Error::Syscall(
+                "mkdir",
+                Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+            ))
+        }
+    }
+    overlay_with(dir, EMPTY_DIR.as_bytes(), ro)
+}
+
+/// The read-only overlay of `dir` over the empty layer `empty`.
+fn overlay_with(dir: &Path, empty: &[u8], attrs: u64) -> Result<OwnedFd> {
     let overlay = fsopen("overlay")?;
     let mut lower = dir.as_os_str().as_bytes().to_vec();
-    lower.extend_from_slice(format!(":/proc/self/fd/{}", empty.as_raw_fd()).as_bytes());
+    lower.push(b':');
+    lower.extend_from_slice(empty);
     fsconfig(overlay.as_fd(), Some("lowerdir"), Some(&lower))?;
     fsconfig(overlay.as_fd(), None, None)?;
     // The overlay holds its layers itself: the tmpfs descriptor can go.
-    fsmount(overlay.as_fd(), ro)
+    fsmount(overlay.as_fd(), attrs)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_empty_directory_layer_works_too() {
+        // The layer used where the kernel refuses a detached one (6.1).
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("rt-sys-empty-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("f"), b"x").unwrap();
+        let _ = std::fs::create_dir(EMPTY_DIR);
+        let ro = libc::MOUNT_ATTR_RDONLY;
+        let root = overlay_with(&dir, EMPTY_DIR.as_bytes(), ro).unwrap();
+        let f = nix::fcntl::openat(
+            Some(root.as_raw_fd()),
+            "f",
+            nix::fcntl::OFlag::O_RDWR,
+            nix::sys::stat::Mode::empty(),
+        );
+        assert_eq!(f.unwrap_err(), Errno::EROFS);
+        drop(root);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn overlay_is_read_only_and_shows_the_directory() {

@@ -143,6 +143,7 @@ pub struct Args {
 pub fn run(g: &Global, mut a: Args) -> anyhow::Result<()> {
     let rt = Runtime::new(&g.root)
         .with_cgroups(g.cgroups)
+        .systemd_cgroup(g.systemd_cgroup)
         .rootless(g.rootless);
     a.flags.prepare_image(g)?;
     if let Err(e) = rt.create(&a.flags.request(false)) {

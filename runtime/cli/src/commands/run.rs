@@ -27,6 +27,7 @@ pub struct Args {
 pub fn run(g: &Global, mut a: Args) -> anyhow::Result<i32> {
     let rt = Runtime::new(&g.root)
         .with_cgroups(g.cgroups)
+        .systemd_cgroup(g.systemd_cgroup)
         .rootless(g.rootless);
     let id = a.flags.id.clone();
     a.flags.prepare_image(g)?;

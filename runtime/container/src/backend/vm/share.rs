@@ -70,6 +70,12 @@ pub fn guest_config(spec: &Value, bundle: &Path) -> Result<(Value, Vec<Bind>), V
     if let Some(hooks) = g.get_mut("hooks").and_then(Value::as_object_mut) {
         hooks.retain(|k, _| k == "createContainer" || k == "startContainer");
     }
+    // The host's cgroupsPath names the host's cgroup (or its systemd unit,
+    // `slice:prefix:name`, which the guest's cgroupfs driver refuses): the
+    // guest's one container takes the default, its id.
+    if let Some(linux) = g.get_mut("linux").and_then(Value::as_object_mut) {
+        linux.remove("cgroupsPath");
+    }
     if let Some(a) = g.get_mut("annotations").and_then(Value::as_object_mut) {
         a.retain(|k, _| !host_only_annotation(k));
     }
@@ -192,9 +198,11 @@ mod tests {
                 {"destination": "/etc/hosts", "type": "none", "source": "hosts", "options": ["bind"]}
             ],
             "hooks": {"prestart": [{"path": "/x"}], "createContainer": [{"path": "/y"}]},
-            "annotations": {"run.rt.isolation": "vm", "run.rt.vm.cpus": "2", "keep": "me"}
+            "annotations": {"run.rt.isolation": "vm", "run.rt.vm.cpus": "2", "keep": "me"},
+            "linux": {"cgroupsPath": "machine.slice:libpod:x"}
         });
         let (g, binds) = guest_config(&spec, Path::new("/b")).unwrap();
+        assert_eq!(g["linux"], serde_json::json!({}));
         assert_eq!(g["root"]["path"], "/run/rt-share/rootfs");
         assert_eq!(g["root"]["readonly"], true);
         assert_eq!(g["mounts"][0]["source"], "proc");

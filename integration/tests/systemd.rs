@@ -1,0 +1,441 @@
+//! The systemd cgroup driver (`--systemd-cgroup`). The tests that need
+//! systemd run in a guest booted with it, where cgroup v2 is unified
+//! (integration/vm/systemd-suite, which `./integration/test` runs); on a
+//! host without systemd they skip with a message. The last tests run where
+//! systemd is absent: the driver then fails clearly and leaves nothing.
+
+use std::process::Command;
+
+use rt_integration::podman::{text, Manager, Podman};
+use rt_testsupport::*;
+use serde_json::Value;
+
+/// Whether systemd is this system's init (sd_booted's test), as root.
+fn systemd_or_skip(test: &str) -> bool {
+    if !root_or_skip(test) {
+        return false;
+    }
+    if !std::path::Path::new("/run/systemd/system").is_dir() {
+        eprintln!("skipping {test}: systemd is not running here (integration/vm/systemd-suite runs it in a guest)");
+        return false;
+    }
+    true
+}
+
+/// `systemctl show -p NAME --value UNIT`
+fn show(unit: &str, property: &str) -> String {
+    show_all(unit, &[property])
+        .remove(property)
+        .unwrap_or_default()
+}
+
+/// `systemctl show -p A -p B ... UNIT`, in one call (each one takes a
+/// while in a TCG guest). A list property (DeviceAllow) comes as one line
+/// per entry: they are joined with newlines.
+fn show_all(unit: &str, properties: &[&str]) -> std::collections::HashMap<String, String> {
+    let mut cmd = Command::new("systemctl");
+    cmd.arg("show");
+    for p in properties {
+        cmd.args(["-p", p]);
+    }
+    let out = cmd.arg(unit).output().unwrap();
+    let mut map = std::collections::HashMap::<String, String>::new();
+    for (k, v) in String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('='))
+    {
+        let entry = map.entry(k.to_string()).or_default();
+        if !entry.is_empty() {
+            entry.push('\n');
+        }
+        entry.push_str(v.trim());
+    }
+    map
+}
+
+fn cgroup_of(pid: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .unwrap()
+        .trim()
+        .trim_start_matches("0::")
+        .to_string()
+}
+
+fn state(root: &Root, id: &str) -> Value {
+    serde_json::from_str(&root.ok(&["state", id])).unwrap()
+}
+
+/// A detached container running `sleep` with the systemd driver.
+fn start_sleeper(root: &Root, id: &str, cgroups_path: Option<&str>) -> Bundle {
+    let mut b = Bundle::new(&["sleep", "300"]);
+    b.edit(|c| match cgroups_path {
+        Some(p) => c["linux"]["cgroupsPath"] = p.into(),
+        None => {
+            c["linux"].as_object_mut().unwrap().remove("cgroupsPath");
+        }
+    });
+    let bundle = b.path().to_str().unwrap().to_string();
+    root.ok(&["--systemd-cgroup", "run", "-d", "-b", &bundle, id]);
+    b
+}
+
+/// `systemctl list-units --all UNIT`: what systemd has loaded, without
+/// loading it (`show` would load a slice, which systemd can make from its
+/// name alone).
+fn loaded(unit: &str) -> String {
+    let out = Command::new("systemctl")
+        .args(["list-units", "--all", "--plain", "--no-legend", unit])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The unit is gone (not failed, not loaded) and so is its cgroup.
+fn assert_no_unit(unit: &str, cgroup: &str) {
+    assert!(
+        eventually(10, || loaded(unit).is_empty()),
+        "{unit} is still loaded: {}",
+        loaded(unit)
+    );
+    assert!(!std::path::Path::new(&format!("/sys/fs/cgroup{cgroup}")).exists());
+}
+
+#[test]
+fn each_cgroups_path_form_gets_its_unit() {
+    if !systemd_or_skip("each_cgroups_path_form_gets_its_unit") {
+        return;
+    }
+    let root = Root::new();
+    let id = unique_id("sd");
+    // (cgroupsPath, unit, slice, cgroup)
+    let forms = [
+        (
+            Some(format!("machine.slice:libpod:{id}")),
+            format!("libpod-{id}.scope"),
+            "machine.slice",
+            format!("/machine.slice/libpod-{id}.scope"),
+        ),
+        (
+            None,
+            format!("rt-{id}.scope"),
+            "system.slice",
+            format!("/system.slice/rt-{id}.scope"),
+        ),
+        (
+            Some(format!(":p:{id}")),
+            format!("p-{id}.scope"),
+            "system.slice",
+            format!("/system.slice/p-{id}.scope"),
+        ),
+        (
+            Some(format!("rttest-nested.slice:p:{id}")),
+            format!("p-{id}.scope"),
+            "rttest-nested.slice",
+            format!("/rttest.slice/rttest-nested.slice/p-{id}.scope"),
+        ),
+    ];
+    for (path, unit, slice, cgroup) in &forms {
+        let _b = start_sleeper(&root, &id, path.as_deref());
+        let st = state(&root, &id);
+        let pid = st["pid"].to_string();
+        let p = show_all(unit, &["ActiveState", "Slice", "Delegate", "ControlGroup"]);
+        assert_eq!(p["ActiveState"], "active", "{unit}");
+        assert_eq!(p["Slice"], *slice, "{unit}");
+        assert_eq!(p["Delegate"], "yes", "{unit}");
+        assert_eq!(p["ControlGroup"], *cgroup, "{unit}");
+        assert_eq!(cgroup_of(&pid), *cgroup);
+        // Only the container's process is in it (the placeholder is gone).
+        let procs =
+            std::fs::read_to_string(format!("/sys/fs/cgroup{cgroup}/cgroup.procs")).unwrap();
+        assert_eq!(procs.trim(), pid, "{cgroup}");
+        root.ok(&["delete", "--force", &id]);
+        assert_no_unit(unit, cgroup);
+    }
+    // A name ending in .slice is a slice of its own.
+    let slice = "rttest-own.slice";
+    let _b = start_sleeper(&root, &id, Some(&format!(":p:{slice}")));
+    let pid = state(&root, &id)["pid"].to_string();
+    assert_eq!(show(slice, "ActiveState"), "active");
+    assert_eq!(cgroup_of(&pid), "/rttest.slice/rttest-own.slice");
+    root.ok(&["delete", "--force", &id]);
+    assert_no_unit(slice, "/rttest.slice/rttest-own.slice");
+}
+
+#[test]
+fn bad_cgroups_paths_get_runcs_errors() {
+    if !systemd_or_skip("bad_cgroups_paths_get_runcs_errors") {
+        return;
+    }
+    let root = Root::new();
+    for (path, msg) in [
+        ("/plain/path", "expected cgroupsPath to be of format \"slice:prefix:name\" for systemd cgroups, got \"/plain/path\" instead"),
+        ("bad--x.slice:p:n", "invalid slice name: bad--x.slice"),
+        ("noslice:p:n", "invalid slice name: noslice"),
+    ] {
+        let id = unique_id("sdbad");
+        let mut b = Bundle::new(&["true"]);
+        b.edit(|c| c["linux"]["cgroupsPath"] = path.into());
+        let out = root.rt(&["--systemd-cgroup", "run", "-b", b.path().to_str().unwrap(), &id]);
+        assert!(!out.status.success());
+        // The log line quotes the message (logfmt escapes its quotes).
+        let err = String::from_utf8_lossy(&out.stderr).replace("\\\"", "\"");
+        assert!(err.contains(msg), "{path}: {err}");
+        assert!(!root.dir.path().join(&id).exists(), "state left for {path}");
+    }
+}
+
+#[test]
+fn limits_become_unit_properties_and_hold() {
+    if !systemd_or_skip("limits_become_unit_properties_and_hold") {
+        return;
+    }
+    let root = Root::new();
+    let id = unique_id("sdlim");
+    let unit = format!("rt-{id}.scope");
+    let mut b = Bundle::new(&["sleep", "300"]);
+    b.edit(|c| {
+        c["linux"].as_object_mut().unwrap().remove("cgroupsPath");
+        c["linux"]["resources"] = serde_json::json!({
+            "memory": {"limit": 33554432, "reservation": 16777216},
+            "pids": {"limit": 20},
+            "cpu": {"shares": 512, "quota": 50000, "period": 100000, "cpus": "0"},
+            "devices": [{"allow": false, "access": "rwm"}],
+        });
+    });
+    root.ok(&[
+        "--systemd-cgroup",
+        "run",
+        "-d",
+        "-b",
+        b.path().to_str().unwrap(),
+        &id,
+    ]);
+    let p = show_all(
+        &unit,
+        &[
+            "MemoryMax",
+            "MemoryLow",
+            "TasksMax",
+            "CPUWeight",
+            "CPUQuotaPerSecUSec",
+            "AllowedCPUs",
+            "DevicePolicy",
+            "DeviceAllow",
+        ],
+    );
+    assert_eq!(p["MemoryMax"], "33554432");
+    assert_eq!(p["MemoryLow"], "16777216");
+    assert_eq!(p["TasksMax"], "20");
+    assert_eq!(p["CPUWeight"], "20");
+    assert_eq!(p["CPUQuotaPerSecUSec"], "500ms");
+    assert_eq!(p["AllowedCPUs"], "0");
+    assert_eq!(p["DevicePolicy"], "strict");
+    assert!(p["DeviceAllow"].contains("/dev/char/1:3 rwm"), "{p:?}");
+    let dir = format!("/sys/fs/cgroup/system.slice/{unit}");
+    let read = |f: &str| {
+        std::fs::read_to_string(format!("{dir}/{f}"))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    assert_eq!(read("memory.max"), "33554432");
+    assert_eq!(read("pids.max"), "20");
+    assert_eq!(read("cpu.max"), "50000 100000");
+    // Over MemoryMax: the allocation is OOM-killed.
+    let out = root.rt(&[
+        "exec",
+        &id,
+        "sh",
+        "-c",
+        "head -c 100m /dev/zero | tail > /dev/null",
+    ]);
+    assert_eq!(out.status.code(), Some(137), "{}", text(&out));
+    assert!(
+        read("memory.events").contains("oom_kill 1"),
+        "{}",
+        read("memory.events")
+    );
+    // At TasksMax, fork fails.
+    let out = root.rt(&[
+        "exec",
+        &id,
+        "sh",
+        "-c",
+        "for i in $(seq 30); do sleep 5 & done 2>&1; wait",
+    ]);
+    assert!(text(&out).contains("can't fork"), "{}", text(&out));
+    assert!(
+        read("pids.events").contains("max "),
+        "{}",
+        read("pids.events")
+    );
+    root.ok(&["delete", "--force", &id]);
+    assert_no_unit(&unit, &format!("/system.slice/{unit}"));
+}
+
+#[test]
+fn update_pause_ps_events_and_delete_through_the_driver() {
+    if !systemd_or_skip("update_pause_ps_events_and_delete_through_the_driver") {
+        return;
+    }
+    let root = Root::new();
+    let id = unique_id("sdops");
+    let unit = format!("libpod-{id}.scope");
+    let mut b = Bundle::new(&["sleep", "300"]);
+    b.edit(|c| {
+        c["linux"]["cgroupsPath"] = format!("machine.slice:libpod:{id}").into();
+        c["linux"]["resources"] = serde_json::json!({"memory": {"limit": 67108864}});
+    });
+    root.ok(&[
+        "--systemd-cgroup",
+        "run",
+        "-d",
+        "-b",
+        b.path().to_str().unwrap(),
+        &id,
+    ]);
+    let dir = format!("/sys/fs/cgroup/machine.slice/{unit}");
+    let read = |f: &str| {
+        std::fs::read_to_string(format!("{dir}/{f}"))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    // update: the property and the file (no --systemd-cgroup: the state says).
+    root.ok(&["update", "--memory", "134217728", "--pids-limit", "50", &id]);
+    let p = show_all(&unit, &["MemoryMax", "TasksMax"]);
+    assert_eq!(p["MemoryMax"], "134217728");
+    assert_eq!(p["TasksMax"], "50");
+    assert_eq!(read("memory.max"), "134217728");
+    // A daemon-reload puts systemd's properties back: they are rt's.
+    assert!(Command::new("systemctl")
+        .arg("daemon-reload")
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(read("memory.max"), "134217728");
+    root.ok(&["pause", &id]);
+    assert_eq!(state(&root, &id)["status"], "paused");
+    assert_eq!(read("cgroup.freeze"), "1");
+    root.ok(&["resume", &id]);
+    assert_eq!(state(&root, &id)["status"], "running");
+    let ps = root.ok(&["ps", "--format", "json", &id]);
+    let pid = state(&root, &id)["pid"].as_i64().unwrap();
+    assert_eq!(serde_json::from_str::<Vec<i64>>(&ps).unwrap(), [pid]);
+    let ev: Value = serde_json::from_str(&root.ok(&["events", "--stats", &id])).unwrap();
+    assert_eq!(ev["type"], "stats");
+    assert!(
+        ev["data"]["memory"]["usage"]["limit"].as_u64() == Some(134217728),
+        "{ev}"
+    );
+    root.ok(&["kill", &id, "KILL"]);
+    assert!(eventually(10, || root.status(&id) == "stopped"));
+    root.ok(&["delete", &id]);
+    assert_no_unit(&unit, &format!("/machine.slice/{unit}"));
+}
+
+#[test]
+fn podman_with_the_systemd_cgroup_manager() {
+    if !systemd_or_skip("podman_with_the_systemd_cgroup_manager") {
+        return;
+    }
+    let p = Podman::with_busybox_on(rt_bin(), Manager::Systemd);
+    let out = p.run(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--memory",
+        "64m",
+        "localhost/rt-busybox",
+        "sh",
+        "-c",
+        "cat /sys/fs/cgroup/memory.max; cat /proc/self/cgroup",
+    ]);
+    assert!(out.status.success(), "podman run: {}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("67108864\n"), "{stdout}");
+    let out = p.run(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--name",
+        "sdpod",
+        "--memory",
+        "64m",
+        "localhost/rt-busybox",
+        "sleep",
+        "300",
+    ]);
+    assert!(out.status.success(), "podman run -d: {}", text(&out));
+    let cid = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let unit = format!("libpod-{cid}.scope");
+    let props = show_all(&unit, &["ActiveState", "MemoryMax"]);
+    assert_eq!(props["ActiveState"], "active");
+    assert_eq!(props["MemoryMax"], "67108864");
+    let out = p.run(&["exec", "sdpod", "sh", "-c", "echo hi; exit 3"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
+    let out = p.run(&["stop", "-t", "1", "sdpod"]);
+    assert!(out.status.success(), "podman stop: {}", text(&out));
+    let out = p.run(&["rm", "sdpod"]);
+    assert!(out.status.success(), "podman rm: {}", text(&out));
+    assert!(
+        eventually(10, || loaded(&unit).is_empty()),
+        "{unit} left: {}",
+        loaded(&unit)
+    );
+}
+
+#[test]
+fn without_systemd_the_driver_fails_and_leaves_nothing() {
+    if !root_or_skip("without_systemd_the_driver_fails_and_leaves_nothing") {
+        return;
+    }
+    if std::path::Path::new("/run/dbus/system_bus_socket").exists() {
+        eprintln!("skipping without_systemd_the_driver_fails_and_leaves_nothing: a system bus is running here");
+        return;
+    }
+    let root = Root::new();
+    let id = unique_id("nosd");
+    let b = Bundle::new(&["true"]);
+    let out = root.rt(&[
+        "--systemd-cgroup",
+        "run",
+        "-b",
+        b.path().to_str().unwrap(),
+        &id,
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/run/dbus/system_bus_socket"), "{err}");
+    assert!(err.contains("systemd"), "{err}");
+    assert!(!root.dir.path().join(&id).exists(), "state directory left");
+    assert!(cgroup_dirs_named(&format!("rt-{id}.scope")).is_empty());
+    // Nothing of rt's is left running (the scope's placeholder).
+    let ps = Command::new("ps")
+        .args(["-eo", "pid,ppid,comm"])
+        .output()
+        .unwrap();
+    let me = std::process::id().to_string();
+    for line in String::from_utf8_lossy(&ps.stdout).lines() {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        assert!(
+            !(cols.get(1) == Some(&me.as_str()) && cols.get(2) == Some(&"rt")),
+            "left: {line}"
+        );
+    }
+    // `--cgroup-manager systemd` is the same driver.
+    let out = root.rt(&[
+        "--cgroup-manager",
+        "systemd",
+        "run",
+        "-b",
+        b.path().to_str().unwrap(),
+        &id,
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("system_bus_socket"));
+    let out = root.rt(&["--systemd-cgroup", "--cgroup-manager", "cgroupfs", "list"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("contradicts"));
+}
