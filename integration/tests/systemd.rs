@@ -388,6 +388,140 @@ fn podman_with_the_systemd_cgroup_manager() {
     );
 }
 
+/// The user the rootless test runs rt as, made in the guest (whose /etc is
+/// its own overlay). `spec --rootless` maps only the user's own id.
+const USER: &str = "rt-sd-user";
+
+/// As `USER`, with its systemd instance's bus and runtime directory.
+fn as_user(cmd: &mut Command, uid: u32) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    let run = format!("/run/user/{uid}");
+    cmd.env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("XDG_RUNTIME_DIR", &run)
+        .env("DBUS_SESSION_BUS_ADDRESS", format!("unix:path={run}/bus"))
+        .uid(uid)
+        .gid(uid)
+}
+
+#[test]
+fn rootless_uses_the_users_systemd_instance() {
+    if !systemd_or_skip("rootless_uses_the_users_systemd_instance") {
+        return;
+    }
+    let sh = |c: &str| {
+        let st = Command::new("sh").args(["-c", c]).status().unwrap();
+        assert!(st.success(), "{c}");
+    };
+    sh(&format!(
+        "id {USER} >/dev/null 2>&1 || useradd --user-group --no-create-home --shell /bin/sh {USER}"
+    ));
+    let out = Command::new("id").args(["-u", USER]).output().unwrap();
+    let uid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    // The user's systemd (and its D-Bus, from dbus-user-session).
+    sh(&format!("systemctl start user@{uid}.service"));
+    let bus = format!("/run/user/{uid}/bus");
+    assert!(
+        eventually(60, || std::path::Path::new(&bus).exists()),
+        "no {bus}"
+    );
+
+    // rt, a rootfs and the bundle where the user can read them.
+    let dir = tempfile::Builder::new()
+        .prefix("rt-sd-rootless-")
+        .tempdir()
+        .unwrap();
+    sh(&format!(
+        "chmod 755 {d} && cp {rt} {d}/rt && cp -a {rootfs} {d}/rootfs && mkdir {d}/b && chown {uid}:{uid} {d}/b",
+        d = dir.path().display(),
+        rt = rt_bin().display(),
+        rootfs = shared_rootfs().display()
+    ));
+    let rt = dir.path().join("rt");
+    let b = dir.path().join("b");
+    let user_rt = |args: &[&str]| output_via_files(as_user(Command::new(&rt).args(args), uid));
+    let out = user_rt(&["spec", "--rootless", "--bundle", b.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let path = b.join("config.json");
+    let mut c: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    c["process"]["terminal"] = false.into();
+    c["process"]["args"] = serde_json::json!(["sleep", "300"]);
+    c["root"]["path"] = dir
+        .path()
+        .join("rootfs")
+        .to_string_lossy()
+        .into_owned()
+        .into();
+    c["linux"]["resources"] = serde_json::json!({"pids": {"limit": 30}});
+    std::fs::write(&path, serde_json::to_vec(&c).unwrap()).unwrap();
+
+    let id = unique_id("sdrl");
+    let unit = format!("rt-{id}.scope");
+    // From inside the user's own tree, as in a login session: the cgroup
+    // v2 rules let a user move a process only below a cgroup it owns.
+    let out = output_via_files(
+        as_user(&mut Command::new("systemd-run"), uid)
+            .args(["--user", "--scope", "--quiet"])
+            .arg(&rt)
+            .args([
+                "--systemd-cgroup",
+                "run",
+                "-d",
+                "-b",
+                b.to_str().unwrap(),
+                &id,
+            ]),
+    );
+    assert!(out.status.success(), "rootless run: {}", text(&out));
+    let st: Value = serde_json::from_slice(&user_rt(&["state", &id]).stdout).unwrap();
+    let pid = st["pid"].to_string();
+    let cgroup = cgroup_of(&pid);
+    assert_eq!(
+        cgroup,
+        format!("/user.slice/user-{uid}.slice/user@{uid}.service/user.slice/{unit}")
+    );
+    let show = output_via_files(as_user(
+        Command::new("systemctl").args([
+            "--user",
+            "show",
+            "-p",
+            "ActiveState",
+            "-p",
+            "TasksMax",
+            &unit,
+        ]),
+        uid,
+    ));
+    let props = String::from_utf8_lossy(&show.stdout);
+    assert!(
+        props.contains("ActiveState=active") && props.contains("TasksMax=30"),
+        "{props}"
+    );
+    let out = user_rt(&["delete", "--force", &id]);
+    assert!(out.status.success(), "rootless delete: {}", text(&out));
+    let list = || {
+        let out = output_via_files(as_user(
+            Command::new("systemctl").args([
+                "--user",
+                "list-units",
+                "--all",
+                "--plain",
+                "--no-legend",
+                &unit,
+            ]),
+            uid,
+        ));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert!(
+        eventually(10, || list().is_empty()),
+        "{unit} left: {}",
+        list()
+    );
+    assert!(!std::path::Path::new(&format!("/sys/fs/cgroup{cgroup}")).exists());
+    sh(&format!("systemctl stop user@{uid}.service"));
+}
+
 #[test]
 fn without_systemd_the_driver_fails_and_leaves_nothing() {
     if !root_or_skip("without_systemd_the_driver_fails_and_leaves_nothing") {

@@ -194,7 +194,13 @@ impl Manager for Systemd {
             record.path = path;
             self.inner = crate::open_fs(&self.layout, record);
         }
-        // Hierarchies systemd does not manage (v1 cpuset, freezer, ...).
+        // The user's instance delegates what the user may have; its
+        // ancestors' subtree_control is not the user's to write (v2).
+        if self.unit.user && self.v2() {
+            return Ok(());
+        }
+        // Hierarchies systemd does not manage (v1 cpuset, freezer, ...),
+        // and on v2 the controllers it does not enable (hugetlb, rdma, misc).
         self.inner.create()
     }
 
@@ -215,6 +221,13 @@ impl Manager for Systemd {
     }
 
     fn set_devices(&self, rules: &[devices::Rule]) -> Result<()> {
+        // The user's instance has no device control, and an unprivileged
+        // rt cannot load a device filter (as runc and crun, rootless
+        // containers get none: their user namespace cannot make device
+        // nodes, and file permissions govern the nodes bound in).
+        if self.unit.user {
+            return Ok(());
+        }
         let proc_devices = std::fs::read_to_string("/proc/devices").unwrap_or_default();
         self.send(props::devices(rules, &proc_devices))?;
         self.inner.set_devices(rules)
