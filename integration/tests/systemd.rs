@@ -65,13 +65,24 @@ fn state(root: &Root, id: &str) -> Value {
     serde_json::from_str(&root.ok(&["state", id])).unwrap()
 }
 
-/// A detached container running `sleep` with the systemd driver.
-fn start_sleeper(root: &Root, id: &str, cgroups_path: Option<&str>) -> Bundle {
+/// A detached container running `sleep` with the systemd driver, and
+/// `resources` if given.
+fn start_sleeper_with(
+    root: &Root,
+    id: &str,
+    cgroups_path: Option<&str>,
+    resources: Option<Value>,
+) -> Bundle {
     let mut b = Bundle::new(&["sleep", "300"]);
-    b.edit(|c| match cgroups_path {
-        Some(p) => c["linux"]["cgroupsPath"] = p.into(),
-        None => {
-            c["linux"].as_object_mut().unwrap().remove("cgroupsPath");
+    b.edit(|c| {
+        match cgroups_path {
+            Some(p) => c["linux"]["cgroupsPath"] = p.into(),
+            None => {
+                c["linux"].as_object_mut().unwrap().remove("cgroupsPath");
+            }
+        }
+        if let Some(r) = resources {
+            c["linux"]["resources"] = r;
         }
     });
     let bundle = b.path().to_str().unwrap().to_string();
@@ -135,7 +146,7 @@ fn each_cgroups_path_form_gets_its_unit() {
         ),
     ];
     for (path, unit, slice, cgroup) in &forms {
-        let _b = start_sleeper(&root, &id, path.as_deref());
+        let _b = start_sleeper_with(&root, &id, path.as_deref(), None);
         let st = state(&root, &id);
         let pid = st["pid"].to_string();
         let p = show_all(unit, &["ActiveState", "Slice", "Delegate", "ControlGroup"]);
@@ -153,7 +164,7 @@ fn each_cgroups_path_form_gets_its_unit() {
     }
     // A name ending in .slice is a slice of its own.
     let slice = "rttest-own.slice";
-    let _b = start_sleeper(&root, &id, Some(&format!(":p:{slice}")));
+    let _b = start_sleeper_with(&root, &id, Some(&format!(":p:{slice}")), None);
     let pid = state(&root, &id)["pid"].to_string();
     assert_eq!(show(slice, "ActiveState"), "active");
     assert_eq!(cgroup_of(&pid), "/rttest.slice/rttest-own.slice");
@@ -192,24 +203,13 @@ fn limits_become_unit_properties_and_hold() {
     let root = Root::new();
     let id = unique_id("sdlim");
     let unit = format!("rt-{id}.scope");
-    let mut b = Bundle::new(&["sleep", "300"]);
-    b.edit(|c| {
-        c["linux"].as_object_mut().unwrap().remove("cgroupsPath");
-        c["linux"]["resources"] = serde_json::json!({
-            "memory": {"limit": 33554432, "reservation": 16777216},
-            "pids": {"limit": 20},
-            "cpu": {"shares": 512, "quota": 50000, "period": 100000, "cpus": "0"},
-            "devices": [{"allow": false, "access": "rwm"}],
-        });
+    let resources = serde_json::json!({
+        "memory": {"limit": 33554432, "reservation": 16777216},
+        "pids": {"limit": 20},
+        "cpu": {"shares": 512, "quota": 50000, "period": 100000, "cpus": "0"},
+        "devices": [{"allow": false, "access": "rwm"}],
     });
-    root.ok(&[
-        "--systemd-cgroup",
-        "run",
-        "-d",
-        "-b",
-        b.path().to_str().unwrap(),
-        &id,
-    ]);
+    let _b = start_sleeper_with(&root, &id, None, Some(resources));
     let p = show_all(
         &unit,
         &[
@@ -281,19 +281,12 @@ fn update_pause_ps_events_and_delete_through_the_driver() {
     let root = Root::new();
     let id = unique_id("sdops");
     let unit = format!("libpod-{id}.scope");
-    let mut b = Bundle::new(&["sleep", "300"]);
-    b.edit(|c| {
-        c["linux"]["cgroupsPath"] = format!("machine.slice:libpod:{id}").into();
-        c["linux"]["resources"] = serde_json::json!({"memory": {"limit": 67108864}});
-    });
-    root.ok(&[
-        "--systemd-cgroup",
-        "run",
-        "-d",
-        "-b",
-        b.path().to_str().unwrap(),
+    let _b = start_sleeper_with(
+        &root,
         &id,
-    ]);
+        Some(&format!("machine.slice:libpod:{id}")),
+        Some(serde_json::json!({"memory": {"limit": 67108864}})),
+    );
     let dir = format!("/sys/fs/cgroup/machine.slice/{unit}");
     let read = |f: &str| {
         std::fs::read_to_string(format!("{dir}/{f}"))

@@ -74,13 +74,23 @@ fn amount(file: &str, v: &str) -> Result<u64> {
 }
 
 /// runc's CPUQuotaPerSecUSec: quota per second of wall time, rounded up to
-/// a multiple of 10 ms (systemd's own granularity for it).
+/// a multiple of 10 ms (systemd's own granularity for it); `u64::MAX`
+/// (no quota) stays infinity.
 fn quota_per_sec(quota: u64, period: u64) -> u64 {
-    if period == 0 {
+    if quota == u64::MAX || period == 0 {
         return u64::MAX;
     }
     let per_sec = quota.saturating_mul(1_000_000) / period;
     per_sec.div_ceil(10_000) * 10_000
+}
+
+/// CPUQuotaPerSecUSec and CPUQuotaPeriodUSec, for either hierarchy.
+fn push_quota(out: &mut Vec<Property>, quota: u64, period: u64) {
+    out.push(prop(
+        "CPUQuotaPerSecUSec",
+        Value::U64(quota_per_sec(quota, period)),
+    ));
+    out.push(prop("CPUQuotaPeriodUSec", Value::U64(period)));
 }
 
 /// A cpuset list (`0-2,5`) as systemd's bitmask bytes.
@@ -146,13 +156,7 @@ pub fn from_v2(settings: &[Setting]) -> Result<Vec<Property>> {
                 let mut words = s.value.split_whitespace();
                 let quota = amount(&s.file, words.next().unwrap_or("max"))?;
                 let period = amount(&s.file, words.next().unwrap_or("100000"))?;
-                let per_sec = if quota == u64::MAX {
-                    u64::MAX
-                } else {
-                    quota_per_sec(quota, period)
-                };
-                out.push(prop("CPUQuotaPerSecUSec", Value::U64(per_sec)));
-                out.push(prop("CPUQuotaPeriodUSec", Value::U64(period)));
+                push_quota(&mut out, quota, period);
             }
             "cpuset.cpus" => out.push(prop("AllowedCPUs", Value::Mask(mask(&s.value)?))),
             "cpuset.mems" => out.push(prop("AllowedMemoryNodes", Value::Mask(mask(&s.value)?))),
@@ -229,13 +233,7 @@ pub fn from_v1(settings: &[Setting]) -> Result<Vec<Property>> {
         }
     }
     if let Some(q) = quota {
-        let per_sec = if q == u64::MAX {
-            u64::MAX
-        } else {
-            quota_per_sec(q, period)
-        };
-        out.push(prop("CPUQuotaPerSecUSec", Value::U64(per_sec)));
-        out.push(prop("CPUQuotaPeriodUSec", Value::U64(period)));
+        push_quota(&mut out, q, period);
     }
     Ok(out)
 }
