@@ -15,6 +15,19 @@ pub fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
+/// Builds rt (debug) with cargo and returns its path.
+pub fn build_rt() -> anyhow::Result<PathBuf> {
+    let status = Command::new(cargo())
+        .current_dir(workspace())
+        .args(["build", "-q", "--bin", "rt"])
+        .status()
+        .context("running cargo")?;
+    if !status.success() {
+        bail!("cargo build --bin rt failed");
+    }
+    Ok(workspace().join("target/debug/rt"))
+}
+
 /// Builds a test binary with cargo and returns its path.
 pub fn build_test(package: &str, kind: &str, name: &str) -> anyhow::Result<PathBuf> {
     let mut cmd = Command::new(cargo());

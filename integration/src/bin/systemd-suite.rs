@@ -129,13 +129,7 @@ fn main() -> anyhow::Result<()> {
     let work = root.join("target/systemd-suite");
     std::fs::create_dir_all(&work)?;
     eprintln!("systemd-suite: building rt and the tests");
-    let status = Command::new(rt_integration::suite::cargo())
-        .current_dir(&root)
-        .args(["build", "-q", "--bin", "rt"])
-        .status()?;
-    if !status.success() {
-        bail!("cargo build failed");
-    }
+    let debug_rt = rt_integration::suite::build_rt()?;
     // Stripped: a debug rt is ~180 MB, and where its read-only overlay
     // cannot be made (Debian 12's 6.1 kernel refuses a detached layer) rt
     // protects itself with a sealed copy per command, slow under TCG.
@@ -143,7 +137,7 @@ fn main() -> anyhow::Result<()> {
     let status = Command::new("strip")
         .arg("-o")
         .arg(&rt)
-        .arg(root.join("target/debug/rt"))
+        .arg(&debug_rt)
         .status()
         .context("running strip (binutils)")?;
     if !status.success() {

@@ -8,10 +8,9 @@
 //! program sums their `test result` lines and ends with `N passed, N failed`,
 //! exiting 0 only if every test passed.
 
-use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use rt_integration::suite::{build_test, tally, workspace};
 use rt_vm::initramfs::Initramfs;
 use rt_vm::kernel::Kernel;
@@ -70,14 +69,7 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&cache)?;
 
     eprintln!("vm-suite: building rt and the tests");
-    let status = Command::new(env!("CARGO"))
-        .current_dir(&root)
-        .args(["build", "-q", "--bin", "rt"])
-        .status()?;
-    if !status.success() {
-        bail!("cargo build failed");
-    }
-    let rt = root.join("target/debug/rt");
+    let rt = rt_integration::suite::build_rt()?;
     let tests = TESTS
         .iter()
         .map(|(p, k, n)| build_test(p, k, n))
