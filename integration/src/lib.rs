@@ -3,5 +3,6 @@
 //! building an OCI image archive from busybox-static.
 
 pub mod image;
+pub mod net;
 pub mod podman;
 pub mod suite;

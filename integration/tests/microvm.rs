@@ -10,30 +10,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use rt_integration::net::processes_naming;
 use rt_testsupport::{
     cgroup_dirs_named, eventually, guest_kernel, need_root, recv_with_fd, rt_bin, unique_id,
     Bundle, Root,
 };
 use serde_json::{json, Value};
-
-/// Host processes whose command line names `needle` (a state root): QEMU,
-/// virtiofsd, supervisors and relays all do.
-fn processes_naming(needle: &Path) -> Vec<String> {
-    let needle = needle.to_string_lossy().into_owned();
-    let mut found = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.parse::<u32>().is_err() || name == std::process::id().to_string() {
-            continue;
-        }
-        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if text.contains(&needle) {
-            found.push(format!("{name}: {text}"));
-        }
-    }
-    found
-}
 
 /// Nothing of the root's containers is left: no state, no process, no cgroup.
 fn assert_nothing_left(root: &Root, ids: &[&str]) {

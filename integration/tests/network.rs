@@ -9,13 +9,10 @@
 //! and ends with a leak check: no link, bridge, nft table, network record,
 //! keeper or container of its own is left.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::os::fd::AsFd;
-use std::process::{Command, Output};
-use std::time::Duration;
+use std::net::TcpListener;
 
-use rt_testsupport::{eventually, output_via_files, root_or_skip, unique_id, Bundle, Root};
+use rt_integration::net::*;
+use rt_testsupport::{eventually, output_via_files, root_or_skip, unique_id, Root};
 use serde_json::{json, Value};
 
 macro_rules! need_root {
@@ -24,220 +21,6 @@ macro_rules! need_root {
             return;
         }
     };
-}
-
-fn sh(script: &str) -> Output {
-    output_via_files(Command::new("sh").args(["-c", script]))
-}
-
-fn sh_ok(script: &str) -> String {
-    let out = sh(script);
-    assert!(
-        out.status.success(),
-        "{script}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A namespace playing the external network, joined to the host by a veth
-/// pair (`host_if` here, `eth0` there). A `sleep` holds it (no `ip netns`
-/// name, so nothing is mounted under /run/netns); killed on drop, which
-/// takes the namespace and its links with it.
-struct Ext {
-    holder: std::process::Child,
-    host_if: String,
-}
-
-impl Ext {
-    /// With `host_addr`, the host end gets that address (a routed uplink);
-    /// without, it stays bare (a bridged uplink).
-    fn new(host_if: &str, host_addr: Option<&str>, ext_addr: &str, ext_gw: Option<&str>) -> Ext {
-        let holder = Command::new("unshare")
-            .args(["--net", "sleep", "3600"])
-            .spawn()
-            .unwrap();
-        let ns = format!("/proc/{}/ns/net", holder.id());
-        let ours = std::fs::read_link("/proc/self/ns/net").unwrap();
-        assert!(
-            eventually(5, || std::fs::read_link(&ns).is_ok_and(|n| n != ours)),
-            "the holder never entered its namespace"
-        );
-        let ext = Ext {
-            holder,
-            host_if: host_if.into(),
-        };
-        let pid = ext.holder.id();
-        sh_ok(&format!("ip link add {host_if} type veth peer name eth0 netns {pid} && ip link set {host_if} up"));
-        ext.sh_ok(&format!(
-            "ip addr add {ext_addr} dev eth0 && ip link set eth0 up && ip link set lo up"
-        ));
-        if let Some(a) = host_addr {
-            sh_ok(&format!("ip addr add {a} dev {host_if}"));
-        }
-        if let Some(gw) = ext_gw {
-            ext.sh_ok(&format!("ip route add default via {gw}"));
-        }
-        ext
-    }
-
-    fn exec(&self, script: &str) -> Output {
-        sh(&format!(
-            "nsenter --net=/proc/{}/ns/net sh -c '{script}'",
-            self.holder.id()
-        ))
-    }
-
-    fn sh_ok(&self, script: &str) -> String {
-        sh_ok(&format!(
-            "nsenter --net=/proc/{}/ns/net sh -c '{script}'",
-            self.holder.id()
-        ))
-    }
-
-    /// Runs `f` on a thread inside the namespace (sockets it makes stay
-    /// there).
-    fn within<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let ns = std::fs::File::open(format!("/proc/{}/ns/net", self.holder.id())).unwrap();
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-                f()
-            })
-            .join()
-            .unwrap()
-        })
-    }
-}
-
-impl Drop for Ext {
-    fn drop(&mut self) {
-        let _ = self.holder.kill();
-        let _ = self.holder.wait();
-        let _ = sh(&format!("ip link del {}", self.host_if));
-    }
-}
-
-/// A bundle running `script`, with CAP_NET_RAW for ping.
-fn bundle(script: &str) -> Bundle {
-    let mut b = Bundle::new(&["sh", "-c", script]);
-    b.edit(|c| {
-        for set in ["bounding", "effective", "permitted"] {
-            c["process"]["capabilities"][set]
-                .as_array_mut()
-                .unwrap()
-                .push(json!("CAP_NET_RAW"));
-        }
-    });
-    b
-}
-
-/// `--network MODE --bridge BRIDGE --subnet SUBNET`.
-fn net_flags<'a>(mode: &'a str, bridge: &'a str, subnet: &'a str) -> [&'a str; 6] {
-    ["--network", mode, "--bridge", bridge, "--subnet", subnet]
-}
-
-/// `rt run -d` with extra flags; returns the container id.
-fn run_detached(root: &Root, b: &Bundle, flags: &[&str]) -> String {
-    let id = unique_id("net");
-    let mut args = vec!["run", "-d", "--bundle", b.path().to_str().unwrap()];
-    args.extend_from_slice(flags);
-    args.push(&id);
-    root.ok(&args);
-    id
-}
-
-/// What rt recorded of a container's network.
-fn attached(root: &Root, id: &str) -> Value {
-    let text = std::fs::read_to_string(root.dir.path().join(id).join("state.json")).unwrap();
-    let st: Value = serde_json::from_str(&text).unwrap();
-    st["network"].clone()
-}
-
-fn ip_of(root: &Root, id: &str) -> String {
-    let a = attached(root, id)["address"].as_str().unwrap().to_string();
-    a.split('/').next().unwrap().to_string()
-}
-
-fn exec(root: &Root, id: &str, script: &str) -> Output {
-    root.rt(&["exec", id, "sh", "-c", script])
-}
-
-fn exec_ok(root: &Root, id: &str, script: &str) -> String {
-    let out = exec(root, id, script);
-    assert!(
-        out.status.success(),
-        "exec {script}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// GET / over TCP; the body, or None when nothing answers.
-fn http_get(addr: &str) -> Option<String> {
-    let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-    s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    Some(out)
-}
-
-fn link_exists(name: &str) -> bool {
-    sh(&format!("ip link show {name}")).status.success()
-}
-
-/// Deletes the containers and checks that nothing of theirs or of the
-/// networks on `bridges` is left.
-fn delete_and_check(root: &Root, ids: &[String], bridges: &[&str]) {
-    let veths: Vec<String> = ids
-        .iter()
-        .filter_map(|id| attached(root, id)["veth"].as_str().map(str::to_string))
-        .collect();
-    for id in ids {
-        root.ok(&["delete", "--force", id]);
-    }
-    for bridge in bridges {
-        assert_clean(root, bridge, &veths);
-    }
-}
-
-fn assert_clean(root: &Root, bridge: &str, veths: &[String]) {
-    for v in veths {
-        assert!(!link_exists(v), "veth {v} left");
-    }
-    assert!(!link_exists(bridge), "bridge {bridge} left");
-    assert!(
-        !sh(&format!("nft list table ip rt-{bridge}"))
-            .status
-            .success(),
-        "nft table rt-{bridge} left"
-    );
-    let net = root.dir.path().join(".networks");
-    assert!(
-        !net.join(format!("{bridge}.json")).exists(),
-        "network record left"
-    );
-    let leases: Vec<_> = std::fs::read_dir(net.join("leases"))
-        .map(|d| d.flatten().map(|e| e.file_name()).collect())
-        .unwrap_or_default();
-    assert!(leases.is_empty(), "lease files left: {leases:?}");
-    let root_s = root.dir.path().to_string_lossy().into_owned();
-    let keepers = sh(&format!("pgrep -af '[d]hcp-keeper {root_s}' || true"));
-    assert!(
-        keepers.stdout.is_empty(),
-        "keeper left: {}",
-        String::from_utf8_lossy(&keepers.stdout)
-    );
-    let containers: Vec<_> = std::fs::read_dir(root.dir.path())
-        .unwrap()
-        .flatten()
-        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-        .map(|e| e.file_name())
-        .collect();
-    assert!(containers.is_empty(), "containers left: {containers:?}");
 }
 
 #[test]
@@ -361,17 +144,11 @@ fn host_only_reaches_the_host_not_the_outside() {
     assert!(eventually(5, || http_get(&addr)
         .is_some_and(|b| b.contains("host-only-web"))));
     let out = exec(&root, &h, "ping -c1 -W2 198.51.100.130");
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("100% packet loss"),
-        "host-only container reached the outside: {out:?}"
-    );
+    assert_no_reply(&out, "host-only container reached the outside");
     // Nor does the outside reach it, even with a route.
     ext.sh_ok("ip route add 10.231.4.0/24 via 198.51.100.129");
     let out = ext.exec(&format!("busybox ping -c1 -W2 {}", ip_of(&root, &h)));
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("100% packet loss"),
-        "the outside reached a host-only container: {out:?}"
-    );
+    assert_no_reply(&out, "the outside reached a host-only container");
     let table = sh_ok("nft list table ip rt-rtt-h3");
     assert!(!table.contains("nat"), "{table}");
     delete_and_check(&root, &[h, h2, nat], &["rtt-h3", "rtt-n3"]);
@@ -381,23 +158,10 @@ fn host_only_reaches_the_host_not_the_outside() {
 fn bridged_dhcp_lease_from_the_external_network_and_a_fixed_address() {
     need_root!();
     let ext = Ext::new("rttu5", None, "203.0.113.1/24", None);
-    let tmp = tempfile::tempdir().unwrap();
-    let leases = tmp.path().join("leases");
-    let pid_file = tmp.path().join("pid");
-    let dnsmasq = sh(&format!(
-        "nsenter --net=/proc/{}/ns/net dnsmasq --conf-file=/dev/null --port=0 --interface=eth0 --bind-interfaces \
-         --dhcp-range=203.0.113.50,203.0.113.60,255.255.255.0,2m --dhcp-option=option:router,203.0.113.1 \
-         --dhcp-option=option:T1,2 --dhcp-option=option:T2,4 --dhcp-leasefile={} --pid-file={} --dhcp-authoritative",
-        ext.holder.id(),
-        leases.display(),
-        pid_file.display()
-    ));
-    assert!(dnsmasq.status.success(), "{dnsmasq:?}");
-    let _kill = Kill(
-        std::fs::read_to_string(&pid_file)
-            .unwrap()
-            .trim()
-            .to_string(),
+    let dnsmasq = Dnsmasq::start(
+        &ext,
+        "203.0.113.50,203.0.113.60,255.255.255.0",
+        "203.0.113.1",
     );
     let root = Root::new();
     let mut b = bundle("sleep 1000");
@@ -419,11 +183,7 @@ fn bridged_dhcp_lease_from_the_external_network_and_a_fixed_address() {
         sh("bridge link; bridge fdb show br rtt-b5"),
     );
     exec_ok(&root, &d, "ping -c1 -W3 203.0.113.1");
-    let in_leases = |ip: &str| {
-        std::fs::read_to_string(&leases)
-            .unwrap_or_default()
-            .contains(ip)
-    };
+    let in_leases = |what: &str| dnsmasq.holds(what);
     assert!(in_leases(&ip));
     // The keeper renews at T1 (2 s) while the container runs.
     let lease_file = root.dir.path().join(format!(".networks/leases/{d}.json"));
@@ -482,15 +242,6 @@ fn bridged_dhcp_lease_from_the_external_network_and_a_fixed_address() {
     // The uplink is out of the (gone) bridge.
     let link = sh_ok("ip -o link show rttu5");
     assert!(!link.contains("master"), "{link}");
-}
-
-/// Kills a process (by pid) on drop.
-struct Kill(String);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = sh(&format!("kill {}", self.0));
-    }
 }
 
 #[test]

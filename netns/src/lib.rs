@@ -24,6 +24,7 @@ pub mod ipam;
 pub mod keeper;
 pub mod lockfile;
 pub mod netlink;
+pub mod tc;
 
 use std::path::{Path, PathBuf};
 

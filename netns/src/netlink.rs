@@ -80,7 +80,7 @@ impl Netlink {
 
     /// Sends one request and collects the replies up to its ACK (or, for a
     /// dump, its DONE).
-    fn request(
+    pub(crate) fn request(
         &mut self,
         op: impl Fn() -> String,
         msg: RouteNetlinkMessage,
@@ -222,6 +222,16 @@ impl Netlink {
             msg.attributes.push(LinkAttribute::Controller(m));
         }
         let op = || format!("setting link {} up={up} master={master:?}", link.name);
+        self.request(op, RouteNetlinkMessage::SetLink(msg), NLM_F_ACK)?;
+        Ok(())
+    }
+
+    /// Sets a link's MTU.
+    pub fn set_mtu(&mut self, link: &Link, mtu: u32) -> Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = link.index;
+        msg.attributes.push(LinkAttribute::Mtu(mtu));
+        let op = || format!("setting the MTU of {} to {mtu}", link.name);
         self.request(op, RouteNetlinkMessage::SetLink(msg), NLM_F_ACK)?;
         Ok(())
     }

@@ -550,8 +550,9 @@ pub fn die_of(signal: i32) -> ! {
 
 /// Creates tap device `name` in the calling thread's network namespace
 /// (TUNSETIFF, IFF_TAP | IFF_NO_PI) and returns its queue's descriptor,
-/// close-on-exec. The device lives as long as the descriptor (it is not
-/// persistent): when the VM that holds it ends, the device goes.
+/// close-on-exec. The device lives as long as the descriptor (unless
+/// [`persist_tap`] is called): when the VM that holds it ends, the device
+/// goes.
 pub fn open_tap(name: &str) -> Result<OwnedFd> {
     // _IOW('T', 202, int)
     const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
@@ -580,6 +581,20 @@ pub fn open_tap(name: &str) -> Result<OwnedFd> {
     let rc = unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF, &mut ifr) };
     Errno::result(rc).map_err(|e| Error::Syscall("ioctl(TUNSETIFF)", e))?;
     Ok(fd)
+}
+
+/// Makes the tap of `fd` outlive its descriptors: closing the last one no
+/// longer unregisters the device (a synchronous, RCU-waiting step on the
+/// closing process's exit path); it goes with its network namespace, in
+/// the kernel's batched clean-up of that namespace.
+pub fn persist_tap(fd: BorrowedFd<'_>) -> Result<()> {
+    // _IOW('T', 203, int)
+    const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
+    // SAFETY: TUNSETPERSIST takes its flag by value (no pointer); `fd` is
+    // an open descriptor for the call's duration.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETPERSIST, 1 as libc::c_ulong) };
+    Errno::result(rc).map_err(|e| Error::Syscall("ioctl(TUNSETPERSIST)", e))?;
+    Ok(())
 }
 
 /// _exit(2): ends the process at once, without running atexit handlers or

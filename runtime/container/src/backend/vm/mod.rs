@@ -13,14 +13,12 @@
 pub mod net;
 pub mod relay;
 pub mod share;
+mod stand_in;
 mod stdio;
 pub mod supervisor;
 
-use std::io::Read;
-use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use nix::unistd::Pid;
@@ -31,6 +29,7 @@ use super::Isolation;
 use crate::error::{Error, Result};
 use crate::sandbox::{Created, ExecHow, Options, Sandbox};
 use crate::state::{self, ContainerDir, State, Status};
+use stand_in::{host_pty, spawn_stand_in};
 
 /// Annotations for the VM's size.
 pub const CPUS: &str = "run.rt.vm.cpus";
@@ -76,6 +75,10 @@ pub enum VmError {
     Helper(String),
     #[error("the VM's network: {0}")]
     Network(String),
+    /// rt's own network, attached to the supervisor's namespace: the same
+    /// errors as a namespace container's.
+    #[error(transparent)]
+    Attach(#[from] rt_netns::Error),
     #[error("invalid annotation {key}={value:?}: {why}")]
     Annotation {
         key: &'static str,
@@ -438,69 +441,6 @@ fn binaries() -> std::result::Result<(PathBuf, PathBuf), VmError> {
     Ok((rt, agent))
 }
 
-/// A host pty for a terminal process: the master goes to the console
-/// socket (or back to `rt run`), the slave becomes the stand-in's stdio.
-fn host_pty(opts: &Options) -> std::result::Result<(Option<OwnedFd>, OwnedFd), VmError> {
-    let pty = nix::pty::openpty(None, None).map_err(|e| VmError::Sys("openpty", e))?;
-    match &opts.console_socket {
-        Some(path) => {
-            crate::terminal::send_to_socket(path, pty.master.as_fd())
-                .map_err(|e| VmError::Helper(crate::process::chain(&e)))?;
-            Ok((None, pty.slave))
-        }
-        None if opts.keep_terminal => Ok((Some(pty.master), pty.slave)),
-        None => Err(VmError::Helper(
-            "process.terminal needs --console-socket".into(),
-        )),
-    }
-}
-
-/// Spawns `rt SUBCOMMAND ARGS` (the supervisor or an exec relay) with
-/// the sync socket as fd 3, and reads its answer.
-fn spawn_stand_in(
-    args: &[&std::ffi::OsStr],
-    slave: Option<&OwnedFd>,
-    log: &Path,
-    pid_out: &mut dyn FnMut(Pid) -> Result<()>,
-    timeout: Duration,
-    tied: bool,
-) -> Result<(Pid, supervisor::Answer)> {
-    let (mine, theirs) = UnixStream::pair().map_err(|e| Error::Vm(VmError::Socket(e)))?;
-    let mut cmd = Command::new("/proc/self/exe");
-    if tied {
-        rt_sys::spawn::die_with_parent(&mut cmd);
-    }
-    cmd.arg("--log")
-        .arg(log)
-        .arg("--log-format")
-        .arg("json")
-        .args(args);
-    if let Some(s) = slave {
-        let dup = |f: &OwnedFd| f.try_clone().map(Stdio::from);
-        let io = |e| Error::Vm(VmError::Socket(e));
-        cmd.stdin(dup(s).map_err(io)?)
-            .stdout(dup(s).map_err(io)?)
-            .stderr(dup(s).map_err(io)?);
-    }
-    rt_sys::spawn::inherit_fd(&mut cmd, OwnedFd::from(theirs), supervisor::SYNC_FD);
-    let child = cmd.spawn().map_err(|source| {
-        Error::Vm(VmError::Spawn {
-            program: "/proc/self/exe".into(),
-            source,
-        })
-    })?;
-    drop(cmd);
-    let pid = Pid::from_raw(child.id() as i32);
-    pid_out(pid)?;
-    let mut mine = mine;
-    mine.set_read_timeout(Some(timeout))
-        .map_err(|e| Error::Vm(VmError::Socket(e)))?;
-    let mut text = Vec::new();
-    let _ = mine.read_to_end(&mut text);
-    let answer: supervisor::Answer = serde_json::from_slice(&text).unwrap_or_default();
-    Ok((pid, answer))
-}
-
 fn create(sandbox: Sandbox<'_>, state: &mut State) -> Result<Created> {
     let Sandbox {
         dir,
@@ -510,11 +450,18 @@ fn create(sandbox: Sandbox<'_>, state: &mut State) -> Result<Created> {
         network,
         ..
     } = sandbox;
-    if network.is_some() {
-        return Err(Error::Vm(VmError::Unsupported(
-            "rt's own networks (run.rt.network) for VM containers".into(),
-        )));
-    }
+    // host shares the host's namespace, which a VM has no way into; none
+    // is the guest's rt's own business (it brings `lo` up); the bridge
+    // modes are attached to the supervisor's namespace below.
+    let network = match network {
+        Some(p) if p.config.mode == rt_netns::Mode::Host => {
+            return Err(Error::Vm(VmError::Unsupported(
+                "run.rt.network=host (the host's network namespace)".into(),
+            )))
+        }
+        Some(p) if p.config.mode.uses_bridge() => Some(p),
+        _ => None,
+    };
     // Descriptors of the caller's and a chroot-based root have no meaning
     // across the VM boundary: refused rather than ignored.
     if opts.preserve_fds > 0 {
@@ -532,7 +479,7 @@ fn create(sandbox: Sandbox<'_>, state: &mut State) -> Result<Created> {
     let spec_json =
         serde_json::to_value(&bundle.spec).map_err(|e| Error::Vm(VmError::Config(e)))?;
     share::check(&spec_json)?;
-    let (guest, binds) = share::guest_config(&spec_json, &bundle.dir)?;
+    let (guest, binds) = share::guest_config(&spec_json, &bundle.dir, network.is_some())?;
     let cpus = cpus(&bundle.spec)?;
     let memory_mib = memory_mib(&bundle.spec)?;
     let assets = rt_vm::guest::dir();
@@ -585,6 +532,7 @@ fn create(sandbox: Sandbox<'_>, state: &mut State) -> Result<Created> {
         guest,
         terminal,
         netns: share::netns_path(&spec_json),
+        own_network: network.is_some(),
         cgroup: state.cgroup.clone(),
         boot_timeout_secs: boot_timeout(),
     };
@@ -609,6 +557,8 @@ fn create(sandbox: Sandbox<'_>, state: &mut State) -> Result<Created> {
         (None, None)
     };
     let dir_arg = dir.path().as_os_str();
+    let state_id = state.id.clone();
+    let mut attached = None;
     let (pid, answer) = spawn_stand_in(
         &["vm-supervisor".as_ref(), dir_arg],
         slave.as_ref(),
@@ -621,10 +571,23 @@ fn create(sandbox: Sandbox<'_>, state: &mut State) -> Result<Created> {
             dir.save(state)?;
             Ok(())
         },
+        network.is_some().then_some(&mut |pid: Pid| {
+            let plan = network.expect("checked");
+            let a = plan
+                .attach(&state_id, pid.as_raw())
+                .map_err(|e| Error::Vm(e.into()))?;
+            let line = serde_json::to_vec(&a).map_err(|e| Error::Vm(VmError::Config(e)))?;
+            attached = Some(a);
+            Ok(line)
+        }),
         Duration::from_secs(cfg.boot_timeout_secs + 150),
         false,
     )?;
     drop(slave);
+    if attached.is_some() {
+        state.network = attached;
+        dir.save(state)?;
+    }
     if let Some(e) = answer.error {
         return Err(Error::Vm(VmError::Guest(e)));
     }
@@ -701,6 +664,7 @@ fn relay(dir: &Path, op: &Op, terminal: bool, opts: &Options, tied: bool) -> Res
         slave.as_ref(),
         &dir.join(files::SUPERVISOR_LOG),
         &mut |_| Ok(()),
+        None,
         Duration::from_secs(120),
         tied,
     )?;

@@ -1,16 +1,19 @@
-//! A VM's network when the caller hands rt a network namespace (podman's
-//! and CNI's `linux.namespaces` path): a tap device in that namespace,
-//! joined to its interface with tc mirred redirects both ways (Kata's
-//! default, chosen for CNI compatibility), and the guest's eth0 taking the
-//! interface's MAC, addresses, routes and MTU. Published ports, the
-//! bridge and the firewall rules of the caller's network then work
-//! unchanged: the packets that reach the interface go to the guest.
+//! A VM's network: a tap device in a network namespace, joined to that
+//! namespace's interface with tc mirred redirects both ways (Kata's
+//! default, chosen for CNI compatibility; see rt_netns::tc), and the
+//! guest's eth0 taking the interface's MAC, addresses, routes and MTU.
+//! Whatever the interface's network does (the caller's bridge and
+//! published ports, or rt's own nat, host-only and bridged networks), the
+//! packets that reach the interface go to the guest and the guest's leave
+//! by it.
 //!
-//! The namespace is entered by a short-lived thread; `ip` and `tc`
-//! (iproute2) run from it and so in the namespace. They are used instead
-//! of netlink here because the u32 match-all filter with a mirred action
-//! has no typed builder in netlink-packet-route's tc support; reading the
-//! addresses with `ip -j` keeps the two halves in one tool.
+//! Two namespaces are wired this way:
+//! - the caller's (podman's and CNI's `linux.namespaces` path), entered by
+//!   a short-lived thread; its interface is read with `ip -j` (iproute2),
+//!   which reports every address family and route the caller set;
+//! - the supervisor's own, for rt's networks (`run.rt.network`): rt-netns
+//!   attached it exactly as for a namespace container, so its record
+//!   ([`rt_netns::Attached`]) is the guest's address.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
@@ -134,20 +137,7 @@ pub fn wire(netns: &Path) -> Result<Wired, VmError> {
             serde_json::from_str(&run("ip", &["-j", "route", "show", "dev", &ifname])?)
                 .map_err(VmError::Config)?;
         guest.routes = routes(&list);
-        let tap =
-            rt_sys::open_tap(TAP).map_err(|e| VmError::Network(format!("creating {TAP}: {e}")))?;
-        let mtu = guest.mtu.to_string();
-        run("ip", &["link", "set", TAP, "mtu", &mtu, "up"])?;
-        for (from, to) in [(ifname.as_str(), TAP), (TAP, ifname.as_str())] {
-            run("tc", &["qdisc", "add", "dev", from, "ingress"])?;
-            run(
-                "tc",
-                &[
-                    "filter", "add", "dev", from, "parent", "ffff:", "protocol", "all", "u32",
-                    "match", "u32", "0", "0", "action", "mirred", "egress", "redirect", "dev", to,
-                ],
-            )?;
-        }
+        let tap = tap_joined_to(&ifname, guest.mtu, false, false)?;
         Ok(Wired { tap, guest, ifname })
     })
 }
@@ -160,11 +150,77 @@ pub fn unwire(netns: &Path, ifname: &str) -> Result<(), VmError> {
     }
     let ifname = ifname.to_string();
     in_netns(netns, move || {
-        let qdiscs = run("tc", &["qdisc", "show", "dev", &ifname, "ingress"]).unwrap_or_default();
-        if qdiscs.contains("ingress") {
-            run("tc", &["qdisc", "del", "dev", &ifname, "ingress"])?;
+        let mut nl = rt_netns::netlink::Netlink::host().map_err(network)?;
+        if let Some(link) = nl.link(&ifname).map_err(network)? {
+            rt_netns::tc::unjoin(&mut nl, &link).map_err(network)?;
         }
         Ok(())
+    })
+}
+
+/// A tap in the current namespace, up with `mtu`, joined to `ifname`;
+/// `persist` leaves it to the namespace's end (rt's own namespace, which
+/// ends with the VM) rather than to the last descriptor's close.
+fn tap_joined_to(
+    ifname: &str,
+    mtu: u32,
+    keep_dhcp: bool,
+    persist: bool,
+) -> Result<OwnedFd, VmError> {
+    let tap =
+        rt_sys::open_tap(TAP).map_err(|e| VmError::Network(format!("creating {TAP}: {e}")))?;
+    if persist {
+        rt_sys::persist_tap(tap.as_fd())
+            .map_err(|e| VmError::Network(format!("making {TAP} persistent: {e}")))?;
+    }
+    let mut nl = rt_netns::netlink::Netlink::host().map_err(network)?;
+    let link = nl.require(TAP).map_err(network)?;
+    if mtu != 1500 {
+        nl.set_mtu(&link, mtu).map_err(network)?;
+    }
+    nl.set_link(&link, true, None).map_err(network)?;
+    let outer = nl.require(ifname).map_err(network)?;
+    rt_netns::tc::join(&mut nl, &outer, &link, keep_dhcp).map_err(network)?;
+    Ok(tap)
+}
+
+fn network(e: impl std::error::Error) -> VmError {
+    VmError::Network(crate::process::chain(&e))
+}
+
+/// The tap for rt's own network, in the supervisor's namespace, where
+/// rt-netns made `eth0` (see `Networking::attach`); the guest gets what
+/// attach recorded. With a DHCP lease, its keeper renews from this
+/// namespace: its replies and ARP stay visible here.
+pub fn wire_own(attached: &rt_netns::Attached) -> Result<Wired, VmError> {
+    let (Some(mac), Some(address)) = (&attached.mac, &attached.address) else {
+        return Err(VmError::Network(format!(
+            "network mode {} recorded no address for the VM",
+            attached.mode
+        )));
+    };
+    let ifname = rt_netns::attach::IFNAME;
+    // Persistent: QEMU's exit does not unregister it; the namespace's
+    // clean-up takes it with the veth end, off every process's path.
+    let tap = tap_joined_to(ifname, 1500, attached.lease.is_some(), true)?;
+    let routes = attached
+        .gateway
+        .filter(|g| !g.is_unspecified())
+        .map(|gw| Route {
+            dst: "default".into(),
+            gateway: Some(gw.to_string()),
+        })
+        .into_iter()
+        .collect();
+    Ok(Wired {
+        tap,
+        guest: GuestNet {
+            mac: mac.clone(),
+            mtu: 1500,
+            addrs: vec![address.clone()],
+            routes,
+        },
+        ifname: ifname.into(),
     })
 }
 

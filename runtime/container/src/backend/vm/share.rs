@@ -37,7 +37,11 @@ fn host_only_annotation(key: &str) -> bool {
 /// sources to share. Hooks that run in the runtime's namespace (prestart,
 /// createRuntime, poststart, poststop) stay on the host; createContainer
 /// and startContainer run in the guest's container.
-pub fn guest_config(spec: &Value, bundle: &Path) -> Result<(Value, Vec<Bind>), VmError> {
+pub fn guest_config(
+    spec: &Value,
+    bundle: &Path,
+    own_network: bool,
+) -> Result<(Value, Vec<Bind>), VmError> {
     let mut g = spec.clone();
     g["root"]["path"] = Value::String(format!("{GUEST_SHARE}/rootfs"));
     let mut binds = Vec::new();
@@ -60,9 +64,9 @@ pub fn guest_config(spec: &Value, bundle: &Path) -> Result<(Value, Vec<Bind>), V
             binds.push(Bind { source, readonly });
         }
     }
-    // With the caller's network wired to the VM, the container uses the
-    // guest's own namespace, where eth0 is.
-    if netns_path(spec).is_some() {
+    // With the caller's network or rt's wired to the VM, the container
+    // uses the guest's own namespace, where eth0 is.
+    if own_network || netns_path(spec).is_some() {
         if let Some(ns) = g["linux"]["namespaces"].as_array_mut() {
             ns.retain(|n| n["type"] != "network");
         }
@@ -77,7 +81,12 @@ pub fn guest_config(spec: &Value, bundle: &Path) -> Result<(Value, Vec<Bind>), V
         linux.remove("cgroupsPath");
     }
     if let Some(a) = g.get_mut("annotations").and_then(Value::as_object_mut) {
+        // `none` is left to the guest's rt: a namespace with `lo` up.
+        let none = a.get("run.rt.network").is_some_and(|v| v == "none");
         a.retain(|k, _| !host_only_annotation(k));
+        if none {
+            a.insert("run.rt.network".into(), "none".into());
+        }
     }
     Ok((g, binds))
 }
@@ -201,7 +210,7 @@ mod tests {
             "annotations": {"run.rt.isolation": "vm", "run.rt.vm.cpus": "2", "keep": "me"},
             "linux": {"cgroupsPath": "machine.slice:libpod:x"}
         });
-        let (g, binds) = guest_config(&spec, Path::new("/b")).unwrap();
+        let (g, binds) = guest_config(&spec, Path::new("/b"), false).unwrap();
         assert_eq!(g["linux"], serde_json::json!({}));
         assert_eq!(g["root"]["path"], "/run/rt-share/rootfs");
         assert_eq!(g["root"]["readonly"], true);
@@ -239,7 +248,7 @@ mod tests {
             with(serde_json::json!([{"type": "network", "path": "/run/netns/x"}, {"type": "pid"}]));
         check(&joined).unwrap();
         assert_eq!(netns_path(&joined), Some(PathBuf::from("/run/netns/x")));
-        let (g, _) = guest_config(&joined, Path::new("/b")).unwrap();
+        let (g, _) = guest_config(&joined, Path::new("/b"), false).unwrap();
         assert_eq!(
             g["linux"]["namespaces"],
             serde_json::json!([{"type": "pid"}])
@@ -254,5 +263,33 @@ mod tests {
             serde_json::json!([{"type": "network"}, {"type": "pid"}]),
         ))
         .unwrap();
+    }
+
+    /// rt's own network: the guest's container shares the guest's
+    /// namespace (where eth0 is) and sees no rt network annotation; with
+    /// `none` it keeps its own namespace, and the guest's rt brings lo up.
+    #[test]
+    fn rt_networks_stay_on_the_host_but_none() {
+        let spec = |mode: &str| {
+            serde_json::json!({
+                "linux": {"namespaces": [{"type": "network"}, {"type": "pid"}]},
+                "annotations": {"run.rt.network": mode, "run.rt.network.subnet": "10.0.0.0/24"}
+            })
+        };
+        let (g, _) = guest_config(&spec("nat"), Path::new("/b"), true).unwrap();
+        assert_eq!(
+            g["linux"]["namespaces"],
+            serde_json::json!([{"type": "pid"}])
+        );
+        assert_eq!(g["annotations"], serde_json::json!({}));
+        let (g, _) = guest_config(&spec("none"), Path::new("/b"), false).unwrap();
+        assert_eq!(
+            g["linux"]["namespaces"],
+            serde_json::json!([{"type": "network"}, {"type": "pid"}])
+        );
+        assert_eq!(
+            g["annotations"],
+            serde_json::json!({"run.rt.network": "none"})
+        );
     }
 }

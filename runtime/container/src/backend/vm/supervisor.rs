@@ -44,6 +44,11 @@ pub struct Config {
     pub terminal: bool,
     /// The caller's network namespace, wired to the VM with a tap.
     pub netns: Option<PathBuf>,
+    /// rt's own network (`run.rt.network` nat, host-only, bridged): the
+    /// supervisor makes a network namespace of its own, which `rt create`
+    /// attaches as it does a namespace container's (see [`own_network`]).
+    #[serde(default)]
+    pub own_network: bool,
     pub cgroup: Option<rt_cgroups::Record>,
     pub boot_timeout_secs: u64,
 }
@@ -71,7 +76,7 @@ pub fn main(dir: &Path) -> ! {
             std::process::exit(1);
         }
     };
-    match Vm::boot(dir) {
+    match Vm::boot(dir, &sync) {
         Ok((vm, answer)) => {
             // rt create may have been killed meanwhile: then delete
             // --force cleans up; the VM runs until then.
@@ -97,6 +102,34 @@ pub fn main(dir: &Path) -> ! {
     }
 }
 
+/// The first line on the sync socket, when the supervisor has a network
+/// namespace of its own to be attached: `N` from the supervisor.
+pub const NETNS_READY: &[u8] = b"N\n";
+
+/// rt's own network: a new network namespace for the supervisor (and so
+/// for QEMU and virtiofsd, which it spawns), announced on the sync socket;
+/// `rt create` attaches it with rt-netns, as it attaches a namespace
+/// container's init, and answers with what it built (one JSON line). The
+/// namespace lives as long as the supervisor: SIGKILL of the supervisor
+/// takes the veth end and the tap with it.
+fn own_network(sync: &UnixStream) -> Result<rt_netns::Attached, VmError> {
+    use std::io::BufRead;
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| VmError::Sys("unshare(CLONE_NEWNET)", e))?;
+    let mut w = sync;
+    w.write_all(NETNS_READY).map_err(VmError::Socket)?;
+    let mut line = String::new();
+    std::io::BufReader::new(sync)
+        .read_line(&mut line)
+        .map_err(VmError::Socket)?;
+    if line.is_empty() {
+        return Err(VmError::Network(
+            "rt create ended before it attached the VM's network".into(),
+        ));
+    }
+    serde_json::from_str(&line).map_err(VmError::Config)
+}
+
 pub fn answer_on(mut sync: UnixStream, a: &Answer) -> std::io::Result<()> {
     sync.write_all(&serde_json::to_vec(a).unwrap_or_default())
 }
@@ -114,7 +147,7 @@ struct Vm {
 type BootError = (VmError, Vec<Child>);
 
 impl Vm {
-    fn boot(dir: &Path) -> Result<(Vm, Answer), BootError> {
+    fn boot(dir: &Path, sync: &UnixStream) -> Result<(Vm, Answer), BootError> {
         let fail = |e: VmError| (e, Vec::new());
         let text = std::fs::read(dir.join(files::CONFIG)).map_err(|source| {
             fail(VmError::Io {
@@ -141,8 +174,8 @@ impl Vm {
         if let Err(e) = wait_for_socket(&dir.join(files::FS_SOCKET), &mut helpers[0]) {
             return Err(with(e, helpers));
         }
-        let wired = match &cfg.netns {
-            Some(ns) => match super::net::wire(ns) {
+        let wired = match (&cfg.netns, cfg.own_network) {
+            (Some(ns), _) => match super::net::wire(ns) {
                 Ok(w) => {
                     let record = format!("{}\n{}", ns.display(), w.ifname);
                     let _ = std::fs::write(dir.join(files::NETWORK), record);
@@ -150,7 +183,11 @@ impl Vm {
                 }
                 Err(e) => return Err(with(e, helpers)),
             },
-            None => None,
+            (None, true) => match own_network(sync).and_then(|a| super::net::wire_own(&a)) {
+                Ok(w) => Some(w),
+                Err(e) => return Err(with(e, helpers)),
+            },
+            (None, false) => None,
         };
         let guest_net = wired.as_ref().map(|w| w.guest.clone());
         let qemu = match spawn_qemu(dir, &cfg, wired) {
