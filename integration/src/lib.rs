@@ -2,6 +2,7 @@
 //! This library holds what several suites share beyond `rt-testsupport`:
 //! building an OCI image archive from busybox-static.
 
+pub mod containerd;
 pub mod image;
 pub mod net;
 pub mod podman;

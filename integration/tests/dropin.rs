@@ -2,9 +2,10 @@
 //! its runc shim), both on this machine, as root, with throwaway state.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+use std::process::Command;
 
-use rt_integration::podman::{have, text, Manager, Podman};
+use rt_integration::containerd::Containerd;
+use rt_integration::podman::{text, Manager, Podman};
 use rt_testsupport::{assert_guest_uname, eventually, output_via_files, root_or_skip, rt_bin};
 
 /// A directory with `rt-vm`, a link to rt: rt under the name whose
@@ -73,150 +74,6 @@ fn podman_runs_with_rt() {
     assert!(out.status.success(), "{}", text(&out));
     let out = p.run(&["rm", "rt-bg"]);
     assert!(out.status.success(), "{}", text(&out));
-}
-
-const BUSYBOX_CTR: &str = "docker.io/library/rt-busybox:latest";
-
-/// A containerd of its own: temporary root, state and socket, the CRI plugin
-/// off (no CNI, no network set up).
-struct Containerd {
-    dir: tempfile::TempDir,
-    child: Child,
-    /// The containerd namespace, which is also the parent of the containers'
-    /// cgroups: one per test, so that parallel tests never share (and leave
-    /// behind) a parent cgroup.
-    ns: String,
-}
-
-impl Containerd {
-    fn start() -> Containerd {
-        let dir = tempfile::Builder::new()
-            .prefix("rt-containerd-")
-            .tempdir()
-            .unwrap();
-        let d = dir.path();
-        let config = format!(
-            "version = 2\nroot = \"{r}\"\nstate = \"{s}\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
-             [grpc]\n  address = \"{a}\"\n[ttrpc]\n  address = \"{a}.ttrpc\"\n",
-            r = d.join("root").display(),
-            s = d.join("state").display(),
-            a = d.join("containerd.sock").display()
-        );
-        std::fs::write(d.join("config.toml"), config).unwrap();
-        let log = std::fs::File::create(d.join("containerd.log")).unwrap();
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(d.join("config.toml"))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let sock = d.join("containerd.sock");
-        assert!(eventually(20, || sock.exists()), "containerd did not start");
-        Containerd {
-            dir,
-            child,
-            ns: rt_testsupport::unique_id("rt-ns"),
-        }
-    }
-
-    /// A started containerd with the busybox image imported as
-    /// [`BUSYBOX_CTR`].
-    fn with_busybox() -> Containerd {
-        assert!(
-            have("containerd") && have("ctr"),
-            "containerd missing: integration/install-deps installs it"
-        );
-        let c = Containerd::start();
-        let archive = c.dir.path().join("busybox.tar");
-        rt_integration::image::busybox_oci_archive(&archive, BUSYBOX_CTR);
-        let out = c.ctr(&["images", "import", "--no-unpack", archive.to_str().unwrap()]);
-        assert!(out.status.success(), "ctr import: {}", text(&out));
-        c
-    }
-
-    /// `ctr run MODE --runc-binary rt BUSYBOX ID CMD...` (MODE: --rm or -d).
-    fn run_busybox(&self, mode: &str, id: &str, cmd: &[&str]) -> Output {
-        self.run_busybox_on(&rt_bin(), mode, id, cmd)
-    }
-
-    fn run_busybox_on(&self, rt: &Path, mode: &str, id: &str, cmd: &[&str]) -> Output {
-        let mut args = vec![
-            "run",
-            mode,
-            "--snapshotter",
-            "native",
-            "--runc-binary",
-            rt.to_str().unwrap(),
-            BUSYBOX_CTR,
-            id,
-        ];
-        args.extend_from_slice(cmd);
-        self.ctr(&args)
-    }
-
-    fn ctr(&self, args: &[&str]) -> Output {
-        output_via_files(
-            Command::new("ctr")
-                .arg("--address")
-                .arg(self.dir.path().join("containerd.sock"))
-                .args(["--namespace", &self.ns])
-                .args(args),
-        )
-    }
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        // A test that failed half-way leaves tasks: delete them with rt
-        // under the shim's state root, then stop the shims of our socket.
-        let runc_root = Path::new("/run/containerd/runc").join(&self.ns);
-        for e in std::fs::read_dir(&runc_root)
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let _ = output_via_files(
-                Command::new(rt_bin())
-                    .arg("--root")
-                    .arg(&runc_root)
-                    .args(["delete", "--force"])
-                    .arg(e.file_name()),
-            );
-        }
-        let _ = std::fs::remove_dir_all(&runc_root);
-        let sock = self.dir.path().join("containerd.sock");
-        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-            let text = String::from_utf8_lossy(&cmdline);
-            if text.contains("containerd-shim") && text.contains(sock.to_str().unwrap()) {
-                if let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-            }
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // Anything the shims mounted under our state dir.
-        unmount_below(self.dir.path());
-    }
-}
-
-fn unmount_below(dir: &Path) {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    let mut targets: Vec<PathBuf> = mounts
-        .lines()
-        .filter_map(|l| l.split(' ').nth(1))
-        .map(PathBuf::from)
-        .filter(|p| p.starts_with(dir))
-        .collect();
-    targets.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
-    for t in targets {
-        let _ = nix::mount::umount2(&t, nix::mount::MntFlags::MNT_DETACH);
-    }
 }
 
 #[test]

@@ -136,7 +136,42 @@ fn lifecycle_exec_ps_pause_update_and_signals() {
     // The pid is rt's supervisor on the host, not QEMU.
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
     assert!(comm.starts_with("rt"), "{comm}");
-    root.ok(&["start", &id]);
+    // A streaming `rt events` (the shim keeps one per container, for OOM
+    // events) holds no lock: start and every later operation go on beside
+    // it. (It held the container's lock, and start waited for ever.)
+    let mut events = root
+        .cmd()
+        .args(["events", "--interval", "3600s", &id])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut start = root
+        .cmd()
+        .args(["start", &id])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let started = loop {
+        match start.try_wait().unwrap() {
+            Some(st) => break st.success(),
+            None if std::time::Instant::now() > deadline => {
+                let _ = start.kill();
+                let _ = start.wait();
+                break false;
+            }
+            None => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    let _ = events.kill();
+    let _ = events.wait();
+    assert!(
+        started,
+        "rt start behind a streaming rt events did not succeed"
+    );
     assert_eq!(root.status(&id), "running");
     assert!(eventually(60, || std::fs::read_to_string(log.path())
         .unwrap()

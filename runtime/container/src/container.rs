@@ -369,11 +369,19 @@ impl Runtime {
     /// `events` by the backend itself (a VM's guest), or None for the
     /// engine's own from [`Runtime::live_cgroup`].
     pub fn backend_events(&self, id: &str, args: &[String]) -> Result<Option<i32>> {
-        let c = self.open(id)?;
-        if matches!(c.status, Status::Stopped | Status::Creating) {
+        let Opened {
+            dir,
+            st,
+            backend,
+            status,
+        } = self.open(id)?;
+        if matches!(status, Status::Stopped | Status::Creating) {
             return Err(Error::NotRunning);
         }
-        c.backend.events(&c.st, args)
+        // A stream lasts as long as the container: it must not hold the
+        // container's lock, or `start`, `kill`, `delete` … wait behind it.
+        drop(dir);
+        backend.events(&st, args)
     }
 
     /// The cgroup of a live (running or paused) container, for `events`.

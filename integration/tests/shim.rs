@@ -1,0 +1,306 @@
+//! containerd-shim-rt-v2 under a containerd of the test's own, driven with
+//! `ctr --runtime io.containerd.rt.v2`, for namespace containers and (with
+//! a runtime config naming rt-vm) microVM containers: output and exit
+//! codes, `-t`, `task exec` (attached, with a tty, exit codes), `task
+//! kill` (TERM, KILL, `--all`), pause and resume, `task ps`, `task
+//! metrics`, delete; then the shim SIGKILLed and containerd restarted:
+//! no orphan, and `ctr task ls` tells the truth.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use rt_integration::containerd::{Containerd, BUSYBOX_CTR};
+use rt_integration::net::processes_naming;
+use rt_integration::podman::text;
+use rt_testsupport::{eventually, output_via_files, root_or_skip, rt_bin, unique_id};
+
+const RUNTIME: &str = "io.containerd.rt.v2";
+
+/// The runtime flags: the shim, and for a VM a runtime config naming
+/// `rt-vm` (a link to rt beside it).
+struct Isolation {
+    flags: Vec<String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Isolation {
+    fn namespaces() -> Isolation {
+        Isolation {
+            flags: vec!["--runtime".into(), RUNTIME.into()],
+            _dir: None,
+        }
+    }
+
+    fn vm() -> Isolation {
+        let dir = tempfile::Builder::new()
+            .prefix("rt-shim-vm-")
+            .tempdir()
+            .unwrap();
+        let link = dir.path().join("rt-vm");
+        std::os::unix::fs::symlink(rt_bin(), &link).unwrap();
+        let config = dir.path().join("rt-vm.json");
+        std::fs::write(
+            &config,
+            serde_json::json!({"binary_name": link}).to_string(),
+        )
+        .unwrap();
+        Isolation {
+            flags: vec![
+                "--runtime".into(),
+                RUNTIME.into(),
+                "--runtime-config-path".into(),
+                config.display().to_string(),
+            ],
+            _dir: Some(dir),
+        }
+    }
+}
+
+fn run(
+    c: &Containerd,
+    iso: &Isolation,
+    mode: &[&str],
+    id: &str,
+    cmd: &[&str],
+) -> std::process::Output {
+    let mut args = vec!["run", "--snapshotter", "native"];
+    args.extend_from_slice(mode);
+    args.extend(iso.flags.iter().map(String::as_str));
+    args.extend([BUSYBOX_CTR, id]);
+    args.extend_from_slice(cmd);
+    c.ctr(&args)
+}
+
+/// The ctr command line, as `script` runs it (for a terminal).
+fn ctr_line(c: &Containerd, args: &[&str]) -> String {
+    let mut line = format!(
+        "ctr --address {} --namespace {}",
+        c.dir.path().join("containerd.sock").display(),
+        c.ns
+    );
+    for a in args {
+        line.push_str(&format!(" '{a}'"));
+    }
+    line
+}
+
+/// `ctr …` under `script`, which gives it a terminal.
+fn with_tty(line: &str) -> std::process::Output {
+    output_via_files(Command::new("script").args(["-qec", line, "/dev/null"]))
+}
+
+fn status(c: &Containerd, id: &str) -> String {
+    let out = c.ctr(&["task", "ls"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(id))
+        .and_then(|l| l.split_whitespace().last().map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn remove(c: &Containerd, id: &str) {
+    let out = c.ctr(&["task", "delete", id]);
+    assert!(out.status.success(), "task delete {id}: {}", text(&out));
+    let out = c.ctr(&["container", "delete", id]);
+    assert!(
+        out.status.success(),
+        "container delete {id}: {}",
+        text(&out)
+    );
+}
+
+/// The shim serving container `id`.
+fn shim_pid(id: &str) -> Option<i32> {
+    processes_naming(Path::new(&format!("-id {id} ")))
+        .iter()
+        .chain(processes_naming(Path::new(&format!("-id {id}"))).iter())
+        .find(|p| p.contains("containerd-shim-rt-v2"))
+        .and_then(|p| p.split(':').next()?.parse().ok())
+}
+
+fn lifecycle(iso: &Isolation, vm: bool) {
+    let c = Containerd::with_busybox();
+    // Output and exit code.
+    let id = unique_id("shim");
+    let out = run(
+        &c,
+        iso,
+        &["--rm"],
+        &id,
+        &["sh", "-c", "echo hi from the shim; uname -r; exit 3"],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}\n{}", text(&out), c.log());
+    let t = text(&out);
+    assert!(t.contains("hi from the shim"), "{t}");
+    let host_kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert_eq!(!t.contains(host_kernel.trim()), vm, "{t}");
+
+    // -t: the shim's pty copy.
+    let id = unique_id("shim-t");
+    let mut args = vec!["run", "--rm", "-t", "--snapshotter", "native"];
+    args.extend(iso.flags.iter().map(String::as_str));
+    args.extend([BUSYBOX_CTR, id.as_str(), "sh", "-c", "tty; exit 5"]);
+    let out = with_tty(&ctr_line(&c, &args));
+    assert!(
+        text(&out).contains("/dev/pts/"),
+        "{}\n{}",
+        text(&out),
+        c.log()
+    );
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+
+    // A detached task that exits 143 on TERM.
+    let id = unique_id("shim-d");
+    let script = "trap 'exit 143' TERM; while true; do sleep 1; done";
+    let out = run(&c, iso, &["-d"], &id, &["sh", "-c", script]);
+    assert!(out.status.success(), "{}\n{}", text(&out), c.log());
+    assert!(
+        eventually(30, || status(&c, &id) == "RUNNING"),
+        "{}",
+        status(&c, &id)
+    );
+    let out = c.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        &id,
+        "sh",
+        "-c",
+        "echo from-exec; exit 2",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("from-exec"), "{}", text(&out));
+    let out = with_tty(&ctr_line(
+        &c,
+        &[
+            "task",
+            "exec",
+            "-t",
+            "--exec-id",
+            "e2",
+            &id,
+            "sh",
+            "-c",
+            "tty; exit 4",
+        ],
+    ));
+    assert!(text(&out).contains("/dev/pts/"), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    let out = c.ctr(&["task", "pause", &id]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(status(&c, &id), "PAUSED");
+    let out = c.ctr(&["task", "resume", &id]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(status(&c, &id), "RUNNING");
+    let out = c.ctr(&["task", "ps", &id]);
+    assert!(out.status.success(), "{}", text(&out));
+    let pids = String::from_utf8_lossy(&out.stdout).lines().skip(1).count();
+    assert!(pids >= 1, "{}", text(&out));
+    let out = c.ctr(&["task", "metrics", "--format", "json", &id]);
+    assert!(out.status.success(), "{}", text(&out));
+    let m = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(m.contains("pids") && m.contains("memory"), "{m}");
+    let out = c.ctr(&["task", "kill", &id]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        eventually(30, || status(&c, &id) == "STOPPED"),
+        "{}",
+        status(&c, &id)
+    );
+    remove(&c, &id);
+
+    // kill --all with KILL.
+    let id = unique_id("shim-all");
+    let out = run(
+        &c,
+        iso,
+        &["-d"],
+        &id,
+        &["sh", "-c", "sleep 1000 & sleep 1000"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(eventually(30, || status(&c, &id) == "RUNNING"));
+    let out = c.ctr(&["task", "kill", "--all", "-s", "KILL", &id]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        eventually(30, || status(&c, &id) == "STOPPED"),
+        "{}",
+        status(&c, &id)
+    );
+    remove(&c, &id);
+    let ns = c.ns.clone();
+    drop(c);
+    assert!(
+        eventually(10, || processes_naming(Path::new("containerd-shim-rt-v2"))
+            .iter()
+            .all(|p| !p.contains(&ns))),
+        "shims left"
+    );
+}
+
+#[test]
+fn ctr_runs_namespace_containers_through_the_shim() {
+    if !root_or_skip("ctr_runs_namespace_containers_through_the_shim") {
+        return;
+    }
+    lifecycle(&Isolation::namespaces(), false);
+}
+
+#[test]
+fn ctr_runs_vm_containers_through_the_shim() {
+    if !root_or_skip("ctr_runs_vm_containers_through_the_shim") {
+        return;
+    }
+    lifecycle(&Isolation::vm(), true);
+}
+
+#[test]
+fn a_killed_shim_and_a_restarted_containerd_leave_no_orphan() {
+    if !root_or_skip("a_killed_shim_and_a_restarted_containerd_leave_no_orphan") {
+        return;
+    }
+    let mut c = Containerd::with_busybox();
+    let iso = Isolation::namespaces();
+    let id = unique_id("shim-crash");
+    let out = run(&c, &iso, &["-d"], &id, &["sleep", "1000"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(eventually(30, || status(&c, &id) == "RUNNING"));
+    let out = c.ctr(&["task", "ls"]);
+    let init: i32 = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .expect("the task's pid");
+    let shim = shim_pid(&id).expect("the shim's pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shim),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    c.restart();
+    // containerd runs the shim's `delete` for the dead shim: rt deletes
+    // the container, its init goes.
+    let gone = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.contains(") Z "))
+            .unwrap_or(true)
+    };
+    assert!(
+        eventually(60, || gone(init)),
+        "init {init} outlived its shim"
+    );
+    assert!(
+        eventually(30, || matches!(status(&c, &id).as_str(), "" | "STOPPED")),
+        "ctr task ls: {}",
+        status(&c, &id)
+    );
+    let _ = c.ctr(&["task", "delete", &id]);
+    let out = c.ctr(&["container", "delete", &id]);
+    assert!(out.status.success(), "{}", text(&out));
+    let root = PathBuf::from("/run/containerd/rt").join(&c.ns);
+    let left: Vec<_> = std::fs::read_dir(&root)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "rt state left: {left:?}");
+}
