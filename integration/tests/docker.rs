@@ -1,6 +1,7 @@
 //! Docker as a caller: Debian's dockerd (20.10) started by the test with its
-//! own data root, exec root, socket and containerd namespace, and rt added
-//! with `--add-runtime`. Docker reaches rt through containerd's runc shim,
+//! own data root, exec root, socket, containerd namespace and bridge (made
+//! by the test, removed after it; no iptables rules: published ports go
+//! through docker-proxy), and rt and rt-vm added with `--add-runtime`. Docker reaches rt through containerd's runc shim,
 //! and puts zeros in every spec for the resources it does not set
 //! (`blockIO.weight`, `cpu.shares`, ...): before rt read them as "unset",
 //! every `docker run --runtime rt` failed on blkio.weight.
@@ -8,7 +9,11 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use rt_testsupport::{eventually, need_root, output_via_files, rt_bin, shared_rootfs};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use rt_testsupport::{
+    assert_guest_uname, eventually, need_root, output_via_files, rt_bin, shared_rootfs,
+};
 
 /// Debian's docker client: /usr/local/bin may hold a newer one.
 const DOCKER: &str = "/usr/bin/docker";
@@ -24,6 +29,8 @@ fn text(o: &Output) -> String {
 struct Dockerd {
     dir: tempfile::TempDir,
     child: std::process::Child,
+    /// Its bridge, made by the test.
+    bridge: String,
     /// The parent of the containers' cgroups: this daemon's alone.
     cgroup_parent: String,
 }
@@ -41,7 +48,23 @@ impl Dockerd {
             .tempdir()
             .unwrap();
         let d = dir.path();
-        let cgroup_parent = format!("rt-docker-{}", std::process::id());
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let cgroup_parent = format!("rt-docker-{}-{n}", std::process::id());
+        let bridge = format!("rtdk{}{n}", std::process::id() % 100_000);
+        let made = Command::new("sh")
+            .args([
+                "-c",
+                &format!(
+                    "ip link add {bridge} type bridge && ip addr add 10.236.{n}.1/24 dev {bridge} && ip link set {bridge} up"
+                ),
+            ])
+            .status()
+            .unwrap();
+        assert!(made.success(), "making bridge {bridge}");
+        let links = d.join("bin");
+        std::fs::create_dir(&links).unwrap();
+        std::os::unix::fs::symlink(rt_bin(), links.join("rt-vm")).unwrap();
         let log = std::fs::File::create(d.join("dockerd.log")).unwrap();
         let child = Command::new("/usr/sbin/dockerd")
             .arg("--data-root")
@@ -52,7 +75,8 @@ impl Dockerd {
             .arg(d.join("dockerd.pid"))
             .arg("-H")
             .arg(format!("unix://{}", d.join("docker.sock").display()))
-            .args(["--bridge=none", "--iptables=false", "--ip6tables=false"])
+            .arg(format!("--bridge={bridge}"))
+            .args(["--iptables=false", "--ip6tables=false"])
             .args([
                 "--ip-masq=false",
                 "--exec-opt",
@@ -65,6 +89,8 @@ impl Dockerd {
             .args(["--cgroup-parent", &format!("/{cgroup_parent}")])
             .arg("--add-runtime")
             .arg(format!("rt={}", rt_bin().display()))
+            .arg("--add-runtime")
+            .arg(format!("rt-vm={}", links.join("rt-vm").display()))
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -73,6 +99,7 @@ impl Dockerd {
         let docker = Dockerd {
             dir,
             child,
+            bridge,
             cgroup_parent,
         };
         assert!(
@@ -123,7 +150,9 @@ impl Dockerd {
 
 impl Drop for Dockerd {
     fn drop(&mut self) {
-        let _ = self.run(&["rm", "--force", "--volumes", "c1"]);
+        for c in ["c1", "web", "v1"] {
+            let _ = self.run(&["rm", "--force", "--volumes", c]);
+        }
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.child.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
@@ -147,6 +176,9 @@ impl Drop for Dockerd {
         for dir in rt_testsupport::cgroup_dirs_named(&self.cgroup_parent) {
             let _ = std::fs::remove_dir(dir);
         }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .status();
     }
 }
 
@@ -253,4 +285,99 @@ fn docker_runs_with_rt() {
             .args(["list", "-q"]),
     );
     assert_eq!(String::from_utf8_lossy(&listed.stdout).trim(), "");
+}
+
+/// `-p` on docker's bridge network: docker-proxy on the host port, the
+/// container's veth (set up by dockerd's prestart hook, which rt runs) on
+/// the bridge.
+#[test]
+fn docker_publishes_a_port_of_an_rt_container() {
+    need_root!();
+    let docker = Dockerd::start();
+    let out = docker.run(&[
+        "run",
+        "-d",
+        "--runtime",
+        "rt",
+        "-p",
+        "127.0.0.1:18097:80",
+        "--name",
+        "web",
+        "rt-busybox:latest",
+        "sh",
+        "-c",
+        "echo docker-web > /tmp/index.html && exec httpd -f -p 80 -h /tmp",
+    ]);
+    assert!(out.status.success(), "{}\n{}", text(&out), docker.log());
+    assert!(
+        eventually(20, || rt_integration::net::http_get("127.0.0.1:18097")
+            .is_some_and(|b| b.contains("docker-web"))),
+        "{:?}\n{}",
+        rt_integration::net::http_get("127.0.0.1:18097"),
+        docker.log()
+    );
+    let out = docker.run(&["rm", "--force", "web"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(rt_integration::net::http_get("127.0.0.1:18097").is_none());
+}
+
+/// `--runtime rt-vm`: the same docker commands, the container in a VM.
+#[test]
+fn docker_runs_vm_containers_with_rt_vm() {
+    need_root!();
+    let docker = Dockerd::start();
+    let img = "rt-busybox:latest";
+    let out = docker.run(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "rt-vm",
+        "--network",
+        "none",
+        img,
+        "sh",
+        "-c",
+        "uname -r; exit 3",
+    ]);
+    assert_guest_uname(&out, 3);
+    let out = docker.run(&[
+        "run",
+        "-d",
+        "--runtime",
+        "rt-vm",
+        "--network",
+        "none",
+        "--memory",
+        "128m",
+        "--name",
+        "v1",
+        img,
+        "sleep",
+        "1000",
+    ]);
+    assert!(out.status.success(), "{}\n{}", text(&out), docker.log());
+    let out = docker.run(&[
+        "exec",
+        "v1",
+        "sh",
+        "-c",
+        "cat /sys/fs/cgroup/memory.max; exit 4",
+    ]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        (128u64 << 20).to_string()
+    );
+    let sock = docker.dir.path().join("docker.sock");
+    let line = format!(
+        "{DOCKER} -H unix://{} run --rm -it --runtime rt-vm --network none {img} sh -c 'tty; exit 5'",
+        sock.display()
+    );
+    let out = output_via_files(Command::new("script").args(["-qec", &line, "/dev/null"]));
+    assert!(text(&out).contains("/dev/pts/"), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    let out = docker.run(&["stop", "-t", "1", "v1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = docker.run(&["rm", "v1"]);
+    assert!(out.status.success(), "{}", text(&out));
 }

@@ -17,6 +17,7 @@ mod stand_in;
 mod stdio;
 pub mod supervisor;
 
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -59,6 +60,44 @@ pub mod files {
     pub const PAUSED: &str = "paused";
     /// The caller's network namespace and the interface joined to the tap.
     pub const NETWORK: &str = "network";
+}
+
+/// A path by which socket `name` in `dir` can be bound or connected to
+/// whatever `dir`'s length: `sun_path` holds 108 bytes, and a caller's
+/// state root can be longer (docker's, with its 64-hex ids). A long one
+/// goes through an `O_PATH` descriptor of the directory, held by the
+/// value: `/proc/self/fd/N/NAME`. (QEMU and virtiofsd instead run in the
+/// directory and get the bare name.)
+#[derive(Debug)]
+pub struct SocketPath {
+    pub path: PathBuf,
+    _dir: Option<OwnedFd>,
+}
+
+pub fn socket_path(dir: &Path, name: &str) -> std::result::Result<SocketPath, VmError> {
+    let full = dir.join(name);
+    if full.as_os_str().len() < 100 {
+        return Ok(SocketPath {
+            path: full,
+            _dir: None,
+        });
+    }
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let fd: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+        .open(dir)
+        .map_err(|source| VmError::Io {
+            what: "opening (O_PATH)",
+            path: dir.to_path_buf(),
+            source,
+        })?
+        .into();
+    Ok(SocketPath {
+        path: PathBuf::from(format!("/proc/self/fd/{}/{name}", fd.as_raw_fd())),
+        _dir: Some(fd),
+    })
 }
 
 /// Errors of the VM backend.
@@ -329,8 +368,8 @@ fn rt_op(dir: &Path, id: &str, args: &[&str], input: Option<String>) -> Result<S
 
 /// One request on the supervisor's control socket.
 pub fn request(dir: &Path, id: &str, op: Op) -> std::result::Result<Reply, VmError> {
-    let mut conn = UnixStream::connect(dir.join(files::CONTROL_SOCKET))
-        .map_err(|_| VmError::Gone(id.to_string()))?;
+    let sock = socket_path(dir, files::CONTROL_SOCKET)?;
+    let mut conn = UnixStream::connect(&sock.path).map_err(|_| VmError::Gone(id.to_string()))?;
     conn.set_read_timeout(Some(Duration::from_secs(90)))
         .map_err(VmError::Socket)?;
     let mut w = conn.try_clone().map_err(VmError::Socket)?;

@@ -82,8 +82,8 @@ fn start(dir: &Path, op: &Path, terminal: bool) -> Result<(Arc<Conn>, UnixStream
         stdio::own_terminal()?;
     }
     stdio::block_signals()?;
-    let sock = dir.join(files::CONTROL_SOCKET);
-    let mut reader = UnixStream::connect(&sock).map_err(VmError::Socket)?;
+    let sock = super::socket_path(dir, files::CONTROL_SOCKET)?;
+    let mut reader = UnixStream::connect(&sock.path).map_err(VmError::Socket)?;
     let conn = Arc::new(Conn {
         w: Mutex::new(reader.try_clone().map_err(VmError::Socket)?),
         next: AtomicU64::new(2),

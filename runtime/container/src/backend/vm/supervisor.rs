@@ -229,10 +229,11 @@ impl Vm {
             why,
             console: console_tail(&console),
         };
-        let path = dir.join(files::AGENT_SOCKET);
+        let agent = super::socket_path(dir, files::AGENT_SOCKET)?;
+        let path = &agent.path;
         let deadline = Instant::now() + Duration::from_secs(cfg.boot_timeout_secs);
         let mut conn = loop {
-            if let Ok(c) = UnixStream::connect(&path) {
+            if let Ok(c) = UnixStream::connect(path) {
                 break c;
             }
             if let Ok(Some(st)) = qemu.try_wait() {
@@ -311,10 +312,10 @@ impl Vm {
         if let Some(e) = reply.error {
             return Err(VmError::Guest(e));
         }
-        let sock = dir.join(files::CONTROL_SOCKET);
-        let listener = UnixListener::bind(&sock).map_err(|source| VmError::Io {
+        let sock = super::socket_path(dir, files::CONTROL_SOCKET)?;
+        let listener = UnixListener::bind(&sock.path).map_err(|source| VmError::Io {
             what: "binding",
-            path: sock,
+            path: dir.join(files::CONTROL_SOCKET),
             source,
         })?;
         let answer = Answer {
@@ -614,22 +615,32 @@ fn spawn_virtiofsd(dir: &Path) -> Result<Child, VmError> {
     let log = log_file(&dir.join(files::VIRTIOFSD_LOG))?;
     let bin = virtiofsd();
     let mut cmd = Command::new(&bin);
-    cmd.arg(format!(
-        "--socket-path={}",
-        dir.join(files::FS_SOCKET).display()
-    ))
-    .arg("-o")
-    .arg(format!("source={}", dir.join(files::SHARE).display()))
-    .args(["-o", "cache=auto"])
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(log);
+    // The supervisor binds the socket (by a path of any length: see
+    // `socket_path`) and hands virtiofsd the listener: with
+    // --socket-path, virtiofsd names its pid file after the path.
+    let sock = super::socket_path(dir, files::FS_SOCKET)?;
+    let listener = UnixListener::bind(&sock.path).map_err(|source| VmError::Io {
+        what: "binding",
+        path: dir.join(files::FS_SOCKET),
+        source,
+    })?;
+    rt_sys::spawn::inherit_fd(&mut cmd, std::os::fd::OwnedFd::from(listener), VIRTIOFSD_FD);
+    cmd.arg(format!("--fd={VIRTIOFSD_FD}"))
+        .arg("-o")
+        .arg(format!("source={}", dir.join(files::SHARE).display()))
+        .args(["-o", "cache=auto"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
     rt_sys::spawn::die_with_parent(&mut cmd);
     cmd.spawn().map_err(|source| VmError::Spawn {
         program: bin,
         source,
     })
 }
+
+/// The descriptor number of the vhost-user listener in virtiofsd.
+const VIRTIOFSD_FD: i32 = 3;
 
 /// The descriptor number of the tap in QEMU.
 const TAP_FD: i32 = 10;
@@ -657,11 +668,12 @@ fn spawn_qemu(
         pcie: true,
         extra: rt_vm::qemu::container_devices(
             cfg.memory_mib,
-            &dir.join(files::FS_SOCKET),
-            &dir.join(files::AGENT_SOCKET),
+            &qemu_socket(dir, files::FS_SOCKET),
+            &qemu_socket(dir, files::AGENT_SOCKET),
         ),
     };
     let mut cmd = machine.command();
+    cmd.current_dir(dir);
     if let Some(w) = wired {
         cmd.arg("-netdev")
             .arg(format!("tap,id=net0,fd={TAP_FD}"))
@@ -683,11 +695,28 @@ fn spawn_qemu(
     })
 }
 
+/// A socket's path for QEMU, which runs in the state directory: the full
+/// path when it fits `sun_path` (so QEMU's command line names the
+/// container's state, as leak checks look for), else the bare name.
+fn qemu_socket(dir: &Path, name: &str) -> PathBuf {
+    let full = dir.join(name);
+    if full.as_os_str().len() < 100 {
+        full
+    } else {
+        PathBuf::from(name)
+    }
+}
+
 fn wait_for_socket(path: &Path, helper: &mut Child) -> Result<(), VmError> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !path.exists() {
         if let Ok(Some(st)) = helper.try_wait() {
-            return Err(VmError::Helper(format!("virtiofsd exited ({st})")));
+            // Its log is beside the socket.
+            let log = path.with_file_name(files::VIRTIOFSD_LOG);
+            return Err(VmError::Helper(format!(
+                "virtiofsd exited ({st}): {}",
+                console_tail(&log)
+            )));
         }
         if Instant::now() > deadline {
             return Err(VmError::Helper(
