@@ -63,17 +63,30 @@ impl Containerd {
     }
 
     pub fn start() -> Containerd {
+        Containerd::start_with(None)
+    }
+
+    /// With `cri`, the CRI plugin on and that TOML (its `[plugins…]`
+    /// tables) added to the config; `{dir}` in it is the daemon's own
+    /// directory.
+    pub fn start_with(cri: Option<&str>) -> Containerd {
         let dir = tempfile::Builder::new()
             .prefix("rt-containerd-")
             .tempdir()
             .unwrap();
         let d = dir.path();
+        let disabled = if cri.is_some() {
+            ""
+        } else {
+            "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n"
+        };
         let config = format!(
-            "version = 2\nroot = \"{r}\"\nstate = \"{s}\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
-             [grpc]\n  address = \"{a}\"\n[ttrpc]\n  address = \"{a}.ttrpc\"\n",
+            "version = 2\nroot = \"{r}\"\nstate = \"{s}\"\n{disabled}\
+             [grpc]\n  address = \"{a}\"\n[ttrpc]\n  address = \"{a}.ttrpc\"\n{extra}",
             r = d.join("root").display(),
             s = d.join("state").display(),
-            a = d.join("containerd.sock").display()
+            a = d.join("containerd.sock").display(),
+            extra = cri.unwrap_or_default().replace("{dir}", &d.display().to_string()),
         );
         std::fs::write(d.join("config.toml"), config).unwrap();
         let child = daemon(d);
@@ -122,6 +135,17 @@ impl Containerd {
     /// containerd's log so far (its shims' lines included).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+
+    /// `ctr` in containerd namespace `ns` (CRI's is `k8s.io`).
+    pub fn ctr_in(&self, ns: &str, args: &[&str]) -> Output {
+        output_via_files(
+            Command::new("ctr")
+                .arg("--address")
+                .arg(self.dir.path().join("containerd.sock"))
+                .args(["--namespace", ns])
+                .args(args),
+        )
     }
 
     pub fn ctr(&self, args: &[&str]) -> Output {

@@ -22,6 +22,12 @@ fn add(tar: &mut tar::Builder<std::fs::File>, path: &str, bytes: &[u8]) {
 /// Writes the archive to `out`, naming the image `name` (e.g.
 /// `docker.io/library/rt-busybox:latest`).
 pub fn busybox_oci_archive(out: &Path, name: &str) {
+    busybox_oci_archive_running(out, name, &["sh"]);
+}
+
+/// The same, with `cmd` as the image's command (a pod's sandbox image
+/// runs it for the pod's life).
+pub fn busybox_oci_archive_running(out: &Path, name: &str, cmd: &[&str]) {
     let rootfs = tempfile::tempdir().unwrap();
     rt_testsupport::make_rootfs(rootfs.path());
     let mut layer = tar::Builder::new(Vec::new());
@@ -34,7 +40,7 @@ pub fn busybox_oci_archive(out: &Path, name: &str) {
         "os": "linux",
         "config": {
             "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-            "Cmd": ["sh"]
+            "Cmd": cmd
         },
         "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
         "history": [{"created_by": "rt integration tests: busybox-static"}]

@@ -1,0 +1,291 @@
+//! Kubernetes RuntimeClass, proven through containerd's CRI plugin: no
+//! kubelet or crictl is packaged for Debian 12, so this test is the
+//! kubelet, speaking CRI v1 (the k8s-cri crate's protos, tonic) to a
+//! containerd of its own with two runtime handlers, the way two
+//! RuntimeClass objects name them:
+//!
+//! - `rt`: containerd's runc shim with `BinaryName` = rt;
+//! - `rt-shim`: containerd-shim-rt-v2 (`io.containerd.rt.v2`).
+//!
+//! For each: RunPodSandbox (the pod's network by Debian's CNI bridge
+//! plugin), CreateContainer, StartContainer, ExecSync, ContainerStatus,
+//! the container's httpd reached by its pod IP from the host,
+//! StopContainer, RemoveContainer, StopPodSandbox, RemovePodSandbox; then
+//! nothing of the pod is left. The bridge, `net.ipv4.ip_forward` (the
+//! bridge plugin turns it on) and /run/netns are put back as they were.
+
+use std::path::Path;
+use std::process::Command;
+
+use hyper_util::rt::TokioIo;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::*;
+use rt_integration::containerd::Containerd;
+use rt_integration::net::http_get;
+use rt_integration::podman::text;
+use rt_testsupport::{eventually, root_or_skip, rt_bin};
+use tonic::transport::{Channel, Endpoint, Uri};
+
+const BRIDGE: &str = "rtcri0";
+const IMAGE: &str = "docker.io/library/rt-busybox:latest";
+const PAUSE: &str = "docker.io/library/rt-pause:latest";
+
+/// What the pod network changes on the host, put back on drop.
+struct HostState {
+    forward: String,
+    netns_mount: bool,
+}
+
+impl HostState {
+    fn now() -> HostState {
+        HostState {
+            forward: std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap(),
+            netns_mount: mounted("/run/netns"),
+        }
+    }
+}
+
+fn mounted(path: &str) -> bool {
+    std::fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(path))
+}
+
+impl Drop for HostState {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", BRIDGE]).status();
+        let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", &self.forward);
+        if !self.netns_mount && mounted("/run/netns") {
+            let _ = nix::mount::umount2("/run/netns", nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+/// containerd's CRI configuration: the two handlers, CNI from Debian's
+/// plugins on a subnet of the test's own.
+fn cri_config() -> String {
+    format!(
+        r#"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{PAUSE}"
+  disable_apparmor = true
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "native"
+    default_runtime_name = "rt"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.rt]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.rt.options]
+        BinaryName = "{rt}"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.rt-shim]
+      runtime_type = "io.containerd.rt.v2"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "{{dir}}/cni"
+"#,
+        rt = rt_bin().display()
+    )
+}
+
+fn write_cni(dir: &Path) {
+    let conf = dir.join("cni");
+    std::fs::create_dir_all(&conf).unwrap();
+    let list = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "rtcri",
+        "plugins": [{
+            "type": "bridge",
+            "bridge": BRIDGE,
+            "isGateway": true,
+            "ipMasq": false,
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{"subnet": "10.237.0.0/24"}]],
+                "dataDir": dir.join("ipam"),
+            }
+        }]
+    });
+    std::fs::write(conf.join("10-rtcri.conflist"), list.to_string()).unwrap();
+}
+
+async fn client(sock: &Path) -> RuntimeServiceClient<Channel> {
+    let sock = sock.to_path_buf();
+    let channel = Endpoint::try_from("http://[::]:50051")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let sock = sock.clone();
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(sock).await?))
+            }
+        }))
+        .await
+        .expect("connecting to containerd's CRI");
+    RuntimeServiceClient::new(channel)
+}
+
+/// One pod on `handler`: the whole CRI lifecycle.
+async fn pod_on(c: &Containerd, handler: &str) {
+    let mut cri = client(&c.dir.path().join("containerd.sock")).await;
+    let logs = c.dir.path().join(format!("logs-{handler}"));
+    std::fs::create_dir_all(&logs).unwrap();
+    let sandbox_config = PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: format!("web-{handler}"),
+            uid: format!("uid-{handler}-{}", std::process::id()),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        hostname: format!("web-{handler}"),
+        log_directory: logs.display().to_string(),
+        linux: Some(LinuxPodSandboxConfig::default()),
+        ..Default::default()
+    };
+    let pod = cri
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(sandbox_config.clone()),
+            runtime_handler: handler.into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("RunPodSandbox on {handler}: {e}\n{}", c.log()))
+        .into_inner()
+        .pod_sandbox_id;
+    let status = cri
+        .pod_sandbox_status(PodSandboxStatusRequest {
+            pod_sandbox_id: pod.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(status.runtime_handler, handler);
+    let ip = status.network.map(|n| n.ip).unwrap_or_default();
+    assert!(ip.starts_with("10.237.0."), "pod IP {ip:?}");
+    let container = cri
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(ContainerConfig {
+                metadata: Some(ContainerMetadata {
+                    name: "httpd".into(),
+                    attempt: 0,
+                }),
+                image: Some(ImageSpec {
+                    image: IMAGE.into(),
+                    ..Default::default()
+                }),
+                command: vec!["sh".into(), "-c".into()],
+                args: vec![format!(
+                    "echo cri-{handler} > /tmp/index.html && exec httpd -f -p 80 -h /tmp"
+                )],
+                log_path: "httpd.log".into(),
+                ..Default::default()
+            }),
+            sandbox_config: Some(sandbox_config),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("CreateContainer on {handler}: {e}\n{}", c.log()))
+        .into_inner()
+        .container_id;
+    cri.start_container(StartContainerRequest {
+        container_id: container.clone(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("StartContainer on {handler}: {e}"));
+    let exec = cri
+        .exec_sync(ExecSyncRequest {
+            container_id: container.clone(),
+            cmd: vec!["sh".into(), "-c".into(), "echo from-exec; hostname; exit 3".into()],
+            timeout: 60,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("ExecSync on {handler}: {e}"))
+        .into_inner();
+    assert_eq!(exec.exit_code, 3, "{exec:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&exec.stdout),
+        format!("from-exec\nweb-{handler}\n")
+    );
+    let state = cri
+        .container_status(ContainerStatusRequest {
+            container_id: container.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap()
+        .state;
+    assert_eq!(state, ContainerState::ContainerRunning as i32);
+    let addr = format!("{ip}:80");
+    let want = format!("cri-{handler}");
+    assert!(
+        eventually(20, || http_get(&addr).is_some_and(|b| b.contains(&want))),
+        "{addr}: {:?}",
+        http_get(&addr)
+    );
+    cri.stop_container(StopContainerRequest {
+        container_id: container.clone(),
+        timeout: 5,
+    })
+    .await
+    .unwrap();
+    cri.remove_container(RemoveContainerRequest {
+        container_id: container.clone(),
+    })
+    .await
+    .unwrap();
+    cri.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .unwrap();
+    cri.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .unwrap();
+    let left = cri
+        .list_pod_sandbox(ListPodSandboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert!(left.iter().all(|p| p.id != pod), "pod {pod} left");
+    assert!(http_get(&addr).is_none(), "{addr} still answers");
+}
+
+#[test]
+fn runtime_classes_select_rt_through_the_cri() {
+    if !root_or_skip("runtime_classes_select_rt_through_the_cri") {
+        return;
+    }
+    let _host = HostState::now();
+    let c = Containerd::start_with(Some(&cri_config()));
+    write_cni(c.dir.path());
+    // The images, unpacked for CRI's snapshotter, in CRI's namespace.
+    for (name, cmd) in [(IMAGE, vec!["sh"]), (PAUSE, vec!["sleep", "1000000000"])] {
+        let archive = c.dir.path().join("image.tar");
+        rt_integration::image::busybox_oci_archive_running(&archive, name, &cmd);
+        let out = c.ctr_in(
+            "k8s.io",
+            &["images", "import", "--snapshotter", "native", archive.to_str().unwrap()],
+        );
+        assert!(out.status.success(), "ctr import {name}: {}", text(&out));
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for handler in ["rt", "rt-shim"] {
+        rt.block_on(pod_on(&c, handler));
+    }
+    let out = c.ctr_in("k8s.io", &["task", "ls", "-q"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).trim().is_empty(),
+        "tasks left: {}",
+        text(&out)
+    );
+}
