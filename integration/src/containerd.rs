@@ -86,7 +86,9 @@ impl Containerd {
             r = d.join("root").display(),
             s = d.join("state").display(),
             a = d.join("containerd.sock").display(),
-            extra = cri.unwrap_or_default().replace("{dir}", &d.display().to_string()),
+            extra = cri
+                .unwrap_or_default()
+                .replace("{dir}", &d.display().to_string()),
         );
         std::fs::write(d.join("config.toml"), config).unwrap();
         let child = daemon(d);

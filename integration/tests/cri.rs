@@ -5,7 +5,10 @@
 //! RuntimeClass objects name them:
 //!
 //! - `rt`: containerd's runc shim with `BinaryName` = rt;
-//! - `rt-shim`: containerd-shim-rt-v2 (`io.containerd.rt.v2`).
+//! - `rt-shim`: containerd-shim-rt-v2 (`io.containerd.rt.v2`);
+//! - `rt-vm`: containerd-shim-rt-v2 with a runtime config (`ConfigPath`)
+//!   naming `rt-vm`: the pod's sandbox a namespace container, the app
+//!   container a microVM on the pod's network (see shim/src/pod.rs).
 //!
 //! For each: RunPodSandbox (the pod's network by Debian's CNI bridge
 //! plugin), CreateContainer, StartContainer, ExecSync, ContainerStatus,
@@ -21,7 +24,7 @@ use hyper_util::rt::TokioIo;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
 use rt_integration::containerd::Containerd;
-use rt_integration::net::http_get;
+use rt_integration::net::{http_get, processes_naming};
 use rt_integration::podman::text;
 use rt_testsupport::{eventually, root_or_skip, rt_bin};
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -34,13 +37,31 @@ const PAUSE: &str = "docker.io/library/rt-pause:latest";
 struct HostState {
     forward: String,
     netns_mount: bool,
+    netns: Vec<String>,
 }
+
+/// The named network namespaces (CRI's pods' are `cni-…`).
+fn netns_names() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// CRI's namespace in containerd, and so the shims' state roots under it.
+const CRI_NS: &str = "k8s.io";
 
 impl HostState {
     fn now() -> HostState {
         HostState {
             forward: std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap(),
             netns_mount: mounted("/run/netns"),
+            netns: netns_names(),
         }
     }
 }
@@ -54,6 +75,27 @@ fn mounted(path: &str) -> bool {
 
 impl Drop for HostState {
     fn drop(&mut self) {
+        // A test that failed half-way leaves pods: rt deletes their
+        // containers, and their namespaces go.
+        for shim_root in ["/run/containerd/runc", "/run/containerd/rt"] {
+            let root = Path::new(shim_root).join(CRI_NS);
+            for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+                let _ = Command::new(rt_bin())
+                    .arg("--root")
+                    .arg(&root)
+                    .args(["delete", "--force"])
+                    .arg(e.file_name())
+                    .output();
+            }
+            let _ = std::fs::remove_dir(&root);
+        }
+        for name in netns_names() {
+            if !self.netns.contains(&name) {
+                let p = Path::new("/run/netns").join(&name);
+                let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
+                let _ = std::fs::remove_file(&p);
+            }
+        }
         let _ = Command::new("ip").args(["link", "del", BRIDGE]).status();
         let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", &self.forward);
         if !self.netns_mount && mounted("/run/netns") {
@@ -80,6 +122,10 @@ fn cri_config() -> String {
         BinaryName = "{rt}"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.rt-shim]
       runtime_type = "io.containerd.rt.v2"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.rt-vm]
+      runtime_type = "io.containerd.rt.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.rt-vm.options]
+        ConfigPath = "{{dir}}/rt-vm.json"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "{{dir}}/cni"
@@ -124,6 +170,17 @@ async fn client(sock: &Path) -> RuntimeServiceClient<Channel> {
     RuntimeServiceClient::new(channel)
 }
 
+/// The kubelet's default: a PID namespace per container (pod-level
+/// network and IPC).
+fn container_pid() -> NamespaceOption {
+    NamespaceOption {
+        network: NamespaceMode::Pod as i32,
+        pid: NamespaceMode::Container as i32,
+        ipc: NamespaceMode::Pod as i32,
+        ..Default::default()
+    }
+}
+
 /// One pod on `handler`: the whole CRI lifecycle.
 async fn pod_on(c: &Containerd, handler: &str) {
     let mut cri = client(&c.dir.path().join("containerd.sock")).await;
@@ -138,7 +195,14 @@ async fn pod_on(c: &Containerd, handler: &str) {
         }),
         hostname: format!("web-{handler}"),
         log_directory: logs.display().to_string(),
-        linux: Some(LinuxPodSandboxConfig::default()),
+        // As the kubelet sends a pod without shareProcessNamespace.
+        linux: Some(LinuxPodSandboxConfig {
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(container_pid()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
         ..Default::default()
     };
     let pod = cri
@@ -180,6 +244,13 @@ async fn pod_on(c: &Containerd, handler: &str) {
                     "echo cri-{handler} > /tmp/index.html && exec httpd -f -p 80 -h /tmp"
                 )],
                 log_path: "httpd.log".into(),
+                linux: Some(LinuxContainerConfig {
+                    security_context: Some(LinuxContainerSecurityContext {
+                        namespace_options: Some(container_pid()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
             sandbox_config: Some(sandbox_config),
@@ -196,7 +267,11 @@ async fn pod_on(c: &Containerd, handler: &str) {
     let exec = cri
         .exec_sync(ExecSyncRequest {
             container_id: container.clone(),
-            cmd: vec!["sh".into(), "-c".into(), "echo from-exec; hostname; exit 3".into()],
+            cmd: vec![
+                "sh".into(),
+                "-c".into(),
+                "echo from-exec; hostname; exit 3".into(),
+            ],
             timeout: 60,
         })
         .await
@@ -262,16 +337,29 @@ fn runtime_classes_select_rt_through_the_cri() {
     if !root_or_skip("runtime_classes_select_rt_through_the_cri") {
         return;
     }
-    let _host = HostState::now();
+    let host = HostState::now();
     let c = Containerd::start_with(Some(&cri_config()));
     write_cni(c.dir.path());
+    let link = c.dir.path().join("rt-vm");
+    std::os::unix::fs::symlink(rt_bin(), &link).unwrap();
+    std::fs::write(
+        c.dir.path().join("rt-vm.json"),
+        serde_json::json!({"binary_name": link}).to_string(),
+    )
+    .unwrap();
     // The images, unpacked for CRI's snapshotter, in CRI's namespace.
     for (name, cmd) in [(IMAGE, vec!["sh"]), (PAUSE, vec!["sleep", "1000000000"])] {
         let archive = c.dir.path().join("image.tar");
         rt_integration::image::busybox_oci_archive_running(&archive, name, &cmd);
         let out = c.ctr_in(
-            "k8s.io",
-            &["images", "import", "--snapshotter", "native", archive.to_str().unwrap()],
+            CRI_NS,
+            &[
+                "images",
+                "import",
+                "--snapshotter",
+                "native",
+                archive.to_str().unwrap(),
+            ],
         );
         assert!(out.status.success(), "ctr import {name}: {}", text(&out));
     }
@@ -279,13 +367,32 @@ fn runtime_classes_select_rt_through_the_cri() {
         .enable_all()
         .build()
         .unwrap();
-    for handler in ["rt", "rt-shim"] {
+    for handler in ["rt", "rt-shim", "rt-vm"] {
         rt.block_on(pod_on(&c, handler));
     }
-    let out = c.ctr_in("k8s.io", &["task", "ls", "-q"]);
+    let out = c.ctr_in(CRI_NS, &["task", "ls", "-q"]);
     assert!(
         String::from_utf8_lossy(&out.stdout).trim().is_empty(),
         "tasks left: {}",
         text(&out)
+    );
+    // Nothing of the pods: no namespace, veth, VM or state.
+    assert_eq!(netns_names(), host.netns, "pod network namespaces left");
+    let veths = Command::new("ip")
+        .args(["-br", "link", "show", "master", BRIDGE])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&veths.stdout).trim().is_empty(),
+        "ports left on {BRIDGE}: {}",
+        String::from_utf8_lossy(&veths.stdout)
+    );
+    assert!(
+        eventually(10, || processes_naming(
+            &Path::new("/run/containerd/rt").join(CRI_NS)
+        )
+        .is_empty()),
+        "processes left: {:?}",
+        processes_naming(&Path::new("/run/containerd/rt").join(CRI_NS))
     );
 }

@@ -16,6 +16,7 @@
 mod exits;
 mod metrics;
 mod options;
+mod pod;
 mod rt;
 mod service;
 mod stdio;

@@ -21,6 +21,7 @@ use containerd_shim_protos::ttrpc::{self, Code};
 
 use crate::exits::{self, Exits};
 use crate::options::Options;
+use crate::pod;
 use crate::rt::Runner;
 use crate::stdio::{self, Paths, Prepared};
 use crate::table::{Container, Proc, Table};
@@ -170,9 +171,38 @@ impl Service {
         Ok((pid, io))
     }
 
+    /// A container of a pod on a VM handler (see [`pod`]): the sandbox
+    /// runs as a namespace container; an app container's config.json gets
+    /// its own IPC and UTS namespaces and the pod's hostname.
+    fn vm_pod_member(&self, bundle: &Path, opts: &mut Options) -> TtrpcResult<()> {
+        let path = bundle.join("config.json");
+        let text = std::fs::read(&path).map_err(failed)?;
+        let mut spec: serde_json::Value = serde_json::from_slice(&text).map_err(failed)?;
+        match pod::role(&spec) {
+            pod::Role::Sandbox => {
+                opts.binary = pod::namespaces_binary(&opts.binary);
+                tracing::info!("pod sandbox on a VM handler: a namespace container");
+            }
+            pod::Role::Container { sandbox } => {
+                let sandbox_bundle = self.table.lock().get(&sandbox).map(|c| c.bundle.clone());
+                let hostname = sandbox_bundle.as_deref().and_then(pod::hostname_of);
+                let changed = pod::adapt_for_vm(&mut spec, hostname.as_deref());
+                if !changed.is_empty() {
+                    tracing::info!("container of a VM pod: {}", changed.join(", "));
+                    std::fs::write(&path, spec.to_string()).map_err(failed)?;
+                }
+            }
+            pod::Role::Plain => {}
+        }
+        Ok(())
+    }
+
     fn create_task(&self, req: &api::CreateTaskRequest) -> TtrpcResult<u32> {
         let bundle = PathBuf::from(&req.bundle);
-        let opts = Options::from_any(req.options.as_ref()).map_err(failed)?;
+        let mut opts = Options::from_any(req.options.as_ref()).map_err(failed)?;
+        if pod::is_vm_binary(&opts.binary) {
+            self.vm_pod_member(&bundle, &mut opts)?;
+        }
         opts.save(&bundle).map_err(failed)?;
         let runner = Runner::new(&opts, &self.namespace, &bundle, Some(&self.exits));
         let rootfs = bundle.join("rootfs");
