@@ -57,8 +57,14 @@ impl Containerd {
     /// Kills containerd (SIGKILL: no clean shutdown) and starts it again
     /// on the same state; shims keep running meanwhile.
     pub fn restart(&mut self) {
+        self.restart_after(std::time::Duration::ZERO);
+    }
+
+    /// The same, with containerd down for `gap`.
+    pub fn restart_after(&mut self, gap: std::time::Duration) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        std::thread::sleep(gap);
         self.child = daemon(self.dir.path());
     }
 

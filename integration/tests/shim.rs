@@ -262,6 +262,19 @@ fn a_killed_shim_and_a_restarted_containerd_leave_no_orphan() {
     }
     let mut c = Containerd::with_busybox();
     let iso = Isolation::namespaces();
+    // A task that ends while containerd is down: the shim keeps its exit,
+    // and containerd, reconnecting, sees it stopped.
+    let id = unique_id("shim-exit");
+    let out = run(&c, &iso, &["-d"], &id, &["sh", "-c", "sleep 2; exit 7"]);
+    assert!(out.status.success(), "{}", text(&out));
+    c.restart_after(std::time::Duration::from_secs(4));
+    assert!(
+        eventually(30, || status(&c, &id) == "STOPPED"),
+        "after the restart: {:?}",
+        status(&c, &id)
+    );
+    remove(&c, &id);
+
     let id = unique_id("shim-crash");
     let out = run(&c, &iso, &["-d"], &id, &["sleep", "1000"]);
     assert!(out.status.success(), "{}", text(&out));
