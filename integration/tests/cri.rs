@@ -294,6 +294,36 @@ async fn pod_on(c: &Containerd, handler: &str) {
         .unwrap()
         .state;
     assert_eq!(state, ContainerState::ContainerRunning as i32);
+    // UpdateContainerResources reaches the container's cgroup (the
+    // guest's, for a VM).
+    cri.update_container_resources(UpdateContainerResourcesRequest {
+        container_id: container.clone(),
+        linux: Some(LinuxContainerResources {
+            memory_limit_in_bytes: 96 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("UpdateContainerResources on {handler}: {e}"));
+    let limit = cri
+        .exec_sync(ExecSyncRequest {
+            container_id: container.clone(),
+            cmd: vec![
+                "sh".into(),
+                "-c".into(),
+                "cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes".into(),
+            ],
+            timeout: 60,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        String::from_utf8_lossy(&limit.stdout).trim(),
+        (96u64 << 20).to_string(),
+        "{handler}: {limit:?}"
+    );
     let addr = format!("{ip}:80");
     let want = format!("cri-{handler}");
     assert!(

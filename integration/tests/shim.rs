@@ -317,3 +317,66 @@ fn a_killed_shim_and_a_restarted_containerd_leave_no_orphan() {
         .unwrap_or_default();
     assert!(left.is_empty(), "rt state left: {left:?}");
 }
+
+/// The isolation from the container's annotation, with the default rt:
+/// `run.rt.isolation=vm` puts it in a VM.
+#[test]
+fn the_isolation_annotation_selects_a_vm_under_the_default_rt() {
+    if !root_or_skip("the_isolation_annotation_selects_a_vm_under_the_default_rt") {
+        return;
+    }
+    let c = Containerd::with_busybox();
+    let iso = Isolation::namespaces();
+    let id = unique_id("shim-ann");
+    let out = run(
+        &c,
+        &iso,
+        &["--rm", "--annotation", "run.rt.isolation=vm"],
+        &id,
+        &["sh", "-c", "uname -r; exit 6"],
+    );
+    rt_testsupport::assert_guest_uname(&out, 6);
+}
+
+/// An OOM kill in the container reaches containerd as a TaskOOM event
+/// (the shim's `rt events` of the container reports it).
+#[test]
+fn an_oom_kill_is_published_as_task_oom() {
+    if !root_or_skip("an_oom_kill_is_published_as_task_oom") {
+        return;
+    }
+    let c = Containerd::with_busybox();
+    let events_log = c.dir.path().join("events.log");
+    let mut events = Command::new("ctr")
+        .arg("--address")
+        .arg(c.dir.path().join("containerd.sock"))
+        .args(["events"])
+        .stdout(std::fs::File::create(&events_log).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let iso = Isolation::namespaces();
+    let id = unique_id("shim-oom");
+    // tail buffers /dev/zero's one endless line until the limit is hit.
+    let out = run(
+        &c,
+        &iso,
+        &["--rm", "--memory-limit", "33554432"],
+        &id,
+        &["tail", "/dev/zero"],
+    );
+    assert_eq!(out.status.code(), Some(137), "{}", text(&out));
+    let seen = eventually(10, || {
+        std::fs::read_to_string(&events_log)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.contains("/tasks/oom") && l.contains(&id))
+    });
+    let _ = events.kill();
+    let _ = events.wait();
+    assert!(
+        seen,
+        "no /tasks/oom for {id}: {}",
+        std::fs::read_to_string(&events_log).unwrap_or_default()
+    );
+}
