@@ -145,6 +145,16 @@ impl Containerd {
         std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
     }
 
+    /// Task `id`'s status in `ctr task ls` (empty: no such task).
+    pub fn task_status(&self, id: &str) -> String {
+        let out = self.ctr(&["task", "ls"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(id))
+            .and_then(|l| l.split_whitespace().last().map(str::to_string))
+            .unwrap_or_default()
+    }
+
     /// `ctr` in containerd namespace `ns` (CRI's is `k8s.io`).
     pub fn ctr_in(&self, ns: &str, args: &[&str]) -> Output {
         output_via_files(

@@ -26,7 +26,14 @@ fn text(o: &Output) -> String {
     )
 }
 
+/// One dockerd at a time: two side by side (each with its own roots)
+/// made libnetwork's prestart hook fail now and then ("no such file or
+/// directory").
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 struct Dockerd {
+    /// Held for the daemon's life (released after `drop` stopped it).
+    _turn: std::sync::MutexGuard<'static, ()>,
     dir: tempfile::TempDir,
     child: std::process::Child,
     /// Its bridge, made by the test.
@@ -43,6 +50,7 @@ impl Dockerd {
             Path::new("/usr/sbin/dockerd").exists(),
             "dockerd missing: integration/install-deps installs docker.io"
         );
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::Builder::new()
             .prefix("rt-docker-")
             .tempdir()
@@ -97,6 +105,7 @@ impl Dockerd {
             .spawn()
             .expect("starting dockerd");
         let docker = Dockerd {
+            _turn: turn,
             dir,
             child,
             bridge,

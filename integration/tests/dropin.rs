@@ -210,14 +210,7 @@ fn containerd_operates_tasks() {
     let id = format!("rt-task-{}", std::process::id());
     let out = c.run_busybox("-d", &id, &["sleep", "1000"]);
     assert!(out.status.success(), "ctr run -d: {}", text(&out));
-    let status = || {
-        let out = c.ctr(&["task", "ls"]);
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .find(|l| l.starts_with(&id))
-            .map(|l| l.split_whitespace().last().unwrap_or("").to_string())
-            .unwrap_or_default()
-    };
+    let status = || c.task_status(&id);
     assert!(eventually(10, || status() == "RUNNING"), "{}", status());
 
     // exec: output and exit status.

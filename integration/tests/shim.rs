@@ -90,12 +90,7 @@ fn with_tty(line: &str) -> std::process::Output {
 }
 
 fn status(c: &Containerd, id: &str) -> String {
-    let out = c.ctr(&["task", "ls"]);
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(id))
-        .and_then(|l| l.split_whitespace().last().map(str::to_string))
-        .unwrap_or_default()
+    c.task_status(id)
 }
 
 fn remove(c: &Containerd, id: &str) {
