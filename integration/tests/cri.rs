@@ -170,6 +170,146 @@ async fn client(sock: &Path) -> RuntimeServiceClient<Channel> {
     RuntimeServiceClient::new(channel)
 }
 
+/// The serving containerd-shim-rt-v2 processes of this containerd.
+fn serving_shims(c: &Containerd) -> usize {
+    processes_naming(&c.dir.path().join("containerd.sock"))
+        .iter()
+        .filter(|p| p.contains("containerd-shim-rt-v2") && p.contains("-socket"))
+        .count()
+}
+
+/// A pod on the rt-shim handler whose container writes a line every
+/// 0.2 s; containerd is killed and started again: the container runs on,
+/// and its CRI log gets lines again once containerd is back (the shim held
+/// the fifos open meanwhile, so the container never saw EPIPE).
+async fn logs_survive_a_containerd_restart(c: &mut Containerd) {
+    let mut cri = client(&c.dir.path().join("containerd.sock")).await;
+    let logs = c.dir.path().join("logs-restart");
+    std::fs::create_dir_all(&logs).unwrap();
+    let sandbox_config = PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: "chatty".into(),
+            uid: format!("uid-chatty-{}", std::process::id()),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        hostname: "chatty".into(),
+        log_directory: logs.display().to_string(),
+        linux: Some(LinuxPodSandboxConfig {
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(container_pid()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let pod = cri
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(sandbox_config.clone()),
+            runtime_handler: "rt-shim".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let container = cri
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(ContainerConfig {
+                metadata: Some(ContainerMetadata {
+                    name: "chatty".into(),
+                    attempt: 0,
+                }),
+                image: Some(ImageSpec {
+                    image: IMAGE.into(),
+                    ..Default::default()
+                }),
+                command: vec!["sh".into(), "-c".into()],
+                args: vec!["i=0; while true; do echo line $i; i=$((i+1)); sleep 0.2; done".into()],
+                log_path: "chatty.log".into(),
+                linux: Some(LinuxContainerConfig {
+                    security_context: Some(LinuxContainerSecurityContext {
+                        namespace_options: Some(container_pid()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            sandbox_config: Some(sandbox_config),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .container_id;
+    cri.start_container(StartContainerRequest {
+        container_id: container.clone(),
+    })
+    .await
+    .unwrap();
+    let log = logs.join("chatty.log");
+    let lines = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    assert!(eventually(20, || lines() >= 3), "no log lines");
+    drop(cri);
+    c.restart_after(std::time::Duration::from_secs(2));
+    let before = lines();
+    assert!(
+        eventually(30, || lines() >= before + 5),
+        "the log stopped at {} lines after the restart",
+        lines()
+    );
+    let mut cri = client(&c.dir.path().join("containerd.sock")).await;
+    let state = cri
+        .container_status(ContainerStatusRequest {
+            container_id: container.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap()
+        .state;
+    assert_eq!(state, ContainerState::ContainerRunning as i32);
+    // The numbering has no gap: nothing the container wrote was lost.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let numbers: Vec<u64> = text
+        .lines()
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    assert!(
+        numbers.windows(2).all(|w| w[1] == w[0] + 1),
+        "gaps in the log: {numbers:?}"
+    );
+    cri.stop_container(StopContainerRequest {
+        container_id: container.clone(),
+        timeout: 2,
+    })
+    .await
+    .unwrap();
+    cri.remove_container(RemoveContainerRequest {
+        container_id: container,
+    })
+    .await
+    .unwrap();
+    cri.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .unwrap();
+    cri.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .unwrap();
+}
+
 /// The kubelet's default: a PID namespace per container (pod-level
 /// network and IPC).
 fn container_pid() -> NamespaceOption {
@@ -264,6 +404,10 @@ async fn pod_on(c: &Containerd, handler: &str) {
     })
     .await
     .unwrap_or_else(|e| panic!("StartContainer on {handler}: {e}"));
+    if handler != "rt" {
+        // One containerd-shim-rt-v2 serves the pod: sandbox and container.
+        assert_eq!(serving_shims(c), 1, "{handler}");
+    }
     let exec = cri
         .exec_sync(ExecSyncRequest {
             container_id: container.clone(),
@@ -400,6 +544,8 @@ fn runtime_classes_select_rt_through_the_cri() {
     for handler in ["rt", "rt-shim", "rt-vm"] {
         rt.block_on(pod_on(&c, handler));
     }
+    let mut c = c;
+    rt.block_on(logs_survive_a_containerd_restart(&mut c));
     let out = c.ctr_in(CRI_NS, &["task", "ls", "-q"]);
     assert!(
         String::from_utf8_lossy(&out.stdout).trim().is_empty(),

@@ -375,3 +375,40 @@ fn an_oom_kill_is_published_as_task_oom() {
         std::fs::read_to_string(&events_log).unwrap_or_default()
     );
 }
+
+/// A `file://` log URI (`ctr run --log-uri`) gets the output; another
+/// scheme (a logging binary) is refused by name.
+#[test]
+fn a_file_log_uri_gets_the_output_and_other_schemes_are_refused() {
+    if !root_or_skip("a_file_log_uri_gets_the_output_and_other_schemes_are_refused") {
+        return;
+    }
+    let c = Containerd::with_busybox();
+    let iso = Isolation::namespaces();
+    let log = c.dir.path().join("task.log");
+    let uri = format!("file://{}", log.display());
+    let id = unique_id("shim-log");
+    let out = run(
+        &c,
+        &iso,
+        &["--rm", "--log-uri", &uri],
+        &id,
+        &["sh", "-c", "echo to the log; exit 4"],
+    );
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "to the log\n");
+    let id = unique_id("shim-bin");
+    let out = run(
+        &c,
+        &iso,
+        &["--rm", "--log-uri", "binary:///usr/bin/logger"],
+        &id,
+        &["true"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("only file:// is supported"),
+        "{}",
+        text(&out)
+    );
+}

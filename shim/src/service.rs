@@ -119,9 +119,12 @@ impl Service {
             .stderr(std::process::Stdio::null());
         let mut child = cmd.spawn().ok()?;
         let out = child.stdout.take()?;
-        let (me, id) = (self.clone(), id.to_string());
+        let (me, name, id) = (self.clone(), id.to_string(), id.to_string());
+        let (ready, is_ready) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                // rt's first line: its OOM watch is in place.
+                let _ = ready.send(());
                 if line.contains("\"type\":\"oom\"") {
                     let ev = TaskOOM {
                         container_id: id.clone(),
@@ -131,6 +134,14 @@ impl Service {
                 }
             }
         });
+        // Before the container starts, so that no OOM kill comes too early
+        // to be seen (a VM's relayed `rt events` takes longest).
+        if is_ready
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .is_err()
+        {
+            tracing::warn!("rt events of {name} did not start: no OOM events for it");
+        }
         Some(child)
     }
 

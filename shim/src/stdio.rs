@@ -11,6 +11,10 @@
 //!   fifo instead of failing with EPIPE, and containerd reads them when it
 //!   reopens the fifo.
 //!
+//! A `file://` log URI (`ctr run --log-uri`) is opened for appending and
+//! handed over the same way; other schemes (a logging binary) are refused
+//! by name.
+//!
 //! With a terminal, rt gets a console socket; the shim takes the pty
 //! master from it and copies master → stdout fifo and stdin fifo → master,
 //! and `ResizePty` sets the master's window size.
@@ -48,6 +52,8 @@ pub enum Error {
     NoMaster,
     #[error("resizing the terminal")]
     Resize(#[source] rt_sys::Error),
+    #[error("log URI {0}: only file:// is supported (not a logging binary)")]
+    LogUri(String),
 }
 
 /// containerd's fifo paths for one process (empty: none).
@@ -90,6 +96,27 @@ fn open(path: &str, write: bool) -> Result<File, Error> {
         path: path.into(),
         source,
     })
+}
+
+/// Where a process's output goes: containerd's fifo (and, held open, its
+/// read end), or the file of a `file://` log URI (`ctr run --log-uri`).
+fn output(path: &str) -> Result<(File, Option<File>), Error> {
+    if let Some(file) = path.strip_prefix("file://") {
+        let f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(file)
+            .map_err(|source| Error::Open {
+                path: file.into(),
+                source,
+            })?;
+        return Ok((f, None));
+    }
+    if path.contains("://") {
+        return Err(Error::LogUri(path.into()));
+    }
+    let held = open(path, false)?;
+    Ok((open(path, true)?, Some(held)))
 }
 
 /// A console socket path that fits `sun_path` whatever the bundle's.
@@ -158,8 +185,9 @@ impl Prepared {
             if path.is_empty() {
                 return Ok(Stdio::null());
             }
-            io._held.push(open(path, false)?);
-            Ok(Stdio::from(open(path, true)?))
+            let (w, held) = output(path)?;
+            io._held.extend(held);
+            Ok(Stdio::from(w))
         };
         let stdout = out(&paths.stdout)?;
         let stderr = out(&paths.stderr)?;
@@ -218,9 +246,9 @@ impl Prepared {
             source,
         })?;
         if !self.paths.stdout.is_empty() {
-            self.io._held.push(open(&self.paths.stdout, false)?);
-            let out = Arc::new(Mutex::new(Some(open(&self.paths.stdout, true)?)));
-            pump(reader, out);
+            let (w, held) = output(&self.paths.stdout)?;
+            self.io._held.extend(held);
+            pump(reader, Arc::new(Mutex::new(Some(w))));
         }
         if !self.paths.stdin.is_empty() {
             let w = master.try_clone().map_err(|source| Error::Console {

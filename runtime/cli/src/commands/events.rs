@@ -1,6 +1,7 @@
 //! `rt events`: a container's resource statistics and OOM notifications as
 //! JSON lines, in runc's shape. `--stats` prints one statistics event and
-//! exits; otherwise statistics follow every `--interval` and an
+//! exits; otherwise a first statistics event comes as soon as the OOM watch
+//! is in place, then one every `--interval`, and an
 //! `{"type":"oom","id":..}` line each time the OOM killer acts, until the
 //! container stops.
 
@@ -119,6 +120,12 @@ fn run_on_cgroup(rt: &Runtime, a: Args) -> anyhow::Result<()> {
             .unwrap_or(0)
     };
     let mut seen = oom_kills(cgroup.as_ref());
+    // A first statistics line at once: it tells a reader (containerd-shim-
+    // rt-v2, before it starts the container) that the OOM watch is in place.
+    match cgroup.stats() {
+        Ok(s) => emit("stats", &a.id, Some(s))?,
+        Err(e) => tracing::warn!("reading statistics: {e}"),
+    }
     let mut next = Instant::now() + a.interval;
     // The memory controller signals when the cgroup goes out of memory,
     // which is a moment before the OOM killer has counted its kill: after a
