@@ -186,24 +186,7 @@ async fn logs_survive_a_containerd_restart(c: &mut Containerd) {
     let mut cri = client(&c.dir.path().join("containerd.sock")).await;
     let logs = c.dir.path().join("logs-restart");
     std::fs::create_dir_all(&logs).unwrap();
-    let sandbox_config = PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: "chatty".into(),
-            uid: format!("uid-chatty-{}", std::process::id()),
-            namespace: "default".into(),
-            attempt: 0,
-        }),
-        hostname: "chatty".into(),
-        log_directory: logs.display().to_string(),
-        linux: Some(LinuxPodSandboxConfig {
-            security_context: Some(LinuxSandboxSecurityContext {
-                namespace_options: Some(container_pid()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let sandbox_config = sandbox("chatty", &logs);
     let pod = cri
         .run_pod_sandbox(RunPodSandboxRequest {
             config: Some(sandbox_config.clone()),
@@ -216,27 +199,10 @@ async fn logs_survive_a_containerd_restart(c: &mut Containerd) {
     let container = cri
         .create_container(CreateContainerRequest {
             pod_sandbox_id: pod.clone(),
-            config: Some(ContainerConfig {
-                metadata: Some(ContainerMetadata {
-                    name: "chatty".into(),
-                    attempt: 0,
-                }),
-                image: Some(ImageSpec {
-                    image: IMAGE.into(),
-                    ..Default::default()
-                }),
-                command: vec!["sh".into(), "-c".into()],
-                args: vec!["i=0; while true; do echo line $i; i=$((i+1)); sleep 0.2; done".into()],
-                log_path: "chatty.log".into(),
-                linux: Some(LinuxContainerConfig {
-                    security_context: Some(LinuxContainerSecurityContext {
-                        namespace_options: Some(container_pid()),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
+            config: Some(shell(
+                "chatty",
+                "i=0; while true; do echo line $i; i=$((i+1)); sleep 0.2; done".into(),
+            )),
             sandbox_config: Some(sandbox_config),
         })
         .await
@@ -287,24 +253,82 @@ async fn logs_survive_a_containerd_restart(c: &mut Containerd) {
         numbers.windows(2).all(|w| w[1] == w[0] + 1),
         "gaps in the log: {numbers:?}"
     );
+    remove_pod(&mut cri, &container, &pod, 2).await;
+}
+
+/// A pod's sandbox config, as the kubelet sends one without
+/// shareProcessNamespace.
+fn sandbox(name: &str, logs: &Path) -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}-{}", std::process::id()),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: logs.display().to_string(),
+        linux: Some(LinuxPodSandboxConfig {
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(container_pid()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A busybox container running `sh -c SCRIPT`, logging to `NAME.log`.
+fn shell(name: &str, script: String) -> ContainerConfig {
+    ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: IMAGE.into(),
+            ..Default::default()
+        }),
+        command: vec!["sh".into(), "-c".into()],
+        args: vec![script],
+        log_path: format!("{name}.log"),
+        linux: Some(LinuxContainerConfig {
+            security_context: Some(LinuxContainerSecurityContext {
+                namespace_options: Some(container_pid()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// StopContainer, RemoveContainer, StopPodSandbox, RemovePodSandbox.
+async fn remove_pod(
+    cri: &mut RuntimeServiceClient<Channel>,
+    container: &str,
+    pod: &str,
+    stop_timeout: i64,
+) {
     cri.stop_container(StopContainerRequest {
-        container_id: container.clone(),
-        timeout: 2,
+        container_id: container.into(),
+        timeout: stop_timeout,
     })
     .await
     .unwrap();
     cri.remove_container(RemoveContainerRequest {
-        container_id: container,
+        container_id: container.into(),
     })
     .await
     .unwrap();
     cri.stop_pod_sandbox(StopPodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
+        pod_sandbox_id: pod.into(),
     })
     .await
     .unwrap();
     cri.remove_pod_sandbox(RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
+        pod_sandbox_id: pod.into(),
     })
     .await
     .unwrap();
@@ -326,25 +350,7 @@ async fn pod_on(c: &Containerd, handler: &str) {
     let mut cri = client(&c.dir.path().join("containerd.sock")).await;
     let logs = c.dir.path().join(format!("logs-{handler}"));
     std::fs::create_dir_all(&logs).unwrap();
-    let sandbox_config = PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: format!("web-{handler}"),
-            uid: format!("uid-{handler}-{}", std::process::id()),
-            namespace: "default".into(),
-            attempt: 0,
-        }),
-        hostname: format!("web-{handler}"),
-        log_directory: logs.display().to_string(),
-        // As the kubelet sends a pod without shareProcessNamespace.
-        linux: Some(LinuxPodSandboxConfig {
-            security_context: Some(LinuxSandboxSecurityContext {
-                namespace_options: Some(container_pid()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let sandbox_config = sandbox(&format!("web-{handler}"), &logs);
     let pod = cri
         .run_pod_sandbox(RunPodSandboxRequest {
             config: Some(sandbox_config.clone()),
@@ -370,29 +376,10 @@ async fn pod_on(c: &Containerd, handler: &str) {
     let container = cri
         .create_container(CreateContainerRequest {
             pod_sandbox_id: pod.clone(),
-            config: Some(ContainerConfig {
-                metadata: Some(ContainerMetadata {
-                    name: "httpd".into(),
-                    attempt: 0,
-                }),
-                image: Some(ImageSpec {
-                    image: IMAGE.into(),
-                    ..Default::default()
-                }),
-                command: vec!["sh".into(), "-c".into()],
-                args: vec![format!(
-                    "echo cri-{handler} > /tmp/index.html && exec httpd -f -p 80 -h /tmp"
-                )],
-                log_path: "httpd.log".into(),
-                linux: Some(LinuxContainerConfig {
-                    security_context: Some(LinuxContainerSecurityContext {
-                        namespace_options: Some(container_pid()),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
+            config: Some(shell(
+                "httpd",
+                format!("echo cri-{handler} > /tmp/index.html && exec httpd -f -p 80 -h /tmp"),
+            )),
             sandbox_config: Some(sandbox_config),
         })
         .await
@@ -475,27 +462,7 @@ async fn pod_on(c: &Containerd, handler: &str) {
         "{addr}: {:?}",
         http_get(&addr)
     );
-    cri.stop_container(StopContainerRequest {
-        container_id: container.clone(),
-        timeout: 5,
-    })
-    .await
-    .unwrap();
-    cri.remove_container(RemoveContainerRequest {
-        container_id: container.clone(),
-    })
-    .await
-    .unwrap();
-    cri.stop_pod_sandbox(StopPodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .unwrap();
-    cri.remove_pod_sandbox(RemovePodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .unwrap();
+    remove_pod(&mut cri, &container, &pod, 5).await;
     let left = cri
         .list_pod_sandbox(ListPodSandboxRequest::default())
         .await
