@@ -231,17 +231,26 @@ async fn logs_survive_a_containerd_restart(c: &mut Containerd) {
         lines()
     );
     let mut cri = client(&c.dir.path().join("containerd.sock")).await;
-    let state = cri
-        .container_status(ContainerStatusRequest {
-            container_id: container.clone(),
-            verbose: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-        .unwrap()
-        .state;
+    // The restarted CRI plugin answers "server is not initialized yet"
+    // until it has recovered its pods: ask again for a while.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        let r = cri
+            .container_status(ContainerStatusRequest {
+                container_id: container.clone(),
+                verbose: false,
+            })
+            .await;
+        match r {
+            Ok(r) => break r.into_inner(),
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("ContainerStatus after the restart: {e}; again");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("ContainerStatus after the restart: {e}"),
+        }
+    };
+    let state = status.status.unwrap().state;
     assert_eq!(state, ContainerState::ContainerRunning as i32);
     // The numbering has no gap: nothing the container wrote was lost.
     let text = std::fs::read_to_string(&log).unwrap();
