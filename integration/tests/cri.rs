@@ -89,6 +89,12 @@ impl Drop for HostState {
             }
             let _ = std::fs::remove_dir(&root);
         }
+        // The pods' parent cgroup (cgroupsPath /k8s.io/…), once empty.
+        let mut parents = rt_testsupport::cgroup_dirs_named(CRI_NS);
+        parents.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
+        for dir in parents {
+            let _ = std::fs::remove_dir(dir);
+        }
         for name in netns_names() {
             if !self.netns.contains(&name) {
                 let p = Path::new("/run/netns").join(&name);
