@@ -1,13 +1,18 @@
 //! containerd-shim-rt-v2 under a containerd of the test's own, driven with
 //! `ctr --runtime io.containerd.rt.v2`, for namespace containers and (with
 //! a runtime config naming rt-vm) microVM containers: output and exit
-//! codes, `-t`, `task exec` (attached, with a tty, exit codes), `task
+//! codes, stdin and `CloseIO`, `-t` and `ResizePty`, `task exec` (attached, with a tty, exit codes), `task
 //! kill` (TERM, KILL, `--all`), pause and resume, `task ps`, `task
 //! metrics`, delete; then the shim SIGKILLed and containerd restarted:
 //! no orphan, and `ctr task ls` tells the truth.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use containerd_shim_protos::api::CloseIORequest;
+use containerd_shim_protos::ttrpc::{self, Client};
+use containerd_shim_protos::TaskClient;
 
 use rt_integration::containerd::{Containerd, BUSYBOX_CTR};
 use rt_integration::net::processes_naming;
@@ -113,8 +118,119 @@ fn shim_pid(id: &str) -> Option<i32> {
         .and_then(|p| p.split(':').next()?.parse().ok())
 }
 
+/// The shim's task API (ttrpc) for task `id`, at the address it wrote
+/// into the bundle: what containerd calls.
+fn task_api(c: &Containerd, id: &str) -> TaskClient {
+    let bundle = c
+        .dir
+        .path()
+        .join("state/io.containerd.runtime.v2.task")
+        .join(&c.ns)
+        .join(id);
+    let address = std::fs::read_to_string(bundle.join("address")).expect("the shim's address");
+    TaskClient::new(Client::connect(address.trim()).expect("connecting to the shim"))
+}
+
+/// `ctr` on `c`'s socket and namespace, stdio left to the caller.
+fn ctr_cmd(c: &Containerd) -> Command {
+    let mut cmd = Command::new("ctr");
+    cmd.arg("--address")
+        .arg(c.dir.path().join("containerd.sock"))
+        .args(["--namespace", &c.ns]);
+    cmd
+}
+
+/// stdin: data from ctr's stdin reaches the process, and `CloseIO` (sent
+/// as containerd sends it for `docker run -i` or a CRI attach with
+/// stdin_once at EOF) ends its stdin; `-t`: the window size ctr sends
+/// with `ResizePty` is the container's terminal's.
+fn stdio(c: &Containerd, iso: &Isolation) {
+    let id = unique_id("shim-in");
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("out");
+    let mut args = vec!["run", "--rm", "--snapshotter", "native"];
+    args.extend(iso.flags.iter().map(String::as_str));
+    args.extend([
+        BUSYBOX_CTR,
+        id.as_str(),
+        "sh",
+        "-c",
+        "cat; echo stdin ended",
+    ]);
+    let (r, w) = nix::unistd::pipe().unwrap();
+    let mut w = std::fs::File::from(w);
+    let mut ctr = ctr_cmd(c)
+        .args(&args)
+        .stdin(r)
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(dir.path().join("err")).unwrap())
+        .spawn()
+        .unwrap();
+    w.write_all(b"through the shim's stdin\n").unwrap();
+    let output = || std::fs::read_to_string(&out_path).unwrap_or_default();
+    assert!(
+        eventually(60, || output().contains("through the shim's stdin")),
+        "stdin never reached the process: {:?}\n{}",
+        output(),
+        c.log()
+    );
+    // ctr keeps its end open (it never sends CloseIO): only CloseIO ends
+    // the process's stdin.
+    let mut req = CloseIORequest::new();
+    req.id = id.clone();
+    req.stdin = true;
+    task_api(c, &id)
+        .close_io(ttrpc::context::with_timeout(10_000_000_000), &req)
+        .expect("CloseIO");
+    let exited = eventually(60, || matches!(ctr.try_wait(), Ok(Some(_))));
+    if !exited {
+        let _ = ctr.kill();
+    }
+    let status = ctr.wait().unwrap();
+    assert!(exited, "CloseIO did not end stdin: {:?}", output());
+    assert!(status.success(), "{status:?}: {:?}", output());
+    assert!(output().ends_with("stdin ended\n"), "{:?}", output());
+    drop(w);
+
+    // A short stdin that ctr has read to its end (and closed its side of
+    // the fifo) before the process reads: the bytes are still delivered.
+    let id = unique_id("shim-in2");
+    let input = dir.path().join("in");
+    std::fs::write(&input, "a short stdin\n").unwrap();
+    let mut args = vec!["run", "--rm", "--snapshotter", "native"];
+    args.extend(iso.flags.iter().map(String::as_str));
+    args.extend([BUSYBOX_CTR, id.as_str(), "sh", "-c", "read x; echo got: $x"]);
+    let out_path2 = dir.path().join("out2");
+    let mut ctr2 = ctr_cmd(c)
+        .args(&args)
+        .stdin(std::fs::File::open(&input).unwrap())
+        .stdout(std::fs::File::create(&out_path2).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let exited = eventually(60, || matches!(ctr2.try_wait(), Ok(Some(_))));
+    if !exited {
+        let _ = ctr2.kill();
+    }
+    let _ = ctr2.wait();
+    let out2 = std::fs::read_to_string(&out_path2).unwrap_or_default();
+    assert!(exited && out2.contains("got: a short stdin"), "{out2:?}");
+
+    // ResizePty: ctr sends its terminal's size (script's pty, sized by
+    // stty) once the task started.
+    let id = unique_id("shim-sz");
+    let wait_size = "for i in $(seq 150); do [ \"$(stty size)\" = \"45 123\" ] && break; sleep 0.2; done; echo size: $(stty size)";
+    let mut args = vec!["run", "--rm", "-t", "--snapshotter", "native"];
+    args.extend(iso.flags.iter().map(String::as_str));
+    args.extend([BUSYBOX_CTR, id.as_str(), "sh", "-c", wait_size]);
+    let line = format!("stty rows 45 cols 123; {}", ctr_line(c, &args));
+    let out = with_tty(&line);
+    assert!(text(&out).contains("size: 45 123"), "{}", text(&out));
+}
+
 fn lifecycle(iso: &Isolation, vm: bool) {
     let c = Containerd::with_busybox();
+    stdio(&c, iso);
     // Output and exit code.
     let id = unique_id("shim");
     let out = run(
