@@ -561,3 +561,60 @@ fn failed_boots_and_killed_processes_leave_nothing() {
     root.ok(&["delete", id]);
     assert_nothing_left(&root, &[id]);
 }
+
+/// An OOM kill inside the guest reaches a streaming `rt events` on the
+/// host as an `oom` event (the shim's TaskOOM for VM containers comes
+/// from it), and `events --stats` counts it.
+#[test]
+fn an_oom_kill_in_the_guest_reaches_a_streaming_rt_events() {
+    need_root!();
+    let root = Root::new();
+    let mut b = vm_bundle("echo started; while true; do sleep 0.2; done");
+    b.edit(|c| c["linux"]["resources"] = json!({"memory": {"limit": 33554432}}));
+    let id = unique_id("vmoom");
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let created = root
+        .cmd()
+        .args(["run", "-d", "--isolation", "vm", "--bundle"])
+        .arg(b.path())
+        .arg(&id)
+        .stdin(Stdio::null())
+        .stdout(log.reopen().unwrap())
+        .stderr(log.reopen().unwrap())
+        .status()
+        .unwrap();
+    assert!(
+        created.success(),
+        "{}",
+        std::fs::read_to_string(log.path()).unwrap()
+    );
+    let events_log = tempfile::NamedTempFile::new().unwrap();
+    let mut events = root
+        .cmd()
+        .args(["events", "--interval", "3600s", &id])
+        .stdout(events_log.reopen().unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = || std::fs::read_to_string(events_log.path()).unwrap_or_default();
+    // Its first line (statistics) says the OOM watch is in place.
+    assert!(eventually(60, || !lines().is_empty()), "no first line");
+    let out = root.rt(&["exec", &id, "sh", "-c", "tail /dev/zero"]);
+    assert_eq!(
+        out.status.code(),
+        Some(137),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen = eventually(30, || lines().contains("\"type\":\"oom\""));
+    let _ = events.kill();
+    let _ = events.wait();
+    assert!(seen, "no oom event: {}", lines());
+    let stats: Value = serde_json::from_str(&root.ok(&["events", "--stats", &id])).unwrap();
+    assert!(
+        stats["data"]["memory"]["raw"]["oom_kill"].as_u64() >= Some(1),
+        "{stats}"
+    );
+    root.ok(&["delete", "--force", &id]);
+    assert_nothing_left(&root, &[&id]);
+}

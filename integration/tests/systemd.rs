@@ -10,13 +10,32 @@ use rt_integration::podman::{text, Manager, Podman};
 use rt_testsupport::*;
 use serde_json::Value;
 
-/// Whether systemd is this system's init (sd_booted's test), as root.
+/// Whether systemd is this system's init (sd_booted's test) on cgroup v2
+/// unified, as root.
 fn systemd_or_skip(test: &str) -> bool {
+    systemd_on_or_skip(test, true)
+}
+
+/// The same for systemd on cgroup v1 (its hybrid layout,
+/// `systemd.unified_cgroup_hierarchy=0`).
+fn systemd_v1_or_skip(test: &str) -> bool {
+    systemd_on_or_skip(test, false)
+}
+
+fn systemd_on_or_skip(test: &str, unified: bool) -> bool {
     if !root_or_skip(test) {
         return false;
     }
     if !std::path::Path::new("/run/systemd/system").is_dir() {
         eprintln!("skipping {test}: systemd is not running here (integration/vm/systemd-suite runs it in a guest)");
+        return false;
+    }
+    let is_unified = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    if is_unified != unified {
+        let want = if unified { "v2 unified" } else { "v1" };
+        eprintln!(
+            "skipping {test}: not cgroup {want} here (the systemd suite boots a guest of each)"
+        );
         return false;
     }
     true
@@ -53,6 +72,36 @@ fn show_all(unit: &str, properties: &[&str]) -> std::collections::HashMap<String
     map
 }
 
+/// The `major:minor` of a disk of this system (the suite's guest has an
+/// empty virtio disk for this), for the IO limits.
+fn a_disk() -> String {
+    let disk = std::fs::read_dir("/sys/block")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            !["loop", "ram", "zram", "sr", "fd"]
+                .iter()
+                .any(|p| n.starts_with(p))
+        })
+        .min()
+        .expect("a block device for the IO limits (the systemd suite's guest has one)");
+    std::fs::read_to_string(format!("/sys/block/{disk}/dev"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// A spec's blockIO throttles for `dev` (`major:minor`).
+fn throttles(dev: &str) -> Value {
+    let (major, minor) = dev.split_once(':').unwrap();
+    let (major, minor): (i64, i64) = (major.parse().unwrap(), minor.parse().unwrap());
+    serde_json::json!({
+        "throttleReadBpsDevice": [{"major": major, "minor": minor, "rate": 1048576}],
+        "throttleWriteIOPSDevice": [{"major": major, "minor": minor, "rate": 100}],
+    })
+}
+
 fn cgroup_of(pid: &str) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
         .unwrap()
@@ -73,6 +122,20 @@ fn start_sleeper_with(
     cgroups_path: Option<&str>,
     resources: Option<Value>,
 ) -> Bundle {
+    start_sleeper_edited(root, id, cgroups_path, |c| {
+        if let Some(r) = resources {
+            c["linux"]["resources"] = r;
+        }
+    })
+}
+
+/// The same, with `edit` applied to its config.json.
+fn start_sleeper_edited(
+    root: &Root,
+    id: &str,
+    cgroups_path: Option<&str>,
+    edit: impl FnOnce(&mut Value),
+) -> Bundle {
     let mut b = Bundle::new(&["sleep", "300"]);
     b.edit(|c| {
         match cgroups_path {
@@ -81,9 +144,7 @@ fn start_sleeper_with(
                 c["linux"].as_object_mut().unwrap().remove("cgroupsPath");
             }
         }
-        if let Some(r) = resources {
-            c["linux"]["resources"] = r;
-        }
+        edit(c);
     });
     let bundle = b.path().to_str().unwrap().to_string();
     root.ok(&["--systemd-cgroup", "run", "-d", "-b", &bundle, id]);
@@ -209,7 +270,33 @@ fn limits_become_unit_properties_and_hold() {
         "cpu": {"shares": 512, "quota": 50000, "period": 100000, "cpus": "0"},
         "devices": [{"allow": false, "access": "rwm"}],
     });
-    let _b = start_sleeper_with(&root, &id, None, Some(resources));
+    // runc's org.systemd.property.* annotations: more properties, in
+    // GVariant text (a …Sec name in seconds).
+    let disk = a_disk();
+    let _b = start_sleeper_edited(&root, &id, None, |c| {
+        c["linux"]["resources"] = resources;
+        c["linux"]["resources"]["blockIO"] = throttles(&disk);
+        c["annotations"] = serde_json::json!({
+            "org.systemd.property.TimeoutStopSec": "17",
+            "org.systemd.property.CollectMode": "'inactive-or-failed'",
+        });
+    });
+    let p = show_all(
+        &unit,
+        &[
+            "TimeoutStopUSec",
+            "CollectMode",
+            "IOReadBandwidthMax",
+            "IOWriteIOPSMax",
+        ],
+    );
+    assert_eq!(p["TimeoutStopUSec"], "17s", "{p:?}");
+    assert_eq!(p["CollectMode"], "inactive-or-failed", "{p:?}");
+    assert_eq!(
+        p["IOReadBandwidthMax"],
+        format!("/dev/block/{disk} 1048576")
+    );
+    assert_eq!(p["IOWriteIOPSMax"], format!("/dev/block/{disk} 100"));
     let p = show_all(
         &unit,
         &[
@@ -241,6 +328,10 @@ fn limits_become_unit_properties_and_hold() {
     assert_eq!(read("memory.max"), "33554432");
     assert_eq!(read("pids.max"), "20");
     assert_eq!(read("cpu.max"), "50000 100000");
+    assert_eq!(
+        read("io.max"),
+        format!("{disk} rbps=1048576 wbps=max riops=max wiops=100")
+    );
     // Over MemoryMax: the allocation is OOM-killed.
     let out = root.rt(&[
         "exec",
@@ -513,6 +604,150 @@ fn rootless_uses_the_users_systemd_instance() {
     );
     assert!(!std::path::Path::new(&format!("/sys/fs/cgroup{cgroup}")).exists());
     sh(&format!("systemctl stop user@{uid}.service"));
+}
+
+/// systemd on cgroup v1 (hybrid, as Debian 10 or RHEL 7/8 boot it): the
+/// v1 property names, every hierarchy's directory at the unit's path
+/// (systemd's for the controllers it manages, rt's for cpuset and
+/// freezer), the limits in the v1 files and holding, update, pause, and
+/// delete leaving no unit and no directory in any hierarchy.
+#[test]
+fn systemd_on_cgroup_v1_runs_the_container_in_its_scope() {
+    if !systemd_v1_or_skip("systemd_on_cgroup_v1_runs_the_container_in_its_scope") {
+        return;
+    }
+    let root = Root::new();
+    let id = unique_id("sdv1");
+    let unit = format!("rt-{id}.scope");
+    let path = format!("/system.slice/{unit}");
+    let disk = a_disk();
+    let resources = serde_json::json!({
+        "memory": {"limit": 33554432},
+        "pids": {"limit": 20},
+        "cpu": {"shares": 512, "quota": 50000, "period": 100000, "cpus": "0"},
+        "blockIO": throttles(&disk),
+    });
+    let _b = start_sleeper_with(&root, &id, None, Some(resources));
+    let pid = state(&root, &id)["pid"].to_string();
+    let p = show_all(
+        &unit,
+        &[
+            "ActiveState",
+            "ControlGroup",
+            "MemoryLimit",
+            "TasksMax",
+            "CPUShares",
+            "CPUQuotaPerSecUSec",
+            "BlockIOReadBandwidth",
+        ],
+    );
+    assert_eq!(
+        p["BlockIOReadBandwidth"],
+        format!("/dev/block/{disk} 1048576")
+    );
+    assert_eq!(p["ActiveState"], "active", "{p:?}");
+    assert_eq!(p["ControlGroup"], path, "{p:?}");
+    assert_eq!(p["MemoryLimit"], "33554432", "{p:?}");
+    assert_eq!(p["TasksMax"], "20", "{p:?}");
+    assert_eq!(p["CPUShares"], "512", "{p:?}");
+    assert_eq!(p["CPUQuotaPerSecUSec"], "500ms", "{p:?}");
+    // The init is at the unit's path in every hierarchy.
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    for controller in [
+        "memory",
+        "pids",
+        "cpu",
+        "cpuset",
+        "freezer",
+        "blkio",
+        "name=systemd",
+    ] {
+        let line = cgroups
+            .lines()
+            .find(|l| {
+                l.split(':')
+                    .nth(1)
+                    .is_some_and(|c| c.split(',').any(|c| c == controller))
+            })
+            .unwrap_or_else(|| panic!("no {controller} line: {cgroups}"));
+        assert!(
+            line.ends_with(&format!(":{path}")),
+            "{controller}: {cgroups}"
+        );
+    }
+    let read = |hierarchy: &str, f: &str| {
+        std::fs::read_to_string(format!("/sys/fs/cgroup/{hierarchy}{path}/{f}"))
+            .unwrap_or_else(|e| panic!("{hierarchy}{path}/{f}: {e}"))
+            .trim()
+            .to_string()
+    };
+    assert_eq!(read("memory", "memory.limit_in_bytes"), "33554432");
+    assert_eq!(read("pids", "pids.max"), "20");
+    assert_eq!(read("cpu", "cpu.cfs_quota_us"), "50000");
+    assert_eq!(read("cpu", "cpu.shares"), "512");
+    assert_eq!(read("cpuset", "cpuset.cpus"), "0");
+    assert_eq!(
+        read("blkio", "blkio.throttle.read_bps_device"),
+        format!("{disk} 1048576")
+    );
+    assert_eq!(
+        read("blkio", "blkio.throttle.write_iops_device"),
+        format!("{disk} 100")
+    );
+    // The memory limit holds: over it, the allocation is OOM-killed.
+    let out = root.rt(&[
+        "exec",
+        &id,
+        "sh",
+        "-c",
+        "head -c 100m /dev/zero | tail > /dev/null",
+    ]);
+    assert_eq!(out.status.code(), Some(137), "{}", text(&out));
+    // update: the property and the file.
+    root.ok(&["update", "--memory", "67108864", &id]);
+    assert_eq!(show(&unit, "MemoryLimit"), "67108864");
+    assert_eq!(read("memory", "memory.limit_in_bytes"), "67108864");
+    root.ok(&["pause", &id]);
+    assert_eq!(state(&root, &id)["status"], "paused");
+    assert_eq!(read("freezer", "freezer.state"), "FROZEN");
+    root.ok(&["resume", &id]);
+    assert_eq!(state(&root, &id)["status"], "running");
+    root.ok(&["delete", "--force", &id]);
+    assert!(
+        eventually(10, || loaded(&unit).is_empty()),
+        "{unit} is still loaded: {}",
+        loaded(&unit)
+    );
+    for h in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let dir = h.path().join(path.trim_start_matches('/'));
+        assert!(!dir.exists(), "{} left", dir.display());
+    }
+}
+
+/// A bad `org.systemd.property.*` annotation fails the create with runc's
+/// words before systemd is asked (so this runs with or without it), and
+/// leaves no state.
+#[test]
+fn bad_systemd_property_annotations_get_runcs_errors() {
+    if !root_or_skip("bad_systemd_property_annotations_get_runcs_errors") {
+        return;
+    }
+    let root = Root::new();
+    for (key, value, msg) in [
+        ("org.systemd.property.A1x", "1", "annotation org.systemd.property.A1x name incorrect: contains non-alphabetic character"),
+        ("org.systemd.property.TimeoutStopSec", "'soon'", "annotation org.systemd.property.TimeoutStopSec='soon' value parse error: not a number of seconds"),
+        ("org.systemd.property.CollectMode", "'open", "annotation org.systemd.property.CollectMode='open value parse error: unterminated string"),
+    ] {
+        let id = unique_id("sdann");
+        let mut b = Bundle::new(&["true"]);
+        b.edit(|c| c["annotations"] = serde_json::json!({ key: value }));
+        let out = root.rt(&["--systemd-cgroup", "run", "-b", b.path().to_str().unwrap(), &id]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr).replace("\\\"", "\"");
+        assert!(err.contains(msg), "{key}: {err}");
+        assert!(!root.dir.path().join(&id).exists(), "state left for {key}");
+        assert!(cgroup_dirs_named(&format!("rt-{id}.scope")).is_empty());
+    }
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! Runs rt's systemd cgroup driver tests (integration/tests/systemd.rs)
-//! inside a QEMU guest whose PID 1 is Debian's systemd, with cgroup v2
-//! unified: this host runs no systemd.
+//! inside QEMU guests whose PID 1 is Debian's systemd: this host runs no
+//! systemd. Two boots: cgroup v2 unified (every test but the v1 ones),
+//! then cgroup v1 (`systemd.unified_cgroup_hierarchy=0`, systemd's hybrid
+//! layout; the tests named `…cgroup_v1…`).
 //!
 //! The guest's root is the host's own filesystem, shared read-only by
 //! virtiofsd, under a tmpfs overlay: it boots the host's systemd, dbus,
@@ -67,7 +69,32 @@ StandardError=tty
 TTYPath=/dev/ttyS0
 ";
 
-fn script(test: &Path, rt: &Path) -> String {
+/// Which of the suite's tests a boot runs.
+#[derive(Clone, Copy, PartialEq)]
+enum Hierarchy {
+    Unified,
+    V1,
+}
+
+impl Hierarchy {
+    /// The kernel command line's word for it.
+    fn cmdline(self) -> &'static str {
+        match self {
+            Hierarchy::Unified => "systemd.unified_cgroup_hierarchy=1",
+            Hierarchy::V1 => "systemd.unified_cgroup_hierarchy=0",
+        }
+    }
+
+    /// A sed filter on the test list: the v1 tests or the others.
+    fn select(self) -> &'static str {
+        match self {
+            Hierarchy::Unified => "/cgroup_v1/d",
+            Hierarchy::V1 => "/cgroup_v1/!d",
+        }
+    }
+}
+
+fn script(test: &Path, rt: &Path, hierarchy: Hierarchy) -> String {
     // $RT_SYSTEMD_SUITE_SCRIPT: a shell script of the host's to run in the
     // guest instead of the tests (to look around while debugging).
     if let Some(debug) = std::env::var_os("RT_SYSTEMD_SUITE_SCRIPT") {
@@ -80,10 +107,10 @@ fn script(test: &Path, rt: &Path) -> String {
     // rt runs from the guest's tmpfs: executing it through the overlay
     // and virtiofs is several times slower under TCG.
     format!(
-        "echo \"guest: systemd $(systemctl --version | head -n1), cgroup2 controllers: $(cat /sys/fs/cgroup/cgroup.controllers)\"\n\
+        "echo \"guest: systemd $(systemctl --version | head -n1), /sys/fs/cgroup: $(stat -f -c %T /sys/fs/cgroup), $(ls /sys/fs/cgroup | head -n 20 | tr '\\n' ' ')\"\n\
          mkdir -p /root/bin && cp {rt} /root/bin/rt\n\
          export RT_BIN=/root/bin/rt HOME=/root RUST_BACKTRACE=0 PATH=/usr/sbin:/usr/bin:/sbin:/bin\n\
-         for t in $({test} --list 2>/dev/null | sed -n 's/: test$//p'); do\n\
+         for t in $({test} --list 2>/dev/null | sed -n 's/: test$//p' | sed '{select}'); do\n\
            start=$(date +%s)\n\
            {test} --exact \"$t\" --test-threads=1\n\
            echo \"guest: $t took $(( $(date +%s) - start )) s\"\n\
@@ -92,6 +119,7 @@ fn script(test: &Path, rt: &Path) -> String {
          systemctl poweroff --force --force\n",
         rt = rt.display(),
         test = test.display(),
+        select = hierarchy.select(),
     )
 }
 
@@ -150,14 +178,58 @@ fn main() -> anyhow::Result<()> {
         .context("no guest kernel: run integration/vm/install-guest")?;
     let accel = rt_vm::qemu::cached_accel(&kernel, &assets).unwrap_or(Accel::Tcg);
     eprintln!("systemd-suite: kernel {}, {accel:?}", kernel.version);
+    let mut passed = 0;
+    let mut failed = 0;
+    let mut finished = true;
+    // `--only v1` or `--only unified`: one boot (while debugging).
+    let args: Vec<String> = std::env::args().collect();
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1));
+    let boots: Vec<Hierarchy> = match only.map(String::as_str) {
+        None => vec![Hierarchy::Unified, Hierarchy::V1],
+        Some("v1") => vec![Hierarchy::V1],
+        Some("unified") => vec![Hierarchy::Unified],
+        Some(other) => bail!("--only {other}: expected v1 or unified"),
+    };
+    for hierarchy in boots {
+        eprintln!("systemd-suite: booting with {}", hierarchy.cmdline());
+        let (reached, p, f) = boot(&work, &kernel, accel, &test, &rt, hierarchy)?;
+        if !reached {
+            eprintln!(
+                "systemd-suite: the guest ({}) stopped before finishing the suite",
+                hierarchy.cmdline()
+            );
+        }
+        finished &= reached && p > 0;
+        passed += p;
+        failed += f;
+    }
+    println!("{passed} passed, {failed} failed");
+    if !finished || failed > 0 {
+        std::process::exit(1);
+    }
+    Ok(())
+}
 
+/// One guest boot running the tests for `hierarchy`: whether it reached
+/// the end, and the passed and failed counts.
+fn boot(
+    work: &Path,
+    kernel: &rt_vm::kernel::Kernel,
+    accel: Accel,
+    test: &Path,
+    rt: &Path,
+    hierarchy: Hierarchy,
+) -> anyhow::Result<(bool, u64, u64)> {
     let mut initrd = Initramfs::new();
     initrd.busybox(&rt_testsupport::busybox())?;
-    initrd.modules(&kernel.modules_for(&["virtio_pci", "virtiofs", "overlay"])?)?;
+    initrd.modules(&kernel.modules_for(&["virtio_pci", "virtiofs", "overlay", "virtio_blk"])?)?;
     initrd.data("/init", INIT, 0o755)?;
     initrd.data("/suite.service", UNIT, 0o644)?;
     initrd.data("/suite.target", TARGET, 0o644)?;
-    initrd.data("/suite.sh", script(&test, &rt), 0o755)?;
+    initrd.data("/suite.sh", script(test, rt, hierarchy), 0o755)?;
     let image = work.join("initrd");
     initrd.write(&image)?;
 
@@ -172,10 +244,25 @@ fn main() -> anyhow::Result<()> {
             *a = "vhost-user-fs-pci,chardev=fs,tag=host".into();
         }
     }
+    // A block device (empty, never mounted) for the IO limits' tests.
+    let disk = work.join("disk.img");
+    std::fs::File::create(&disk)
+        .and_then(|f| f.set_len(16 << 20))
+        .with_context(|| format!("creating {}", disk.display()))?;
+    extra.extend([
+        "-drive".into(),
+        format!("file={},if=none,id=disk,format=raw", disk.display()),
+        "-device".into(),
+        "virtio-blk-pci,drive=disk".into(),
+    ]);
     let machine = Machine {
         kernel: kernel.vmlinuz.clone(),
         initrd: image,
-        cmdline: format!("{} loglevel=3", rt_vm::qemu::FAST_BOOT),
+        cmdline: format!(
+            "{} loglevel=3 {}",
+            rt_vm::qemu::FAST_BOOT,
+            hierarchy.cmdline()
+        ),
         memory_mib,
         cpus: 2,
         accel,
@@ -189,12 +276,5 @@ fn main() -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&socket);
     let out = out?;
     let (passed, failed) = tally(&out.lines);
-    if !out.reached {
-        eprintln!("systemd-suite: the guest stopped before finishing the suite");
-    }
-    println!("{passed} passed, {failed} failed");
-    if !out.reached || failed > 0 || passed == 0 {
-        std::process::exit(1);
-    }
-    Ok(())
+    Ok((out.reached, passed, failed))
 }

@@ -74,6 +74,14 @@ pub enum Error {
     SystemdPath(String),
     #[error("invalid slice name: {0}")]
     Slice(String),
+    #[error("annotation {key} name incorrect: {message}")]
+    AnnotationName { key: String, message: String },
+    #[error("annotation {key}={value} value parse error: {message}")]
+    AnnotationValue {
+        key: String,
+        value: String,
+        message: String,
+    },
     #[error("systemd cgroup driver, {what}: {message}")]
     Systemd { what: &'static str, message: String },
     #[error("the systemd cgroup driver's helper process")]

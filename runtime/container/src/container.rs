@@ -109,7 +109,11 @@ impl Runtime {
             .and_then(|l| l.cgroups_path().as_deref());
         let (cg_path, unit) = if self.systemd && self.cgroups {
             let raw = cgroups_path.map(|p| p.to_string_lossy());
-            let unit = rt_cgroups::systemd::Unit::parse(raw.as_deref(), &req.id, self.rootless)?;
+            let mut unit =
+                rt_cgroups::systemd::Unit::parse(raw.as_deref(), &req.id, self.rootless)?;
+            if let Some(a) = bundle.spec.annotations() {
+                unit.properties = rt_cgroups::systemd::annotations::properties(a)?;
+            }
             (unit.cgroup_path()?, Some(unit))
         } else {
             (rt_cgroups::container_path(cgroups_path, &req.id)?, None)

@@ -13,11 +13,14 @@
 //!   (SetUnitProperties, see [`props`]) and write every file as the
 //!   cgroupfs driver does.
 //! - `destroy` stops the unit (and resets it if it failed).
+//! - [`annotations`]: runc's `org.systemd.property.*` annotations, extra
+//!   properties for the new unit.
 //!
 //! The D-Bus conversation happens in a helper process forked for it: zbus
 //! starts threads, and rt forks the container afterwards (see
 //! `rt_sys::fork`, which refuses a multi-threaded process).
 
+pub mod annotations;
 mod bus;
 pub mod props;
 
@@ -46,6 +49,10 @@ pub struct Unit {
     /// Whether it belongs to the user's systemd instance.
     #[serde(default)]
     pub user: bool,
+    /// Extra properties for StartTransientUnit, from the spec's
+    /// `org.systemd.property.*` annotations (create only: not recorded).
+    #[serde(skip)]
+    pub properties: Vec<props::Property>,
 }
 
 impl Unit {
@@ -85,6 +92,7 @@ impl Unit {
             name,
             slice: slice.to_string(),
             user,
+            properties: Vec::new(),
         })
     }
 
@@ -183,7 +191,9 @@ impl Manager for Systemd {
             Vec::new()
         };
         let description = format!("rt container {}", self.unit.name);
-        let base = props::base(&self.unit.slice, &self.unit.name, &description, &pids);
+        let mut base = props::base(&self.unit.slice, &self.unit.name, &description, &pids);
+        // After rt's own: systemd applies the last assignment of a name.
+        base.extend(self.unit.properties.iter().cloned());
         let (unit, user) = (self.unit.clone(), self.unit.user);
         let path = in_helper("starting the container's unit", move || {
             bus::start(&unit.name, &base, user)?;

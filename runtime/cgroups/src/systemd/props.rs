@@ -21,9 +21,22 @@ pub enum Value {
     Bool(bool),
     /// `t` (`u64::MAX` is systemd's "infinity")
     U64(u64),
-    /// `au`
+    /// `y`, `n`, `q`, `i`, `u`, `x` (from `org.systemd.property.*`
+    /// annotations)
+    Byte(u8),
+    I16(i16),
+    U16(u16),
+    I32(i32),
+    U32(u32),
+    I64(i64),
+    /// `at`, `ai`, `ax`
+    U64s(Vec<u64>),
+    I32s(Vec<i32>),
+    I64s(Vec<i64>),
+    /// `au` (pids, or an annotation's array)
     Pids(Vec<u32>),
-    /// `ay`: a CPU or NUMA-node bitmask, lowest bit first.
+    /// `ay`: a CPU or NUMA-node bitmask, lowest bit first (or an
+    /// annotation's bytes).
     Mask(Vec<u8>),
     /// `a(ss)`: DeviceAllow's (device, access) pairs.
     Devices(Vec<(String, String)>),
