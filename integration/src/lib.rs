@@ -3,6 +3,7 @@
 //! building an OCI image archive from busybox-static.
 
 pub mod containerd;
+pub mod guest_kernel;
 pub mod image;
 pub mod net;
 pub mod podman;

@@ -174,7 +174,9 @@ fn main() -> anyhow::Result<()> {
     let test = build_test("rt-integration", "test", "systemd")?;
 
     let assets = rt_vm::guest::dir();
-    let kernel = rt_vm::guest::kernel(&assets)
+    // Debian's cloud kernel: the guest boots the host's systemd and podman,
+    // which want a general kernel (rt's own guest kernel is minimal).
+    let kernel = rt_vm::guest::cloud_kernel(&assets)
         .context("no guest kernel: run integration/vm/install-guest")?;
     let accel = rt_vm::qemu::cached_accel(&kernel, &assets).unwrap_or(Accel::Tcg);
     eprintln!("systemd-suite: kernel {}, {accel:?}", kernel.version);

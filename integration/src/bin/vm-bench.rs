@@ -1,7 +1,9 @@
 //! `integration/bench/vm`: the microVM backend's start time and memory,
 //! side by side in one run with rt's namespaces container and the floor (a
 //! bare QEMU boot of the same kernel, same machine and command line, to a
-//! busybox initramfs that prints a line).
+//! busybox initramfs that prints a line); for rt's own guest kernel and for
+//! Debian's cloud kernel (through an assets directory of its own holding
+//! only that kernel, as `RT_VM_DIR`).
 //!
 //! Start time: from spawning `rt run` (or QEMU) to the workload's first
 //! output line, median of N. Memory: a running idle VM container's host
@@ -71,11 +73,14 @@ fn main() -> anyhow::Result<()> {
     cfg["annotations"] = serde_json::json!({"run.rt.vm.memory": "256"});
     std::fs::write(&cfg_path, serde_json::to_vec(&cfg)?)?;
 
-    let run = |isolation: &str, id: &str| {
+    let run = |isolation: &str, id: &str, assets: &Path| {
         let mut c = Command::new(&rt);
-        c.arg("--root")
-            .arg(&state)
-            .args(["run", "--isolation", isolation, "--bundle"]);
+        c.env("RT_VM_DIR", assets).arg("--root").arg(&state).args([
+            "run",
+            "--isolation",
+            isolation,
+            "--bundle",
+        ]);
         c.arg(&bundle).arg(id);
         c
     };
@@ -86,27 +91,131 @@ fn main() -> anyhow::Result<()> {
             .args(["delete", "--force", id])
             .status();
     };
-    // One warm-up: the guest's initramfs is built on first use.
-    first_line(run("vm", "warm"))?;
-    delete("warm");
+
+    let assets = rt_vm::guest::dir();
+    let mut kernels = Vec::new();
+    if let Ok(own) = rt_vm::guest::kernel(&assets) {
+        let is_own = own
+            .vmlinuz
+            .parent()
+            .and_then(Path::parent)
+            .and_then(Path::file_name)
+            .is_some_and(|n| {
+                n.to_string_lossy()
+                    .starts_with(rt_vm::guest::OWN_KERNEL_PREFIX)
+            });
+        if is_own {
+            kernels.push(("rt's kernel", own, assets.clone()));
+        }
+    }
+    // The cloud kernel alone in an assets directory of its own (with its
+    // accelerator record).
+    let cloud = rt_vm::guest::cloud_kernel(&assets)?;
+    let cloud_assets = work.path().join("cloud-assets");
+    std::fs::create_dir_all(cloud_assets.join("kernel"))?;
+    let pkg = cloud
+        .vmlinuz
+        .parent()
+        .and_then(Path::parent)
+        .context("cloud kernel dir")?;
+    std::os::unix::fs::symlink(
+        pkg,
+        cloud_assets
+            .join("kernel")
+            .join(pkg.file_name().context("name")?),
+    )?;
+    for e in std::fs::read_dir(&assets)?.flatten() {
+        if e.file_name()
+            .to_string_lossy()
+            .starts_with(&format!("accel-{}", cloud.version))
+        {
+            std::fs::copy(e.path(), cloud_assets.join(e.file_name()))?;
+        }
+    }
+    kernels.push(("cloud kernel", cloud, cloud_assets));
 
     let mut results = Vec::new();
-    for isolation in ["container", "vm"] {
+    let mut times = Vec::new();
+    for i in 0..n {
+        let id = format!("container-{i}");
+        times.push(first_line(run("container", &id, &assets))?);
+        delete(&id);
+    }
+    results.push(("rt --isolation container".to_string(), median(times)));
+    let mut accel = Accel::Tcg;
+    for (label, kernel, dir) in &kernels {
+        // One warm-up: the guest's initramfs is built on first use.
+        first_line(run("vm", "warm", dir))?;
+        delete("warm");
         let mut times = Vec::new();
         for i in 0..n {
-            let id = format!("{isolation}-{i}");
-            times.push(first_line(run(isolation, &id))?);
+            let id = format!("vm-{i}");
+            times.push(first_line(run("vm", &id, dir))?);
             delete(&id);
         }
-        results.push((format!("rt --isolation {isolation}"), median(times)));
+        results.push((format!("rt --isolation vm, {label}"), median(times)));
+        accel = rt_vm::qemu::cached_accel(kernel, dir).unwrap_or(Accel::Tcg);
+        results.push((
+            format!("bare QEMU boot, {label}"),
+            floor(kernel, accel, n, work.path())?,
+        ));
+    }
+    println!("accelerator {accel:?}, N={n} (median)");
+    for (label, kernel, _) in &kernels {
+        println!("{label}: {}", kernel.version);
+    }
+    println!("{:<36} {:>14}", "", "first line, ms");
+    for (name, d) in &results {
+        println!("{name:<36} {:>14}", d.as_millis());
     }
 
-    // The floor: the same kernel, machine and command line, no agent, no
-    // virtiofs, a busybox init that prints a line.
-    let assets = rt_vm::guest::dir();
-    let kernel = rt_vm::guest::kernel(&assets)?;
-    let accel = rt_vm::qemu::cached_accel(&kernel, &assets).unwrap_or(Accel::Tcg);
-    let initrd = work.path().join("floor.cpio");
+    // Memory of an idle VM container (a 256 MiB guest), with the first
+    // kernel (rt's own where it is installed).
+    let mut c = Command::new(&rt);
+    c.env("RT_VM_DIR", &kernels[0].2)
+        .arg("--root")
+        .arg(&state)
+        .args(["run", "-d", "--isolation", "vm", "--bundle"]);
+    let ok = c.arg(&bundle).arg("idle").stdout(Stdio::null()).status()?;
+    anyhow::ensure!(ok.success(), "rt run -d");
+    std::thread::sleep(Duration::from_secs(5));
+    let st = Command::new(&rt)
+        .arg("--root")
+        .arg(&state)
+        .args(["state", "idle"])
+        .output()?;
+    let st: serde_json::Value = serde_json::from_slice(&st.stdout)?;
+    let sup = st["pid"].to_string();
+    let helpers = std::fs::read_to_string(state.join("idle/helpers")).unwrap_or_default();
+    let mut total = (0, 0);
+    println!(
+        "{:<26} {:>10} {:>10}",
+        "idle VM container", "RSS KiB", "PSS KiB"
+    );
+    for (name, pid) in std::iter::once(("supervisor", sup.as_str())).chain(
+        helpers
+            .lines()
+            .zip(["qemu", "virtiofsd"])
+            .map(|(p, n)| (n, p)),
+    ) {
+        let (rss, pss) = memory(pid);
+        total = (total.0 + rss, total.1 + pss);
+        println!("{name:<26} {rss:>10} {pss:>10}");
+    }
+    println!("{:<26} {:>10} {:>10}", "total", total.0, total.1);
+    delete("idle");
+    Ok(())
+}
+
+/// The floor for `kernel`: the same machine and command line as a VM
+/// container, no agent, no virtiofs, a busybox init that prints a line.
+fn floor(
+    kernel: &rt_vm::kernel::Kernel,
+    accel: Accel,
+    n: usize,
+    work: &Path,
+) -> anyhow::Result<Duration> {
+    let initrd = work.join("floor.cpio");
     let mut i = Initramfs::new();
     i.busybox(&rt_testsupport::busybox())?;
     i.data(
@@ -143,49 +252,5 @@ fn main() -> anyhow::Result<()> {
         let _ = child.kill();
         let _ = child.wait();
     }
-    results.push(("bare QEMU boot (floor)".into(), median(times)));
-
-    println!(
-        "accelerator {accel:?}, guest kernel {}, N={n} (median)",
-        kernel.version
-    );
-    println!("{:<26} {:>14}", "", "first line, ms");
-    for (name, d) in &results {
-        println!("{name:<26} {:>14}", d.as_millis());
-    }
-
-    // Memory of an idle VM container (a 256 MiB guest).
-    let mut c = Command::new(&rt);
-    c.arg("--root")
-        .arg(&state)
-        .args(["run", "-d", "--isolation", "vm", "--bundle"]);
-    let ok = c.arg(&bundle).arg("idle").stdout(Stdio::null()).status()?;
-    anyhow::ensure!(ok.success(), "rt run -d");
-    std::thread::sleep(Duration::from_secs(5));
-    let st = Command::new(&rt)
-        .arg("--root")
-        .arg(&state)
-        .args(["state", "idle"])
-        .output()?;
-    let st: serde_json::Value = serde_json::from_slice(&st.stdout)?;
-    let sup = st["pid"].to_string();
-    let helpers = std::fs::read_to_string(state.join("idle/helpers")).unwrap_or_default();
-    let mut total = (0, 0);
-    println!(
-        "{:<26} {:>10} {:>10}",
-        "idle VM container", "RSS KiB", "PSS KiB"
-    );
-    for (name, pid) in std::iter::once(("supervisor", sup.as_str())).chain(
-        helpers
-            .lines()
-            .zip(["qemu", "virtiofsd"])
-            .map(|(p, n)| (n, p)),
-    ) {
-        let (rss, pss) = memory(pid);
-        total = (total.0 + rss, total.1 + pss);
-        println!("{name:<26} {rss:>10} {pss:>10}");
-    }
-    println!("{:<26} {:>10} {:>10}", "total", total.0, total.1);
-    delete("idle");
-    Ok(())
+    Ok(median(times))
 }

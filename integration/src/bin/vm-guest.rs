@@ -1,8 +1,10 @@
 //! Installs the microVM backend's guest assets (`integration/vm/install-guest`):
 //! Debian's cloud kernel into `$RT_VM_DIR/kernel` (default /var/lib/rt/vm),
-//! and the accelerator probe's answer for it on this host (KVM only if a
-//! test boot under it works). A second run reuses both. Containers never
-//! download or probe at create.
+//! rt's own guest kernel built from Debian's linux-source beside it (see
+//! `rt_integration::guest_kernel`; containers prefer it), and the
+//! accelerator probe's answer for each on this host (KVM only if a test
+//! boot under it works). A second run reuses all of it. Containers never
+//! download, build or probe at create.
 
 use std::time::Duration;
 
@@ -13,13 +15,17 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let assets = rt_vm::guest::dir();
-    let kernel = rt_vm::guest::install_kernel(&assets).context("installing the guest kernel")?;
+    let cloud = rt_vm::guest::install_kernel(&assets).context("installing the guest kernel")?;
+    let own =
+        rt_integration::guest_kernel::install(&assets).context("building rt's guest kernel")?;
     let busybox = rt_testsupport::busybox();
-    let accel = rt_vm::qemu::probe_accel(&kernel, &busybox, &assets, Duration::from_secs(30))?;
-    println!(
-        "guest kernel {} in {}, accelerator {accel:?}",
-        kernel.version,
-        assets.display()
-    );
+    for kernel in std::iter::once(cloud).chain(own) {
+        let accel = rt_vm::qemu::probe_accel(&kernel, &busybox, &assets, Duration::from_secs(30))?;
+        println!(
+            "guest kernel {} in {}, accelerator {accel:?}",
+            kernel.version,
+            assets.display()
+        );
+    }
     Ok(())
 }

@@ -3,7 +3,8 @@
 //! the initramfs with rt's agent as PID 1, built on first use and cached.
 //!
 //! Layout of the assets directory (`$RT_VM_DIR`, default `/var/lib/rt/vm`):
-//! `kernel/` holds one unpacked Debian cloud kernel package, `accel-*` the
+//! `kernel/` holds one unpacked Debian cloud kernel package and, once built,
+//! rt's own guest kernel (`rt-guest-<key>/`, preferred), `accel-*` the
 //! accelerator probe's answer, `initrd/<key>.cpio` the initramfs for one
 //! combination of agent, rt and kernel.
 
@@ -43,14 +44,45 @@ pub fn dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/var/lib/rt/vm"))
 }
 
-/// The installed guest kernel; a clear error when there is none (it is
-/// never downloaded at container start).
+/// The prefix of rt's own guest kernel's directory in `kernel/`
+/// (integration/vm/install-guest builds it from Debian's linux-source).
+pub const OWN_KERNEL_PREFIX: &str = "rt-guest-";
+
+/// The installed guest kernel: rt's own if it was built, else Debian's
+/// cloud kernel; a clear error when there is none (it is never downloaded
+/// or built at container start).
 pub fn kernel(assets: &Path) -> Result<Kernel> {
+    installed(assets, true)
+        .or_else(|_| installed(assets, false))
+        .map_err(|_| Error::NoGuestKernel(assets.join("kernel")))
+}
+
+/// Debian's cloud kernel, even where rt's own is installed (a guest that
+/// boots the host's systemd needs a general kernel).
+pub fn cloud_kernel(assets: &Path) -> Result<Kernel> {
+    installed(assets, false)
+}
+
+/// The first kernel in `kernel/` that is (or is not) rt's own.
+fn installed(assets: &Path, own: bool) -> Result<Kernel> {
     let dir = assets.join("kernel");
-    Kernel::cached_any(&dir)
-        .ok()
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(io("reading", &dir))?
         .flatten()
-        .ok_or(Error::NoGuestKernel(dir))
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(OWN_KERNEL_PREFIX) == own)
+        })
+        .collect();
+    entries.sort();
+    for e in entries {
+        if let Some(k) = Kernel::unpacked(&e)? {
+            return Ok(k);
+        }
+    }
+    Err(Error::NoGuestKernel(dir))
 }
 
 /// Fetches Debian's cloud kernel into the assets directory (the project's

@@ -1,8 +1,10 @@
 //! A guest kernel: Debian's current `linux-image-amd64`, fetched with
 //! `apt-get download` into a cache directory and unpacked there, so a second
-//! run (or an offline one) reuses it.
+//! run (or an offline one) reuses it; or rt's own guest kernel, built by the
+//! project's install script into the same layout (`boot/vmlinux-<version>`,
+//! its built-in modules listed in `lib/modules/<version>/modules.builtin`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -16,6 +18,9 @@ pub struct Kernel {
     pub vmlinuz: PathBuf,
     /// `lib/modules/<version>` of the package.
     pub modules: PathBuf,
+    /// Modules built into the kernel (its `modules.builtin`): nothing to
+    /// load for them.
+    pub builtin: HashSet<String>,
 }
 
 /// Debian's generic kernel (the cgroup v2 test guest).
@@ -98,12 +103,22 @@ impl Kernel {
         };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if let Some(version) = name.strip_prefix("vmlinuz-") {
+            // A bzImage, or an ELF vmlinux booted directly (PVH).
+            let version = name
+                .strip_prefix("vmlinuz-")
+                .or_else(|| name.strip_prefix("vmlinux-"));
+            if let Some(version) = version {
                 let modules = dir.join("lib/modules").join(version);
+                let builtin = std::fs::read_to_string(modules.join("modules.builtin"))
+                    .unwrap_or_default()
+                    .lines()
+                    .map(module_name)
+                    .collect();
                 return Ok(Some(Kernel {
                     version: version.to_string(),
                     vmlinuz: e.path(),
                     modules,
+                    builtin,
                 }));
             }
         }
@@ -114,12 +129,18 @@ impl Kernel {
     /// order (dependencies first). Dependencies are read from each module's
     /// own `.modinfo` (`depends=`), so no modules.dep (which the package
     /// leaves to depmod at install) is needed.
+    /// Built-in modules are left out (with a kernel that has no loadable
+    /// modules at all, the list is empty).
     pub fn modules_for(&self, names: &[&str]) -> Result<Vec<PathBuf>> {
         let mut index = HashMap::new();
+        let wanted: Vec<String> = names.iter().map(|n| n.replace('-', "_")).collect();
+        if wanted.iter().all(|n| self.builtin.contains(n)) {
+            return Ok(Vec::new());
+        }
         index_modules(&self.modules, &mut index)?;
         let mut order: Vec<PathBuf> = Vec::new();
-        for name in names {
-            self.visit(&name.replace('-', "_"), &index, &mut order)?;
+        for name in &wanted {
+            self.visit(name, &index, &mut order)?;
         }
         Ok(order)
     }
@@ -130,6 +151,9 @@ impl Kernel {
         index: &HashMap<String, PathBuf>,
         order: &mut Vec<PathBuf>,
     ) -> Result<()> {
+        if self.builtin.contains(name) {
+            return Ok(());
+        }
         let path = index
             .get(name)
             .ok_or_else(|| Error::NoModule(name.to_string()))?;
@@ -218,5 +242,28 @@ mod tests {
             .collect();
         assert_eq!(got, ["virtio", "virtio_ring", "virtio_console", "brd"]);
         assert!(k.modules_for(&["nope"]).is_err());
+    }
+
+    #[test]
+    fn built_in_modules_are_not_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let version = "6.1.192-rt-1";
+        let modules = dir.path().join("lib/modules").join(version);
+        std::fs::create_dir_all(&modules).unwrap();
+        std::fs::write(
+            modules.join("modules.builtin"),
+            "kernel/fs/overlayfs/overlay.ko\nkernel/drivers/virtio/virtio_pci.ko\n",
+        )
+        .unwrap();
+        std::fs::create_dir_all(dir.path().join("boot")).unwrap();
+        std::fs::write(dir.path().join(format!("boot/vmlinux-{version}")), "").unwrap();
+        let k = Kernel::unpacked(dir.path()).unwrap().unwrap();
+        assert_eq!(k.version, version);
+        assert!(k
+            .modules_for(&["overlay", "virtio-pci"])
+            .unwrap()
+            .is_empty());
+        // One that is neither built in nor present is still an error.
+        assert!(k.modules_for(&["overlay", "brd"]).is_err());
     }
 }
