@@ -1,7 +1,7 @@
 //! Bringing the guest up, as its PID 1.
 //!
-//! Stage 1 moves the initramfs into a tmpfs and makes that the root
-//! (pivot_root, which rt's containers need, is refused on the initramfs
+//! Stage 1 makes a tmpfs the root, the initramfs's files bind-mounted into
+//! it (pivot_root, which rt's containers need, is refused on the initramfs
 //! itself), then re-executes the agent. Stage 2 mounts the API filesystems
 //! and cgroup2 (every controller: the guest's limits are v2), loads the
 //! virtio modules, mounts the host's share and opens the channel.
@@ -18,7 +18,14 @@ use nix::mount::{mount, MsFlags};
 /// sources) is mounted.
 pub const SHARE: &str = "/run/rt-share";
 
-/// Copies the initramfs into a tmpfs, makes it the root and re-executes.
+/// Makes a tmpfs the root, with the initramfs's files bind-mounted into it,
+/// and re-executes.
+///
+/// pivot_root (which rt's containers need) refuses a process whose root is
+/// the initramfs itself, but not one whose root is a tmpfs holding bind
+/// mounts of the initramfs's directories. Binding them instead of copying
+/// them saves a copy of every byte (about 20 MB, some 0.5 s under TCG) and
+/// the guest memory the copy took.
 pub fn stage1() -> Result<()> {
     let new = Path::new("/newroot");
     std::fs::create_dir_all(new).context("creating /newroot")?;
@@ -32,17 +39,35 @@ pub fn stage1() -> Result<()> {
     .context("mounting a tmpfs on /newroot")?;
     for entry in std::fs::read_dir("/").context("reading /")?.flatten() {
         let name = entry.file_name();
-        if ["newroot", "proc", "sys", "dev"].iter().any(|n| name == *n) {
-            std::fs::create_dir_all(new.join(&name)).context("creating a mount point")?;
+        if name == "newroot" {
             continue;
         }
-        copy_tree(&entry.path(), &new.join(&name))?;
-        // What is copied is freed from the initramfs (as switch_root does).
-        let _ = if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            std::fs::remove_dir_all(entry.path())
+        let target = new.join(&name);
+        let ft = entry.file_type().context("reading /")?;
+        if ["proc", "sys", "dev"].iter().any(|n| name == *n) {
+            std::fs::create_dir_all(&target).context("creating a mount point")?;
+            continue;
+        }
+        if ft.is_symlink() {
+            let link = std::fs::read_link(entry.path())?;
+            std::os::unix::fs::symlink(link, &target)
+                .with_context(|| format!("linking {}", target.display()))?;
+            continue;
+        }
+        if ft.is_dir() {
+            std::fs::create_dir(&target)
         } else {
-            std::fs::remove_file(entry.path())
-        };
+            File::create(&target).map(drop)
+        }
+        .with_context(|| format!("creating {}", target.display()))?;
+        mount(
+            Some(&entry.path()),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .with_context(|| format!("binding {} into the new root", entry.path().display()))?;
     }
     nix::unistd::chdir(new).context("chdir /newroot")?;
     mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
@@ -51,30 +76,6 @@ pub fn stage1() -> Result<()> {
     nix::unistd::chdir("/").context("chdir /")?;
     let err = nix::unistd::execv(c"/init", &[c"/init", c"stage2"]).unwrap_err();
     Err(err).context("re-executing /init")
-}
-
-fn copy_tree(from: &Path, to: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta =
-        std::fs::symlink_metadata(from).with_context(|| format!("reading {}", from.display()))?;
-    let ft = meta.file_type();
-    if ft.is_symlink() {
-        let target = std::fs::read_link(from)?;
-        std::os::unix::fs::symlink(target, to)
-            .with_context(|| format!("linking {}", to.display()))?;
-    } else if ft.is_dir() {
-        std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
-        std::fs::set_permissions(
-            to,
-            std::fs::Permissions::from_mode(meta.permissions().mode()),
-        )?;
-        for e in std::fs::read_dir(from)?.flatten() {
-            copy_tree(&e.path(), &to.join(e.file_name()))?;
-        }
-    } else {
-        std::fs::copy(from, to).with_context(|| format!("copying {}", from.display()))?;
-    }
-    Ok(())
 }
 
 /// Mounts, modules, the share; returns the channel's port.
@@ -101,8 +102,11 @@ pub fn stage2() -> Result<File> {
     enable_controllers();
     load_modules()?;
     protect_rt()?;
+    crate::trace("mounted; opening the channel");
     let port = open_port(Duration::from_secs(20))?;
+    crate::trace("channel open");
     m("share", SHARE, "virtiofs", None)?;
+    crate::trace("share mounted");
     std::env::set_var("PATH", "/bin:/usr/bin:/sbin:/usr/sbin");
     Ok(port)
 }

@@ -90,6 +90,13 @@ impl Agent {
     }
 
     fn handle(self: &Arc<Self>, op: Op) -> Reply {
+        crate::trace(&format!("request {}", op.name()));
+        let reply = self.dispatch(op);
+        crate::trace("replied");
+        reply
+    }
+
+    fn dispatch(self: &Arc<Self>, op: Op) -> Reply {
         match op {
             Op::Create {
                 id,

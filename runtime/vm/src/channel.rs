@@ -194,6 +194,21 @@ pub enum Op {
     },
 }
 
+impl Op {
+    /// The request's name on the wire (its `op` tag).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Create { .. } => "create",
+            Op::Start => "start",
+            Op::Kill { .. } => "kill",
+            Op::Exec { .. } => "exec",
+            Op::Stream { .. } => "stream",
+            Op::Signal { .. } => "signal",
+            Op::Rt { .. } => "rt",
+        }
+    }
+}
+
 /// The guest's eth0: the MAC, MTU, addresses and routes of the interface
 /// in the caller's network namespace that the VM's tap is joined to.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
