@@ -91,6 +91,33 @@ pub fn install_kernel(assets: &Path) -> Result<Kernel> {
     Kernel::debian_package(&assets.join("kernel"), CLOUD)
 }
 
+/// How long an initramfs no container used stays in the cache, once a new
+/// one is built. Each build of rt or the agent makes a new image (tens of
+/// MB for a debug build: a day of development left 2.2 GB); an image
+/// unused for an hour is of a build that is gone or idle, and rebuilt in a
+/// second if it comes back. A create refreshes the image it chose before
+/// QEMU opens it, so no image in use is that old.
+const PRUNE_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Removes the cached images (and unfinished ones) last used more than
+/// `age` ago; best effort.
+fn prune(cache: &Path, age: std::time::Duration) {
+    let Ok(entries) = std::fs::read_dir(cache) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|d| d > age);
+        if old {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 /// The initramfs for `agent` (its /init), `rt` (/bin/rt) and `kernel`'s
 /// modules, from the cache or built into it. The cache key covers the
 /// binaries' identity (device, inode, size, modification time), the kernel
@@ -107,8 +134,14 @@ pub fn initrd(assets: &Path, kernel: &Kernel, agent: &Path, rt: &Path) -> Result
     std::fs::create_dir_all(&cache).map_err(io("creating", &cache))?;
     let out = cache.join(format!("{:016x}.cpio", h.finish()));
     if out.exists() {
+        // Its modification time says when it was last used (for pruning).
+        let _ = std::fs::File::options()
+            .write(true)
+            .open(&out)
+            .and_then(|f| f.set_modified(std::time::SystemTime::now()));
         return Ok(out);
     }
+    prune(&cache, PRUNE_AFTER);
     let mut i = Initramfs::new();
     i.stripped_executable("/init", agent)?;
     // The agent shows rt through a read-only overlay (see RT_DIR).
@@ -137,4 +170,28 @@ pub fn initrd(assets: &Path, kernel: &Kernel, agent: &Path, rt: &Path) -> Result
     i.write(&tmp)?;
     std::fs::rename(&tmp, &out).map_err(io("renaming", &tmp))?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prune_removes_only_images_unused_for_long() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("old.cpio");
+        let new = dir.path().join("new.cpio");
+        std::fs::write(&old, "x").unwrap();
+        std::fs::write(&new, "x").unwrap();
+        let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+        std::fs::File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
+        prune(dir.path(), std::time::Duration::from_secs(3600));
+        assert!(!old.exists());
+        assert!(new.exists());
+    }
 }
