@@ -140,6 +140,17 @@ fn ctr_cmd(c: &Containerd) -> Command {
     cmd
 }
 
+/// `child`'s exit status if it exits within `secs`; otherwise it is killed
+/// (and reaped) and the answer is None.
+fn exit_within(child: &mut std::process::Child, secs: u64) -> Option<std::process::ExitStatus> {
+    let exited = eventually(secs, || matches!(child.try_wait(), Ok(Some(_))));
+    if !exited {
+        let _ = child.kill();
+    }
+    let status = child.wait().ok();
+    status.filter(|_| exited)
+}
+
 /// stdin: data from ctr's stdin reaches the process, and `CloseIO` (sent
 /// as containerd sends it for `docker run -i` or a CRI attach with
 /// stdin_once at EOF) ends its stdin; `-t`: the window size ctr sends
@@ -182,13 +193,13 @@ fn stdio(c: &Containerd, iso: &Isolation) {
     task_api(c, &id)
         .close_io(ttrpc::context::with_timeout(10_000_000_000), &req)
         .expect("CloseIO");
-    let exited = eventually(60, || matches!(ctr.try_wait(), Ok(Some(_))));
-    if !exited {
-        let _ = ctr.kill();
-    }
-    let status = ctr.wait().unwrap();
-    assert!(exited, "CloseIO did not end stdin: {:?}", output());
-    assert!(status.success(), "{status:?}: {:?}", output());
+    let status = exit_within(&mut ctr, 60);
+    assert!(
+        status.is_some(),
+        "CloseIO did not end stdin: {:?}",
+        output()
+    );
+    assert!(status.unwrap().success(), "{status:?}: {:?}", output());
     assert!(output().ends_with("stdin ended\n"), "{:?}", output());
     drop(w);
 
@@ -208,11 +219,7 @@ fn stdio(c: &Containerd, iso: &Isolation) {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let exited = eventually(60, || matches!(ctr2.try_wait(), Ok(Some(_))));
-    if !exited {
-        let _ = ctr2.kill();
-    }
-    let _ = ctr2.wait();
+    let exited = exit_within(&mut ctr2, 60).is_some();
     let out2 = std::fs::read_to_string(&out_path2).unwrap_or_default();
     assert!(exited && out2.contains("got: a short stdin"), "{out2:?}");
 
