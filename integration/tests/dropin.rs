@@ -457,6 +457,9 @@ fn podman_default_network_reaches_a_vm_through_its_tap() {
         "rt-vm-web",
         "-p",
         &publish,
+        // The block rootfs, so that it can be checkpointed below.
+        "--annotation",
+        "run.rt.vm.rootfs=block",
         "localhost/rt-busybox:latest",
         "sh",
         "-c",
@@ -483,6 +486,23 @@ fn podman_default_network_reaches_a_vm_through_its_tap() {
         "rt-vm-web",
     ]);
     let ip = String::from_utf8_lossy(&ip.stdout).trim().to_string();
+    let out = p.run(&["exec", "rt-vm-web", "ip", "-4", "addr", "show", "eth0"]);
+    assert!(text(&out).contains(&ip), "{ip}: {}", text(&out));
+    // Checkpoint and restore: podman tears the network down and makes it
+    // again; the restored VM answers on the published port at the same
+    // address, its tap joined to the new namespace's interface.
+    let out = p.run(&["container", "checkpoint", "rt-vm-web"]);
+    assert!(out.status.success(), "podman checkpoint: {}", text(&out));
+    let out = p.run(&["container", "restore", "rt-vm-web"]);
+    assert!(out.status.success(), "podman restore: {}", text(&out));
+    let reached = eventually(60, || {
+        let out = Command::new("curl")
+            .args(["-s", "--max-time", "2", &url])
+            .output();
+        last = out.map(|o| text(&o)).unwrap_or_default();
+        last.contains("hello-from-the-vm")
+    });
+    assert!(reached, "after restore, curl {url}: {last}");
     let out = p.run(&["exec", "rt-vm-web", "ip", "-4", "addr", "show", "eth0"]);
     assert!(text(&out).contains(&ip), "{ip}: {}", text(&out));
     let out = p.run(&["rm", "--force", "rt-vm-web"]);

@@ -239,7 +239,12 @@ fn boot(
     let _ = std::fs::remove_file(&socket);
     let mut virtiofsd = spawn_virtiofsd(&socket, &work.join("virtiofsd.log"))?;
     let memory_mib = 2048;
-    let mut extra = rt_vm::qemu::container_devices(memory_mib, &socket, &work.join("unused.sock"));
+    let mut extra = rt_vm::qemu::container_devices(
+        memory_mib,
+        rt_vm::qemu::RootDevice::Share(&socket),
+        &work.join("unused.sock"),
+        &work.join("unused-qmp.sock"),
+    );
     // The share's tag is `host` here; the agent channel is not used.
     for a in extra.iter_mut() {
         if a == "vhost-user-fs-pci,chardev=fs,tag=share" {

@@ -105,10 +105,36 @@ pub fn stage2() -> Result<File> {
     crate::trace("mounted; opening the channel");
     let port = open_port(Duration::from_secs(20))?;
     crate::trace("channel open");
-    m("share", SHARE, "virtiofs", None)?;
+    if std::env::var("rt_rootfs").as_deref() == Ok("block") {
+        mount_disk()?;
+    } else {
+        m("share", SHARE, "virtiofs", None)?;
+    }
     crate::trace("share mounted");
     std::env::set_var("PATH", "/bin:/usr/bin:/sbin:/usr/sbin");
     Ok(port)
+}
+
+/// The block transport (`rt_rootfs=block`): the share's layout (rootfs,
+/// bind sources) on an ext4 image, the VM's first virtio-blk disk.
+fn mount_disk() -> Result<()> {
+    let dev = Path::new("/dev/vda");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !dev.exists() {
+        if Instant::now() > deadline {
+            bail!("no virtio-blk disk /dev/vda appeared for the block rootfs");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::fs::create_dir_all(SHARE).with_context(|| format!("creating {SHARE}"))?;
+    mount(
+        Some(dev),
+        SHARE,
+        Some("ext4"),
+        MsFlags::MS_NOATIME,
+        None::<&str>,
+    )
+    .context("mounting the block rootfs /dev/vda (ext4)")
 }
 
 /// The kernel found no /dev/console in the initramfs, so PID 1 starts with

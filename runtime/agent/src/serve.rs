@@ -7,7 +7,7 @@ use std::io::{BufReader, Read, Write};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -27,8 +27,16 @@ struct Proc {
     pid: u32,
 }
 
+/// The channel's writing end, and whether the host asked for quiet
+/// ([`Op::Quiesce`]): writers then wait on [`Agent::thawed`].
+struct Out {
+    port: File,
+    held: bool,
+}
+
 struct Agent {
-    out: Mutex<File>,
+    out: Mutex<Out>,
+    thawed: Condvar,
     reaper: Reaper,
     procs: Mutex<HashMap<u32, Proc>>,
     /// The container's id, once created.
@@ -38,7 +46,8 @@ struct Agent {
 pub fn serve(port: File) -> Result<()> {
     let reader = port.try_clone().context("duplicating the port")?;
     let agent = Arc::new(Agent {
-        out: Mutex::new(port),
+        out: Mutex::new(Out { port, held: false }),
+        thawed: Condvar::new(),
         reaper: Reaper::start(),
         procs: Mutex::new(HashMap::new()),
         id: Mutex::new(None),
@@ -61,6 +70,16 @@ pub fn serve(port: File) -> Result<()> {
         };
         match f.kind {
             Kind::Message => match f.parse::<ToGuest>() {
+                // Handled in order, here: every frame the host sent before
+                // them has been taken.
+                Ok(ToGuest::Request {
+                    req,
+                    op: Op::Quiesce,
+                }) => agent.quiesce(req),
+                Ok(ToGuest::Request {
+                    req,
+                    op: Op::Thaw { unix_ns, network },
+                }) => agent.thaw(req, unix_ns, network.as_ref()),
                 Ok(ToGuest::Request { req, op }) => {
                     let a = agent.clone();
                     std::thread::spawn(move || {
@@ -84,9 +103,83 @@ pub fn serve(port: File) -> Result<()> {
 impl Agent {
     fn send(&self, f: &Frame) {
         let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = f.write_to(&mut *out) {
+        while out.held {
+            out = self.thawed.wait(out).unwrap_or_else(|e| e.into_inner());
+        }
+        if let Err(e) = f.write_to(&mut out.port) {
             eprintln!("rt-agent: writing the channel: {e}");
         }
+    }
+
+    /// Replies to `req`, then holds every further frame until a thaw.
+    fn quiesce(&self, req: u64) {
+        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        let reply = Frame::message(&ToHost::Reply {
+            req,
+            reply: Reply::default(),
+        });
+        if let Err(e) = reply.write_to(&mut out.port) {
+            eprintln!("rt-agent: writing the channel: {e}");
+        }
+        out.held = true;
+        crate::trace("quiesced");
+    }
+
+    /// Sets the clock, re-addresses eth0 when asked, releases the frames
+    /// held since the quiesce (after the reply).
+    fn thaw(&self, req: u64, unix_ns: u64, network: Option<&rt_vm::channel::GuestNet>) {
+        let mut errors = Vec::new();
+        let ts = nix::sys::time::TimeSpec::new(
+            (unix_ns / 1_000_000_000) as i64,
+            (unix_ns % 1_000_000_000) as i64,
+        );
+        if let Err(e) = nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, ts) {
+            errors.push(format!("setting the guest's clock: {e}"));
+        }
+        if let Some(net) = network {
+            if let Err(e) = self.readdress(net) {
+                errors.push(format!("re-addressing the guest's eth0: {e}"));
+            }
+        }
+        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        let reply = Reply {
+            error: (!errors.is_empty()).then(|| errors.join("; ")),
+            ..Reply::default()
+        };
+        if let Err(e) = Frame::message(&ToHost::Reply { req, reply }).write_to(&mut out.port) {
+            eprintln!("rt-agent: writing the channel: {e}");
+        }
+        out.held = false;
+        self.thawed.notify_all();
+        crate::trace("thawed");
+    }
+
+    /// eth0 of a restored VM takes `net` (its new namespace's interface),
+    /// unless it already has it.
+    fn readdress(&self, net: &rt_vm::channel::GuestNet) -> std::result::Result<(), String> {
+        let mac = std::fs::read_to_string("/sys/class/net/eth0/address").unwrap_or_default();
+        let ip = |args: &[&str]| -> std::result::Result<(), String> {
+            let mut cmd = Command::new("/bin/ip");
+            cmd.args(args);
+            match self.capture(cmd, None) {
+                (0, _, _) => Ok(()),
+                (_, _, err) => Err(format!("ip {}: {}", args.join(" "), err.trim())),
+            }
+        };
+        let have = {
+            let mut cmd = Command::new("/bin/ip");
+            cmd.args(["-o", "addr", "show", "dev", "eth0"]);
+            self.capture(cmd, None).1
+        };
+        let same = mac.trim().eq_ignore_ascii_case(&net.mac)
+            && net.addrs.iter().all(|a| have.contains(&format!(" {a} ")));
+        if same {
+            return Ok(());
+        }
+        ip(&["link", "set", "eth0", "down"])?;
+        ip(&["link", "set", "eth0", "address", &net.mac])?;
+        ip(&["addr", "flush", "dev", "eth0"])?;
+        self.configure_net(net)
     }
 
     fn handle(self: &Arc<Self>, op: Op) -> Reply {
@@ -143,6 +236,11 @@ impl Agent {
                 args.push("--");
                 self.simple(&args, Some(&sig))
             }
+            // Taken by the read loop, in order.
+            Op::Quiesce | Op::Thaw { .. } => Reply::failed("quiesce and thaw are not threaded"),
+            op @ (Op::Save { .. } | Op::Migrate { .. } | Op::Finish { .. }) => Reply::failed(
+                format!("{} is the VM supervisor's, not the guest's", op.name()),
+            ),
             Op::Rt { args, input } => {
                 let Some(id) = self.id() else {
                     return Reply::failed("no container in this VM");

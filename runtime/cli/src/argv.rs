@@ -33,6 +33,27 @@ fn value_flags(sub: &str) -> &'static [&'static str] {
             "subnet",
         ],
         "list" => &["format"],
+        "checkpoint" => &[
+            "image-path",
+            "work-path",
+            "parent-path",
+            "page-server",
+            "manage-cgroups-mode",
+            "empty-ns",
+        ],
+        "restore" => &[
+            "image-path",
+            "work-path",
+            "bundle",
+            "pid-file",
+            "console-socket",
+            "manage-cgroups-mode",
+            "empty-ns",
+            "lsm-profile",
+            "lsm-mount-context",
+            "incoming",
+        ],
+        "migrate" => &["to", "new-id"],
         "spec" => &["bundle"],
         "exec" => &[
             "console-socket",
@@ -93,6 +114,28 @@ fn bool_flags(sub: &str) -> &'static [&'static str] {
             "overlay",
         ],
         "kill" => &["all"],
+        "checkpoint" => &[
+            "leave-running",
+            "tcp-established",
+            "ext-unix-sk",
+            "shell-job",
+            "file-locks",
+            "pre-dump",
+            "lazy-pages",
+            "auto-dedup",
+            "help",
+        ],
+        "restore" => &[
+            "detach",
+            "no-subreaper",
+            "no-pivot",
+            "tcp-established",
+            "ext-unix-sk",
+            "shell-job",
+            "file-locks",
+            "lazy-pages",
+            "auto-dedup",
+        ],
         "events" => &["stats"],
         "delete" => &["force"],
         "list" => &["quiet"],
@@ -130,7 +173,7 @@ fn takes_value(arg: &str, sub: &str) -> bool {
         // Short flags with values: -b (bundle), -f (list format).
         return matches!(
             (sub, arg),
-            ("create" | "run" | "spec", "-b")
+            ("create" | "run" | "spec" | "restore", "-b")
                 | ("create" | "run", "-p")
                 | ("list" | "ps", "-f")
                 | ("update", "-r")
@@ -229,6 +272,20 @@ mod tests {
         assert_eq!(n("delete --force=true x"), "delete --force -- x");
         assert_eq!(n("delete -force=false x"), "delete -- x");
         assert_eq!(n("run -d -b B x"), "run -d -b B -- x");
+    }
+
+    /// conmon's and go-runc's checkpoint and restore argv.
+    #[test]
+    fn checkpoint_and_restore_flags() {
+        assert_eq!(
+            n("restore --bundle B -no-subreaper --pid-file P --detach --image-path I --work-path W x"),
+            "restore --bundle B --no-subreaper --pid-file P --detach --image-path I --work-path W -- x"
+        );
+        assert_eq!(
+            n("checkpoint --image-path I --work-path W --leave-running x --tcp-established"),
+            "checkpoint --image-path I --work-path W --leave-running --tcp-established -- x"
+        );
+        assert_eq!(n("migrate x --to /r2"), "migrate --to /r2 -- x");
     }
 
     #[test]

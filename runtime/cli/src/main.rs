@@ -90,6 +90,13 @@ enum Command {
     Events(commands::events::Args),
     /// Change a running container's resource limits.
     Update(commands::update::Args),
+    /// Save a running container into an image directory (VM containers:
+    /// the whole VM; see docs/migration.md).
+    Checkpoint(commands::checkpoint::Args),
+    /// Bring a checkpointed container back, running.
+    Restore(commands::restore::Args),
+    /// Live-migrate a running VM container to another state root.
+    Migrate(commands::migrate::Args),
     /// Write a default config.json.
     Spec(commands::spec::Args),
     /// Print the runtime features JSON.
@@ -209,6 +216,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Create(a) => commands::create::run(&global, a).map(|()| 0),
         Command::Start(a) => commands::start::run(&global, a).map(|()| 0),
+        Command::Checkpoint(a) => commands::checkpoint::run(&global, a).map(|()| 0),
+        Command::Restore(a) => commands::restore::run(&global, a),
+        Command::Migrate(a) => commands::migrate::run(&global, a).map(|()| 0),
         Command::Run(a) => commands::run::run(&global, a),
         Command::State(a) => commands::state::run(&global, a).map(|()| 0),
         Command::Kill(a) => commands::kill::run(&global, a).map(|()| 0),

@@ -17,6 +17,9 @@ use crate::sandbox::{Created, ExecHow, Options, Sandbox};
 use crate::spec::{self, Bundle};
 use crate::state::{self, ContainerDir, State, Status, Store};
 
+mod checkpoint;
+pub use checkpoint::RestoreRequest;
+
 /// The runtime: a state root on this host's cgroup layout.
 #[derive(Debug)]
 pub struct Runtime {
@@ -102,46 +105,7 @@ impl Runtime {
             req.isolation_by_name.as_deref(),
         )?;
         let layout = rt_cgroups::Layout::detect()?;
-        let cgroups_path = bundle
-            .spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.cgroups_path().as_deref());
-        let (cg_path, unit) = if self.systemd && self.cgroups {
-            let raw = cgroups_path.map(|p| p.to_string_lossy());
-            let mut unit =
-                rt_cgroups::systemd::Unit::parse(raw.as_deref(), &req.id, self.rootless)?;
-            if let Some(a) = bundle.spec.annotations() {
-                unit.properties = rt_cgroups::systemd::annotations::properties(a)?;
-            }
-            (unit.cgroup_path()?, Some(unit))
-        } else {
-            (rt_cgroups::container_path(cgroups_path, &req.id)?, None)
-        };
-        let dir = self.store.create(&req.id)?;
-        let mut state = State {
-            version: state::STATE_VERSION,
-            id: req.id.clone(),
-            pid: 0,
-            start_time: 0,
-            stored_status: Status::Creating,
-            bundle: bundle.dir.clone(),
-            rootfs: bundle.rootfs.clone(),
-            created: state::now_rfc3339(),
-            owner: owner(),
-            annotations: bundle.spec.annotations().clone().unwrap_or_default(),
-            backend: backend.name().to_string(),
-            cgroup: (unit.is_some() || self.use_cgroup(&layout, &cg_path)).then_some(
-                rt_cgroups::Record {
-                    path: cg_path,
-                    created: Vec::new(),
-                    systemd: unit,
-                },
-            ),
-            config: bundle.spec.clone(),
-            network: None,
-            vm_dir: None,
-        };
+        let (dir, mut state) = self.new_state(&req.id, &bundle, backend.as_ref(), &layout)?;
         let result = self.create_in(
             &dir,
             &mut state,
@@ -156,6 +120,58 @@ impl Runtime {
             return Err(e);
         }
         result
+    }
+
+    /// The state directory and first state of a new container `id`
+    /// (create's and restore's): its cgroup record from the spec's
+    /// cgroupsPath (or systemd unit).
+    fn new_state(
+        &self,
+        id: &str,
+        bundle: &Bundle,
+        backend: &dyn Isolation,
+        layout: &rt_cgroups::Layout,
+    ) -> Result<(ContainerDir, State)> {
+        let cgroups_path = bundle
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.cgroups_path().as_deref());
+        let (cg_path, unit) = if self.systemd && self.cgroups {
+            let raw = cgroups_path.map(|p| p.to_string_lossy());
+            let mut unit = rt_cgroups::systemd::Unit::parse(raw.as_deref(), id, self.rootless)?;
+            if let Some(a) = bundle.spec.annotations() {
+                unit.properties = rt_cgroups::systemd::annotations::properties(a)?;
+            }
+            (unit.cgroup_path()?, Some(unit))
+        } else {
+            (rt_cgroups::container_path(cgroups_path, id)?, None)
+        };
+        let dir = self.store.create(id)?;
+        let state = State {
+            version: state::STATE_VERSION,
+            id: id.to_string(),
+            pid: 0,
+            start_time: 0,
+            stored_status: Status::Creating,
+            bundle: bundle.dir.clone(),
+            rootfs: bundle.rootfs.clone(),
+            created: state::now_rfc3339(),
+            owner: owner(),
+            annotations: bundle.spec.annotations().clone().unwrap_or_default(),
+            backend: backend.name().to_string(),
+            cgroup: (unit.is_some() || self.use_cgroup(layout, &cg_path)).then_some(
+                rt_cgroups::Record {
+                    path: cg_path,
+                    created: Vec::new(),
+                    systemd: unit,
+                },
+            ),
+            config: bundle.spec.clone(),
+            network: None,
+            vm_dir: None,
+        };
+        Ok((dir, state))
     }
 
     fn use_cgroup(&self, layout: &rt_cgroups::Layout, path: &str) -> bool {

@@ -24,6 +24,12 @@ pub enum Error {
     IsolationContradiction { annotation: String, binary: String },
     #[error("container {id} was created by backend {backend:?}, which this rt does not know")]
     UnknownBackend { id: String, backend: String },
+    /// A namespace container's checkpoint needs CRIU, and CRIU says why
+    /// it cannot work here.
+    #[error("checkpoint of a namespace container needs CRIU, which cannot run here: {0}")]
+    CriuUnavailable(String),
+    #[error("migration: {0}")]
+    Migration(String),
     #[error("{op} is not supported by the {backend} backend")]
     NotSupported {
         backend: &'static str,

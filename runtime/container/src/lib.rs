@@ -21,5 +21,5 @@ pub mod spec;
 pub mod state;
 pub mod terminal;
 
-pub use container::{CreateRequest, Runtime};
+pub use container::{CreateRequest, RestoreRequest, Runtime};
 pub use sandbox::{Created, ExecHow, Options};

@@ -192,6 +192,37 @@ pub enum Op {
         args: Vec<String>,
         input: Option<String>,
     },
+    /// The agent replies, then sends nothing more until [`Op::Thaw`]: the
+    /// channel is quiet at frame boundaries when the VM is saved or
+    /// migrated, so no frame is cut between two supervisors. The
+    /// container's processes keep running; their output waits.
+    Quiesce,
+    /// Resumes the agent's output after [`Op::Quiesce`] (in the same VM, or
+    /// in its restored or migrated copy): the guest's clock is set to
+    /// `unix_ns` (it stood still while the VM was stopped), and with
+    /// `network` eth0 takes that interface's MAC, addresses and routes
+    /// (the restored VM's new namespace).
+    Thaw {
+        unix_ns: u64,
+        #[serde(default)]
+        network: Option<GuestNet>,
+    },
+    /// To the supervisor itself (never the guest): save the whole VM into
+    /// `dir` (QEMU's migration stream and the disk image); with
+    /// `leave_running` the VM continues, else it is stopped and the
+    /// supervisor dies of SIGKILL, as a CRIU-dumped init does.
+    Save {
+        dir: std::path::PathBuf,
+        leave_running: bool,
+    },
+    /// To the supervisor itself: live-migrate the VM to `uri` (a QEMU
+    /// migration URI: `unix:PATH`, `tcp:HOST:PORT`), the disk with it; the
+    /// VM runs during the copy and is left stopped at its end. The reply's
+    /// output is the migration's figures (JSON).
+    Migrate { uri: String },
+    /// To the supervisor itself, after [`Op::Migrate`]: `resume` the VM
+    /// (the destination failed) or end it (the destination runs).
+    Finish { resume: bool },
 }
 
 impl Op {
@@ -205,6 +236,11 @@ impl Op {
             Op::Stream { .. } => "stream",
             Op::Signal { .. } => "signal",
             Op::Rt { .. } => "rt",
+            Op::Quiesce => "quiesce",
+            Op::Thaw { .. } => "thaw",
+            Op::Save { .. } => "save",
+            Op::Migrate { .. } => "migrate",
+            Op::Finish { .. } => "finish",
         }
     }
 }

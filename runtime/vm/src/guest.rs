@@ -17,14 +17,18 @@ use crate::kernel::{Kernel, CLOUD};
 use crate::{io, Error, Result};
 
 /// The modules the guest loads (with their dependencies): the PCI
-/// transport, the virtio-serial channel, virtiofs, and overlayfs (rt in
-/// the guest protects its binary with a read-only overlay).
-pub const MODULES: [&str; 5] = [
+/// transport, the virtio-serial channel, virtiofs, overlayfs (rt in the
+/// guest protects its binary with a read-only overlay), the network, and
+/// virtio-blk with ext4 for the block rootfs (`run.rt.vm.rootfs=block`).
+/// Those built into the kernel are skipped.
+pub const MODULES: [&str; 7] = [
     "virtio_pci",
     "virtio_console",
     "virtiofs",
     "overlay",
     "virtio_net",
+    "virtio_blk",
+    "ext4",
 ];
 
 /// Where the initramfs keeps rt. The agent mounts a read-only overlayfs of

@@ -12,6 +12,7 @@ pub mod guest;
 pub mod initramfs;
 pub mod kernel;
 pub mod qemu;
+pub mod qmp;
 
 use std::path::PathBuf;
 

@@ -56,20 +56,57 @@ pub const FAST_BOOT: &str = "quiet tsc=reliable no_timer_check mitigations=off a
 apparmor=0 security=none cryptomgr.notests random.trust_cpu=on 8250.nr_uarts=1 \
 i8042.noaux i8042.nopnp i8042.dumbkbd";
 
+/// How a microVM container's rootfs (and its bind-mount sources) reach
+/// the guest.
+#[derive(Debug, Clone, Copy)]
+pub enum RootDevice<'a> {
+    /// A virtiofs share tagged `share`, served by virtiofsd on this
+    /// vhost-user socket: the bundle's own directory, writes land there;
+    /// QEMU cannot migrate it.
+    Share(&'a Path),
+    /// A raw ext4 image on virtio-blk: migrates with the VM.
+    Block(&'a Path),
+}
+
+/// The kernel argument (an environment variable of PID 1: the kernel
+/// passes unknown `name=value` words to init) that tells the agent its
+/// rootfs is on the virtio-blk disk rather than the virtiofs share.
+pub const BLOCK_ROOT_ARG: &str = "rt_rootfs=block";
+
 /// The devices of a microVM container (on a [`Machine`] with `pcie`):
-/// guest memory shareable with vhost-user (memfd), the virtiofs share
-/// tagged `share` served on `fs_socket`, and the agent's virtio-serial port
-/// `rt.agent`, a listening UNIX socket at `agent_socket`.
-pub fn container_devices(memory_mib: u32, fs_socket: &Path, agent_socket: &Path) -> Vec<String> {
-    vec![
+/// guest memory shareable with vhost-user (memfd), the rootfs device, the
+/// agent's virtio-serial port `rt.agent` (a listening UNIX socket at
+/// `agent_socket`) and QEMU's monitor (QMP) at `qmp_socket`.
+pub fn container_devices(
+    memory_mib: u32,
+    root: RootDevice<'_>,
+    agent_socket: &Path,
+    qmp_socket: &Path,
+) -> Vec<String> {
+    let mut d: Vec<String> = vec![
         "-object".into(),
         format!("memory-backend-memfd,id=mem,size={memory_mib}M,share=on"),
         "-numa".into(),
         "node,memdev=mem".into(),
-        "-chardev".into(),
-        format!("socket,id=fs,path={}", fs_socket.display()),
-        "-device".into(),
-        "vhost-user-fs-pci,chardev=fs,tag=share".into(),
+    ];
+    match root {
+        RootDevice::Share(fs_socket) => d.extend([
+            "-chardev".into(),
+            format!("socket,id=fs,path={}", fs_socket.display()),
+            "-device".into(),
+            "vhost-user-fs-pci,chardev=fs,tag=share".into(),
+        ]),
+        RootDevice::Block(image) => d.extend([
+            "-drive".into(),
+            format!(
+                "file={},if=none,id=root,format=raw,cache=writeback,discard=unmap",
+                image.display()
+            ),
+            "-device".into(),
+            "virtio-blk-pci,drive=root".into(),
+        ]),
+    }
+    d.extend([
         "-device".into(),
         "virtio-serial-pci,id=vser".into(),
         "-chardev".into(),
@@ -79,7 +116,10 @@ pub fn container_devices(memory_mib: u32, fs_socket: &Path, agent_socket: &Path)
         ),
         "-device".into(),
         "virtserialport,bus=vser.0,chardev=agent,name=rt.agent".into(),
-    ]
+        "-qmp".into(),
+        format!("unix:{},server=on,wait=off", qmp_socket.display()),
+    ]);
+    d
 }
 
 /// The host's TSC frequency in kHz, from /proc/cpuinfo's `cpu MHz`.

@@ -7,6 +7,7 @@ pub enum Format {
     Json,
 }
 
+pub mod checkpoint;
 pub mod create;
 pub mod delete;
 pub mod dhcp_keeper;
@@ -16,9 +17,11 @@ pub mod features;
 pub mod image;
 pub mod kill;
 pub mod list;
+pub mod migrate;
 pub mod pause;
 pub mod ps;
 pub mod pull;
+pub mod restore;
 pub mod run;
 pub mod spec;
 pub mod start;

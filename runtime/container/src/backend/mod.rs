@@ -15,6 +15,7 @@ pub mod namespaces;
 pub mod vm;
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
 use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxResources, Process};
@@ -22,6 +23,34 @@ use oci_spec::runtime::{LinuxResources, Process};
 use crate::error::{Error, Result};
 use crate::sandbox::{Created, ExecHow, Options, Sandbox};
 use crate::state::{ContainerDir, State, Status};
+
+/// runc's `checkpoint` flags, as podman, conmon and containerd pass them.
+#[derive(Debug, Clone, Default)]
+pub struct CheckpointOptions {
+    pub image_path: PathBuf,
+    pub work_path: Option<PathBuf>,
+    pub leave_running: bool,
+    pub tcp_established: bool,
+    pub file_locks: bool,
+    pub ext_unix_sk: bool,
+    pub shell_job: bool,
+    pub pre_dump: bool,
+    pub parent_path: Option<PathBuf>,
+    pub page_server: Option<String>,
+    pub lazy_pages: bool,
+    pub manage_cgroups_mode: Option<String>,
+    pub empty_ns: Vec<String>,
+}
+
+/// Where a restore's container comes from.
+#[derive(Debug, Clone)]
+pub enum RestoreFrom<'a> {
+    /// A checkpoint image directory.
+    Image(&'a Path),
+    /// A live migration arriving at a QEMU URI, described by the image
+    /// directory the sender wrote.
+    Incoming { image: &'a Path, uri: &'a str },
+}
 
 /// The annotation that selects the backend.
 pub const ANNOTATION: &str = "run.rt.isolation";
@@ -99,6 +128,39 @@ pub trait Isolation: std::fmt::Debug {
     /// (`events`).
     fn cgroup(&self, _st: &State) -> Result<Box<dyn rt_cgroups::Manager>> {
         Err(self.refuse("events"))
+    }
+
+    /// Saves the live container into `opts.image_path` (runc's
+    /// `checkpoint`); without `leave_running` it ends.
+    fn checkpoint(&self, _st: &State, _opts: &CheckpointOptions) -> Result<()> {
+        Err(self.refuse("checkpoint"))
+    }
+
+    /// Brings a checkpointed (or migrating) container back as the
+    /// sandbox's; returns once it runs.
+    fn restore(
+        &self,
+        _sandbox: Sandbox<'_>,
+        _state: &mut State,
+        _from: &RestoreFrom<'_>,
+    ) -> Result<Created> {
+        Err(self.refuse("restore"))
+    }
+
+    /// Writes what a migration's destination restores from into `image`.
+    fn describe_migration(&self, _st: &State, _image: &Path) -> Result<()> {
+        Err(self.refuse("migrate"))
+    }
+
+    /// Live-migrates the running container to a destination waiting at
+    /// `uri`; returns the transfer's figures, the source left stopped.
+    fn migrate(&self, _st: &State, _uri: &str) -> Result<serde_json::Value> {
+        Err(self.refuse("migrate"))
+    }
+
+    /// After [`Isolation::migrate`]: resume the source, or end it.
+    fn finish_migration(&self, _st: &State, _resume: bool) -> Result<()> {
+        Err(self.refuse("migrate"))
     }
 
     /// Kills whatever is left of the container and removes what the backend

@@ -32,6 +32,19 @@ impl Isolation for Namespaces {
         dir.status(st, || cgroup_of(st).is_ok_and(|c| c.frozen()))
     }
 
+    /// CRIU's `check` decides: where it fails (Debian 12's CRIU 3.17 on
+    /// this kernel) the refusal carries CRIU's reason; where it passes,
+    /// rt has no CRIU dump of its own containers yet and says so. VM
+    /// containers checkpoint without CRIU.
+    fn checkpoint(&self, _st: &State, _opts: &super::CheckpointOptions) -> Result<()> {
+        match criu_check() {
+            Err(reason) => Err(Error::CriuUnavailable(reason)),
+            Ok(()) => Err(self.refuse(
+                "checkpoint (a CRIU dump; run the container with --isolation vm to checkpoint it)",
+            )),
+        }
+    }
+
     /// Writes the exec fifo the init waits on, and waits until the init has
     /// exec'd the user's process.
     fn start(&self, dir: &ContainerDir, _st: &State) -> Result<()> {
@@ -191,4 +204,41 @@ fn wait_exit(pid: Pid) {
         nix::poll::PollFlags::POLLIN,
     )];
     let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(10_000u16));
+}
+
+/// `criu check`: Ok when CRIU can dump on this host, else CRIU's reason
+/// (its last error lines).
+pub fn criu_check() -> std::result::Result<(), String> {
+    let out = match std::process::Command::new("criu").arg("check").output() {
+        Ok(o) => o,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err("no criu binary is installed".into())
+        }
+        Err(e) => return Err(format!("running criu check: {e}")),
+    };
+    if out.status.success() {
+        return Ok(());
+    }
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let errors: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.contains("Error") || l.contains("error"))
+        .collect();
+    let pick = if errors.is_empty() { &lines } else { &errors };
+    let tail = &pick[pick.len().saturating_sub(3)..];
+    Err(format!(
+        "criu check failed ({}): {}",
+        out.status,
+        tail.join("; ")
+    ))
 }

@@ -10,9 +10,12 @@
 //! request on the supervisor's control socket ([`request`]), which the
 //! supervisor routes to the agent over virtio-serial.
 
+pub mod checkpoint;
+mod create;
 pub mod net;
 pub mod relay;
 pub mod share;
+mod snapshot;
 mod stand_in;
 mod stdio;
 pub mod supervisor;
@@ -35,6 +38,9 @@ use stand_in::{host_pty, spawn_stand_in};
 /// Annotations for the VM's size.
 pub const CPUS: &str = "run.rt.vm.cpus";
 pub const MEMORY: &str = "run.rt.vm.memory";
+/// The rootfs transport: `share` (virtiofs, the default) or `block` (an
+/// ext4 image on virtio-blk, which checkpoint and migration need).
+pub const ROOTFS: &str = "run.rt.vm.rootfs";
 /// Guest memory when the spec sets no memory limit (MiB).
 pub const DEFAULT_MEMORY_MIB: u32 = 256;
 /// What the guest needs beyond the workload's limit: kernel, agent, rt.
@@ -52,6 +58,10 @@ pub mod files {
     pub const SHARE: &str = "share";
     pub const FS_SOCKET: &str = "fs.sock";
     pub const AGENT_SOCKET: &str = "agent.sock";
+    /// QEMU's monitor (QMP).
+    pub const QMP_SOCKET: &str = "qmp.sock";
+    /// The block transport's ext4 image of the rootfs.
+    pub const DISK: &str = "rootfs.img";
     pub const CONTROL_SOCKET: &str = "vm.sock";
     pub const CONSOLE: &str = "console.log";
     pub const VIRTIOFSD_LOG: &str = "virtiofsd.log";
@@ -158,6 +168,8 @@ pub enum VmError {
     Config(#[source] serde_json::Error),
     #[error("the guest's assets")]
     Assets(#[from] rt_vm::Error),
+    #[error("the VM's monitor")]
+    Qmp(#[from] rt_vm::qmp::Error),
     #[error("the VM's host cgroup")]
     Cgroup(#[from] rt_cgroups::Error),
 }
@@ -172,11 +184,46 @@ impl Isolation for Vm {
     }
 
     fn create(&self, sandbox: Sandbox<'_>, state: &mut State) -> Result<Created> {
-        create(sandbox, state)
+        create::create(sandbox, state)
     }
 
     fn status(&self, dir: &ContainerDir, st: &State) -> Status {
         dir.status(st, || dir.path().join(files::PAUSED).exists())
+    }
+
+    fn checkpoint(&self, st: &State, opts: &super::CheckpointOptions) -> Result<()> {
+        checkpoint::checkpoint(st, opts)
+    }
+
+    fn restore(
+        &self,
+        sandbox: Sandbox<'_>,
+        state: &mut State,
+        from: &super::RestoreFrom<'_>,
+    ) -> Result<Created> {
+        match from {
+            super::RestoreFrom::Image(image) => {
+                checkpoint::restore(sandbox, state, image, &checkpoint::Source::Image)
+            }
+            super::RestoreFrom::Incoming { image, uri } => checkpoint::restore(
+                sandbox,
+                state,
+                image,
+                &checkpoint::Source::Incoming(uri.to_string()),
+            ),
+        }
+    }
+
+    fn describe_migration(&self, st: &State, image: &Path) -> Result<()> {
+        checkpoint::describe_for_migration(st, image)
+    }
+
+    fn migrate(&self, st: &State, uri: &str) -> Result<serde_json::Value> {
+        checkpoint::migrate(st, uri)
+    }
+
+    fn finish_migration(&self, st: &State, resume: bool) -> Result<()> {
+        checkpoint::finish(st, resume)
     }
 
     fn start(&self, dir: &ContainerDir, st: &State) -> Result<()> {
@@ -333,7 +380,7 @@ fn is_helper(pid: Pid) -> bool {
 }
 
 /// The container's state directory (where the supervisor's sockets live).
-fn dir_of(st: &State) -> Result<PathBuf> {
+pub(super) fn dir_of(st: &State) -> Result<PathBuf> {
     st.vm_dir
         .clone()
         .ok_or_else(|| Error::Vm(VmError::Gone(st.id.clone())))
@@ -386,7 +433,7 @@ pub fn request(dir: &Path, id: &str, op: Op) -> std::result::Result<Reply, VmErr
 
 /// The guest's vCPUs: the annotation, or the cpu quota/period (rounded up),
 /// or the cpuset's size; at least 1.
-fn cpus(spec: &oci_spec::runtime::Spec) -> std::result::Result<u32, VmError> {
+pub(super) fn cpus(spec: &oci_spec::runtime::Spec) -> std::result::Result<u32, VmError> {
     if let Some(v) = spec.annotations().as_ref().and_then(|a| a.get(CPUS)) {
         return match v.parse::<u32>() {
             Ok(n) if (1..=256).contains(&n) => Ok(n),
@@ -428,7 +475,7 @@ fn cpuset_size(list: &str) -> u32 {
 
 /// The guest's memory (MiB): the annotation, or the memory limit plus what
 /// the agent needs, or [`DEFAULT_MEMORY_MIB`].
-fn memory_mib(spec: &oci_spec::runtime::Spec) -> std::result::Result<u32, VmError> {
+pub(super) fn memory_mib(spec: &oci_spec::runtime::Spec) -> std::result::Result<u32, VmError> {
     if let Some(v) = spec.annotations().as_ref().and_then(|a| a.get(MEMORY)) {
         return match v.parse::<u32>() {
             Ok(n) if (64..=1 << 20).contains(&n) => Ok(n),
@@ -456,14 +503,14 @@ fn memory_mib(spec: &oci_spec::runtime::Spec) -> std::result::Result<u32, VmErro
 /// a tmpfs (half the memory at most) and the agent copies it once more
 /// into the root it pivots to, so twice its size, plus the kernel's own.
 /// A debug build of rt needs about 170 MiB, a release build 128.
-fn memory_floor(initrd: &Path) -> u32 {
+pub(super) fn memory_floor(initrd: &Path) -> u32 {
     let mib = std::fs::metadata(initrd).map_or(0, |m| m.len().div_ceil(1 << 20)) as u32;
     (2 * mib + 96).max(128)
 }
 
 /// The rt binary (its path before rt re-executed itself from a protected
 /// copy) and the agent beside it ($RT_VM_AGENT overrides).
-fn binaries() -> std::result::Result<(PathBuf, PathBuf), VmError> {
+pub(super) fn binaries() -> std::result::Result<(PathBuf, PathBuf), VmError> {
     let rt = std::env::var_os("RT_EXE")
         .map(PathBuf::from)
         .or_else(|| std::fs::read_link("/proc/self/exe").ok())
@@ -480,191 +527,8 @@ fn binaries() -> std::result::Result<(PathBuf, PathBuf), VmError> {
     Ok((rt, agent))
 }
 
-fn create(sandbox: Sandbox<'_>, state: &mut State) -> Result<Created> {
-    let Sandbox {
-        dir,
-        bundle,
-        opts,
-        cgroup,
-        network,
-        ..
-    } = sandbox;
-    // host shares the host's namespace, which a VM has no way into; none
-    // is the guest's rt's own business (it brings `lo` up); the bridge
-    // modes are attached to the supervisor's namespace below.
-    let network = match network {
-        Some(p) if p.config.mode == rt_netns::Mode::Host => {
-            return Err(Error::Vm(VmError::Unsupported(
-                "run.rt.network=host (the host's network namespace)".into(),
-            )))
-        }
-        Some(p) if p.config.mode.uses_bridge() => Some(p),
-        _ => None,
-    };
-    // Descriptors of the caller's and a chroot-based root have no meaning
-    // across the VM boundary: refused rather than ignored.
-    if opts.preserve_fds > 0 {
-        return Err(Error::NotSupported {
-            backend: "vm",
-            op: "create --preserve-fds",
-        });
-    }
-    if opts.no_pivot {
-        return Err(Error::NotSupported {
-            backend: "vm",
-            op: "create --no-pivot",
-        });
-    }
-    let spec_json =
-        serde_json::to_value(&bundle.spec).map_err(|e| Error::Vm(VmError::Config(e)))?;
-    share::check(&spec_json)?;
-    let (guest, binds) = share::guest_config(&spec_json, &bundle.dir, network.is_some())?;
-    let cpus = cpus(&bundle.spec)?;
-    let memory_mib = memory_mib(&bundle.spec)?;
-    let assets = rt_vm::guest::dir();
-    let kernel = rt_vm::guest::kernel(&assets).map_err(VmError::from)?;
-    let (rt, agent) = binaries()?;
-    let initrd = rt_vm::guest::initrd(&assets, &kernel, &agent, &rt).map_err(VmError::from)?;
-    let memory_mib = memory_mib.max(memory_floor(&initrd));
-    let kvm = rt_vm::qemu::cached_accel(&kernel, &assets) == Some(rt_vm::qemu::Accel::Kvm);
-    let terminal = bundle
-        .spec
-        .process()
-        .as_ref()
-        .and_then(|p| p.terminal())
-        .unwrap_or(false);
-
-    // The host cgroup holds the supervisor, QEMU and virtiofsd, limited to
-    // the guest's memory plus QEMU's own when the spec sets a limit.
-    if state.cgroup.is_some() {
-        cgroup.create()?;
-        state.cgroup = Some(cgroup.record());
-        dir.save(state)?;
-        if let Some(limit) = bundle
-            .spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.resources().as_ref())
-            .and_then(|r| r.memory().as_ref())
-            .and_then(|m| m.limit())
-            .filter(|l| *l > 0)
-        {
-            let host = (memory_mib as u64 + QEMU_OVERHEAD_MIB) << 20;
-            let mem = oci_spec::runtime::LinuxMemoryBuilder::default()
-                .limit(host.max(limit as u64) as i64)
-                .build()
-                .map_err(|e| Error::Vm(VmError::Helper(e.to_string())))?;
-            let mut r = LinuxResources::default();
-            r.set_memory(Some(mem));
-            cgroup.set(&r)?;
-        }
-    }
-    let cfg = supervisor::Config {
-        id: state.id.clone(),
-        kernel: kernel.vmlinuz.clone(),
-        initrd,
-        kvm,
-        cpus,
-        memory_mib,
-        rootfs: bundle.rootfs.clone(),
-        binds,
-        guest,
-        terminal,
-        netns: share::netns_path(&spec_json),
-        own_network: network.is_some(),
-        cgroup: state.cgroup.clone(),
-        boot_timeout_secs: boot_timeout(),
-    };
-    let path = dir.path().join(files::CONFIG);
-    std::fs::write(&path, serde_json::to_vec(&cfg).unwrap_or_default()).map_err(|source| {
-        Error::Io {
-            what: "writing",
-            path: path.clone(),
-            source,
-        }
-    })?;
-    std::fs::create_dir(dir.path().join(files::SHARE)).map_err(|source| Error::Io {
-        what: "creating",
-        path: dir.path().join(files::SHARE),
-        source,
-    })?;
-    state.vm_dir = Some(dir.path().to_path_buf());
-    let (master, slave) = if terminal {
-        let (m, s) = host_pty(opts)?;
-        (m, Some(s))
-    } else {
-        (None, None)
-    };
-    let dir_arg = dir.path().as_os_str();
-    let state_id = state.id.clone();
-    let mut attached = None;
-    let (pid, answer) = spawn_stand_in(
-        &["vm-supervisor".as_ref(), dir_arg],
-        slave.as_ref(),
-        &dir.path().join(files::SUPERVISOR_LOG),
-        &mut |pid| {
-            // Saved at once: a delete --force after a killed create finds
-            // the supervisor (and through it the VM).
-            state.pid = pid.as_raw();
-            state.start_time = state::proc_stat(pid).map_or(0, |(_, t)| t);
-            dir.save(state)?;
-            Ok(())
-        },
-        network.is_some().then_some(&mut |pid: Pid| {
-            let plan = network.expect("checked");
-            let a = plan
-                .attach(&state_id, pid.as_raw())
-                .map_err(|e| Error::Vm(e.into()))?;
-            let line = serde_json::to_vec(&a).map_err(|e| Error::Vm(VmError::Config(e)))?;
-            attached = Some(a);
-            Ok(line)
-        }),
-        Duration::from_secs(cfg.boot_timeout_secs + 150),
-        false,
-    )?;
-    drop(slave);
-    if attached.is_some() {
-        state.network = attached;
-        dir.save(state)?;
-    }
-    if let Some(e) = answer.error {
-        return Err(Error::Vm(VmError::Guest(e)));
-    }
-    if answer.guest_pid.is_none() {
-        return Err(Error::Vm(VmError::NoAnswer(state.id.clone())));
-    }
-    tracing::info!(
-        kernel = answer.kernel.as_deref().unwrap_or(""),
-        "VM container created"
-    );
-    // The created marker `status` reads, removed at start.
-    let fifo = dir.fifo();
-    std::fs::write(&fifo, b"").map_err(|source| Error::Io {
-        what: "writing the created marker",
-        path: fifo,
-        source,
-    })?;
-    let json = serde_json::to_vec(&state.oci(Status::Creating)).unwrap_or_default();
-    crate::hooks::run(
-        bundle.spec.hooks().as_ref(),
-        crate::hooks::Kind::Prestart,
-        &json,
-    )?;
-    crate::hooks::run(
-        bundle.spec.hooks().as_ref(),
-        crate::hooks::Kind::CreateRuntime,
-        &json,
-    )?;
-    state.stored_status = Status::Created;
-    dir.save(state)?;
-    Ok(Created {
-        pid,
-        terminal: master,
-    })
-}
-
 /// Seconds a guest may take to boot to its agent ($RT_VM_BOOT_TIMEOUT).
-fn boot_timeout() -> u64 {
+pub(super) fn boot_timeout() -> u64 {
     std::env::var("RT_VM_BOOT_TIMEOUT")
         .ok()
         .and_then(|v| v.parse().ok())

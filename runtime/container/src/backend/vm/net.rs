@@ -24,8 +24,14 @@ use serde_json::Value;
 
 use super::VmError;
 
-/// The tap's name in the caller's namespace.
+/// The tap's name in the caller's namespace (and rt's own); a second VM
+/// in the same namespace (a live migration's destination) takes the next
+/// free `tapN_rt`.
 pub const TAP: &str = "tap0_rt";
+
+fn is_rt_tap(name: &str) -> bool {
+    name.starts_with("tap") && name.ends_with("_rt")
+}
 
 /// What [`wire`] made.
 #[derive(Debug)]
@@ -34,6 +40,8 @@ pub struct Wired {
     pub guest: GuestNet,
     /// The interface the tap is joined to.
     pub ifname: String,
+    /// The tap's name.
+    pub tap_name: String,
 }
 
 /// Runs `f` in the network namespace at `netns`, on a thread of its own.
@@ -76,7 +84,10 @@ fn run(program: &str, args: &[&str]) -> Result<String, VmError> {
 /// The first Ethernet interface with an address, from `ip -j addr`.
 fn pick(links: &Value) -> Option<(String, GuestNet)> {
     for l in links.as_array()? {
-        if l["ifname"] == "lo" || l["link_type"] != "ether" || l["ifname"] == TAP {
+        if l["ifname"] == "lo"
+            || l["link_type"] != "ether"
+            || l["ifname"].as_str().is_some_and(is_rt_tap)
+        {
             continue;
         }
         let addrs: Vec<String> = l["addr_info"]
@@ -123,9 +134,11 @@ fn routes(list: &Value) -> Vec<Route> {
         .collect()
 }
 
-/// Creates the tap and the redirects in the namespace at `netns`.
-pub fn wire(netns: &Path) -> Result<Wired, VmError> {
-    in_netns(netns, || {
+/// Creates the tap and, with `join`, the redirects in the namespace at
+/// `netns`. A live migration's destination joins later ([`hand_over`]),
+/// when the VM is about to run: until then the source keeps the traffic.
+pub fn wire(netns: &Path, join: bool) -> Result<Wired, VmError> {
+    in_netns(netns, move || {
         let links: Value =
             serde_json::from_str(&run("ip", &["-j", "addr", "show"])?).map_err(VmError::Config)?;
         let (ifname, mut guest) = pick(&links).ok_or_else(|| {
@@ -137,9 +150,44 @@ pub fn wire(netns: &Path) -> Result<Wired, VmError> {
             serde_json::from_str(&run("ip", &["-j", "route", "show", "dev", &ifname])?)
                 .map_err(VmError::Config)?;
         guest.routes = routes(&list);
-        let tap = tap_joined_to(&ifname, guest.mtu, false, false)?;
-        Ok(Wired { tap, guest, ifname })
+        let (tap, tap_name) = free_tap()?;
+        set_up_tap(&tap_name, &ifname, guest.mtu, false, join)?;
+        Ok(Wired {
+            tap,
+            guest,
+            ifname,
+            tap_name,
+        })
     })
+}
+
+/// The interface's traffic moves to `tap_name` (a migrated VM's new tap):
+/// the old redirects go, the new ones come, within a few system calls.
+pub fn hand_over(netns: &Path, ifname: &str, tap_name: &str) -> Result<(), VmError> {
+    let (ifname, tap_name) = (ifname.to_string(), tap_name.to_string());
+    in_netns(netns, move || {
+        let mut nl = rt_netns::netlink::Netlink::host().map_err(network)?;
+        let outer = nl.require(&ifname).map_err(network)?;
+        let tap = nl.require(&tap_name).map_err(network)?;
+        // The source's redirects (gone already if its tap went first).
+        let _ = rt_netns::tc::unjoin(&mut nl, &outer);
+        rt_netns::tc::join(&mut nl, &outer, &tap, false).map_err(network)
+    })
+}
+
+/// The first free `tapN_rt` in the current namespace.
+fn free_tap() -> Result<(OwnedFd, String), VmError> {
+    for n in 0..16 {
+        let name = format!("tap{n}_rt");
+        match rt_sys::open_tap(&name) {
+            Ok(fd) => return Ok((fd, name)),
+            Err(rt_sys::Error::Syscall(_, nix::errno::Errno::EBUSY)) => continue,
+            Err(e) => return Err(VmError::Network(format!("creating {name}: {e}"))),
+        }
+    }
+    Err(VmError::Network(
+        "no free tap name (tap0_rt … tap15_rt are taken)".into(),
+    ))
 }
 
 /// Removes the redirect from the interface (the tap goes with the VM's
@@ -158,30 +206,26 @@ pub fn unwire(netns: &Path, ifname: &str) -> Result<(), VmError> {
     })
 }
 
-/// A tap in the current namespace, up with `mtu`, joined to `ifname`;
-/// `persist` leaves it to the namespace's end (rt's own namespace, which
-/// ends with the VM) rather than to the last descriptor's close.
-fn tap_joined_to(
+/// Sets the tap `name` (open in the current namespace) up with `mtu` and,
+/// with `join`, joins it to `ifname`.
+fn set_up_tap(
+    name: &str,
     ifname: &str,
     mtu: u32,
     keep_dhcp: bool,
-    persist: bool,
-) -> Result<OwnedFd, VmError> {
-    let tap =
-        rt_sys::open_tap(TAP).map_err(|e| VmError::Network(format!("creating {TAP}: {e}")))?;
-    if persist {
-        rt_sys::persist_tap(tap.as_fd())
-            .map_err(|e| VmError::Network(format!("making {TAP} persistent: {e}")))?;
-    }
+    join: bool,
+) -> Result<(), VmError> {
     let mut nl = rt_netns::netlink::Netlink::host().map_err(network)?;
-    let link = nl.require(TAP).map_err(network)?;
+    let link = nl.require(name).map_err(network)?;
     if mtu != 1500 {
         nl.set_mtu(&link, mtu).map_err(network)?;
     }
     nl.set_link(&link, true, None).map_err(network)?;
-    let outer = nl.require(ifname).map_err(network)?;
-    rt_netns::tc::join(&mut nl, &outer, &link, keep_dhcp).map_err(network)?;
-    Ok(tap)
+    if join {
+        let outer = nl.require(ifname).map_err(network)?;
+        rt_netns::tc::join(&mut nl, &outer, &link, keep_dhcp).map_err(network)?;
+    }
+    Ok(())
 }
 
 fn network(e: impl std::error::Error) -> VmError {
@@ -202,7 +246,11 @@ pub fn wire_own(attached: &rt_netns::Attached) -> Result<Wired, VmError> {
     let ifname = rt_netns::attach::IFNAME;
     // Persistent: QEMU's exit does not unregister it; the namespace's
     // clean-up takes it with the veth end, off every process's path.
-    let tap = tap_joined_to(ifname, 1500, attached.lease.is_some(), true)?;
+    let tap =
+        rt_sys::open_tap(TAP).map_err(|e| VmError::Network(format!("creating {TAP}: {e}")))?;
+    rt_sys::persist_tap(tap.as_fd())
+        .map_err(|e| VmError::Network(format!("making {TAP} persistent: {e}")))?;
+    set_up_tap(TAP, ifname, 1500, attached.lease.is_some(), true)?;
     let routes = attached
         .gateway
         .filter(|g| !g.is_unspecified())
@@ -221,6 +269,7 @@ pub fn wire_own(attached: &rt_netns::Attached) -> Result<Wired, VmError> {
             routes,
         },
         ifname: ifname.into(),
+        tap_name: TAP.into(),
     })
 }
 

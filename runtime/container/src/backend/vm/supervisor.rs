@@ -17,8 +17,8 @@ use std::io::Write;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use rt_vm::channel::{self, Frame, Kind, Op, Reply, ToGuest, ToHost};
@@ -51,6 +51,36 @@ pub struct Config {
     pub own_network: bool,
     pub cgroup: Option<rt_cgroups::Record>,
     pub boot_timeout_secs: u64,
+    /// How the rootfs reaches the guest (`run.rt.vm.rootfs`).
+    #[serde(default)]
+    pub transport: Transport,
+    /// A restore or an incoming migration: the VM is loaded, not booted.
+    #[serde(default)]
+    pub incoming: Option<Incoming>,
+}
+
+/// The rootfs transport of a VM container: the bundle's directory shared
+/// with virtiofs (writes land in it; QEMU cannot migrate the device), or
+/// an ext4 image made from it at create on virtio-blk (migrates; writes
+/// stay in the image).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    #[default]
+    Share,
+    Block,
+}
+
+/// Where a restored VM comes from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Incoming {
+    /// QEMU's `-incoming` URI: `exec:cat FILE` for a checkpoint,
+    /// `unix:PATH` or `tcp:HOST:PORT` for a live migration.
+    pub uri: String,
+    /// The init's pid in the guest.
+    pub guest_pid: i32,
+    /// How long the state may take to arrive (a live migration's copy).
+    pub timeout_secs: u64,
 }
 
 /// The supervisor's answer to `rt create` (and the exec relay's to
@@ -137,7 +167,7 @@ pub fn answer_on(mut sync: UnixStream, a: &Answer) -> std::io::Result<()> {
 /// A running VM and the routes of its channel.
 struct Vm {
     qemu: Child,
-    virtiofsd: Child,
+    virtiofsd: Option<Child>,
     router: Arc<Router>,
     reader: UnixStream,
     listener: UnixListener,
@@ -167,15 +197,31 @@ impl Vm {
             stdio::own_terminal().map_err(fail)?;
         }
         stdio::block_signals().map_err(fail)?;
-        share::assemble(&dir.join(files::SHARE), &cfg.rootfs, &cfg.binds).map_err(fail)?;
-        let virtiofsd = spawn_virtiofsd(dir).map_err(fail)?;
-        let mut helpers = vec![virtiofsd];
+        let mut helpers = Vec::new();
         let with = |e: VmError, helpers: Vec<Child>| (e, helpers);
-        if let Err(e) = wait_for_socket(&dir.join(files::FS_SOCKET), &mut helpers[0]) {
-            return Err(with(e, helpers));
+        match (cfg.transport, &cfg.incoming) {
+            // A loaded VM brings its disk (copied into the state dir).
+            (Transport::Block, Some(_)) => {}
+            (Transport::Share, Some(_)) => {
+                return Err(fail(VmError::Unsupported(
+                    "restoring a VM whose rootfs is a virtiofs share".into(),
+                )))
+            }
+            (Transport::Block, None) => {
+                let share_dir = dir.join(files::SHARE);
+                share::assemble(&share_dir, &cfg.rootfs, &cfg.binds).map_err(fail)?;
+                share::make_disk(&share_dir, &dir.join(files::DISK)).map_err(fail)?;
+            }
+            (Transport::Share, None) => {
+                share::assemble(&dir.join(files::SHARE), &cfg.rootfs, &cfg.binds).map_err(fail)?;
+                helpers.push(spawn_virtiofsd(dir).map_err(fail)?);
+                if let Err(e) = wait_for_socket(&dir.join(files::FS_SOCKET), &mut helpers[0]) {
+                    return Err(with(e, helpers));
+                }
+            }
         }
         let wired = match (&cfg.netns, cfg.own_network) {
-            (Some(ns), _) => match super::net::wire(ns) {
+            (Some(ns), _) => match super::net::wire(ns, cfg.incoming.is_none()) {
                 Ok(w) => {
                     let record = format!("{}\n{}", ns.display(), w.ifname);
                     let _ = std::fs::write(dir.join(files::NETWORK), record);
@@ -190,6 +236,11 @@ impl Vm {
             (None, false) => None,
         };
         let guest_net = wired.as_ref().map(|w| w.guest.clone());
+        // A loaded VM takes the caller's interface over when it runs.
+        let hand_over = match (&cfg.netns, &wired) {
+            (Some(ns), Some(w)) => Some((ns.clone(), w.ifname.clone(), w.tap_name.clone())),
+            _ => None,
+        };
         let qemu = match spawn_qemu(dir, &cfg, wired) {
             Ok(q) => q,
             Err(e) => return Err(with(e, helpers)),
@@ -197,14 +248,21 @@ impl Vm {
         helpers.insert(0, qemu);
         let pids: Vec<String> = helpers.iter().map(|c| c.id().to_string()).collect();
         let _ = std::fs::write(dir.join(files::HELPERS), pids.join("\n"));
-        match Self::handshake(dir, &cfg, guest_net, &mut helpers[0]) {
+        let shaken = match &cfg.incoming {
+            Some(inc) => {
+                super::snapshot::arrive(dir, &cfg, inc, (guest_net, hand_over), &mut helpers[0])
+            }
+            None => Self::handshake(dir, &cfg, guest_net, &mut helpers[0]),
+        };
+        match shaken {
             Ok((reader, router, answer, listener)) => {
                 let mut it = helpers.into_iter();
-                let (qemu, virtiofsd) = (it.next().expect("qemu"), it.next().expect("virtiofsd"));
+                let qemu = it.next().expect("qemu");
+                router.set_qemu(qemu.id() as i32);
                 Ok((
                     Vm {
                         qemu,
-                        virtiofsd,
+                        virtiofsd: it.next(),
                         router,
                         reader,
                         listener,
@@ -218,7 +276,7 @@ impl Vm {
     }
 
     /// Connects to the agent, waits for it, creates the container.
-    fn handshake(
+    pub(super) fn handshake(
         dir: &Path,
         cfg: &Config,
         network: Option<rt_vm::channel::GuestNet>,
@@ -285,7 +343,7 @@ impl Vm {
             }
         };
         tracing::info!(kernel, "guest agent ready");
-        let router = Arc::new(Router::new(conn.try_clone().map_err(VmError::Socket)?));
+        let router = Arc::new(Router::new(conn.try_clone().map_err(VmError::Socket)?, dir));
         conn.set_read_timeout(Some(Duration::from_secs(120)))
             .map_err(VmError::Socket)?;
         let create = Op::Create {
@@ -370,7 +428,7 @@ impl Vm {
         while Instant::now() < deadline && matches!(self.qemu.try_wait(), Ok(None)) {
             std::thread::sleep(Duration::from_millis(20));
         }
-        for c in [&mut self.qemu, &mut self.virtiofsd] {
+        for c in std::iter::once(&mut self.qemu).chain(self.virtiofsd.as_mut()) {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -434,38 +492,88 @@ enum Sink {
     Client(Arc<Client>, u32),
 }
 
+/// The channel's writing end. While `frozen` (between a quiesce and a
+/// thaw, see [`super::snapshot`]) no frame goes to the agent: writers wait.
+pub(super) struct Writer {
+    pub(super) stream: UnixStream,
+    pub(super) frozen: bool,
+    /// The VM was ended on purpose (a save without --leave-running):
+    /// writers waiting on a frozen channel give up.
+    pub(super) ended: bool,
+}
+
 /// Who gets which reply and which stream.
-struct Router {
-    agent: Mutex<UnixStream>,
+pub(super) struct Router {
+    pub(super) agent: Mutex<Writer>,
+    pub(super) thawed: Condvar,
     next_req: AtomicU64,
     next_proc: AtomicU32,
     pending: Mutex<HashMap<u64, Waiter>>,
     procs: Mutex<HashMap<u32, Sink>>,
+    /// The container's state directory (QEMU's monitor is there).
+    pub(super) dir: PathBuf,
+    /// QEMU's pid, once spawned: a save that stops the VM ends it.
+    qemu: AtomicI32,
 }
 
 impl Router {
-    fn new(agent: UnixStream) -> Router {
+    pub(super) fn new(agent: UnixStream, dir: &Path) -> Router {
         let mut procs = HashMap::new();
         procs.insert(1, Sink::Own);
         Router {
-            agent: Mutex::new(agent),
+            agent: Mutex::new(Writer {
+                stream: agent,
+                frozen: false,
+                ended: false,
+            }),
+            thawed: Condvar::new(),
             next_req: AtomicU64::new(1),
             next_proc: AtomicU32::new(2),
             pending: Mutex::new(HashMap::new()),
             procs: Mutex::new(procs),
+            dir: dir.to_path_buf(),
+            qemu: AtomicI32::new(0),
+        }
+    }
+
+    fn set_qemu(&self, pid: i32) {
+        self.qemu.store(pid, Ordering::Relaxed);
+    }
+
+    /// Ends the VM: SIGKILL to QEMU. The channel closes, and the supervisor
+    /// dies of SIGKILL as the workload was killed.
+    pub(super) fn kill_qemu(&self) {
+        lock(&self.agent).ended = true;
+        self.thawed.notify_all();
+        let pid = self.qemu.load(Ordering::Relaxed);
+        if pid > 0 {
+            let _ = rt_sys::kill(nix::unistd::Pid::from_raw(pid), libc::SIGKILL);
         }
     }
 
     fn to_agent(&self, f: &Frame) -> Result<(), VmError> {
-        let mut w = self.agent.lock().unwrap_or_else(|e| e.into_inner());
-        f.write_to(&mut *w).map_err(VmError::Channel)
+        let mut w = lock(&self.agent);
+        while w.frozen && !w.ended {
+            w = self.thawed.wait(w).unwrap_or_else(|e| e.into_inner());
+        }
+        if w.ended {
+            return Err(VmError::Helper("the VM has ended".into()));
+        }
+        f.write_to(&mut w.stream).map_err(VmError::Channel)
+    }
+
+    /// Registers a request of the supervisor's own: its number and where
+    /// its reply arrives.
+    pub(super) fn expect_reply(&self) -> (u64, mpsc::Receiver<Reply>) {
+        let req = self.next_req.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel();
+        lock(&self.pending).insert(req, Waiter::Own(tx));
+        (req, rx)
     }
 
     /// A request of the supervisor's own.
     fn request(&self, op: Op) -> Result<Reply, VmError> {
-        let req = self.next_req.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel();
-        lock(&self.pending).insert(req, Waiter::Own(tx));
+        let (req, rx) = self.expect_reply();
         self.to_agent(&Frame::message(&ToGuest::Request { req, op }))?;
         rx.recv_timeout(Duration::from_secs(60))
             .map_err(|_| VmError::Guest("the guest's agent did not answer".into()))
@@ -539,6 +647,16 @@ impl Router {
             let global = |local: u32| lock(&client.procs).get(&local).copied();
             match f.kind {
                 Kind::Message => match f.parse::<ToGuest>() {
+                    Ok(ToGuest::Request {
+                        req,
+                        op: op @ (Op::Save { .. } | Op::Migrate { .. } | Op::Finish { .. }),
+                    }) => {
+                        let (reply, end) = super::snapshot::handle(self, op);
+                        client.send(&Frame::message(&ToHost::Reply { req, reply }));
+                        if end {
+                            self.kill_qemu();
+                        }
+                    }
                     Ok(ToGuest::Request { req, mut op }) => {
                         match &mut op {
                             Op::Exec { proc, .. } | Op::Stream { proc, .. } => {
@@ -586,7 +704,7 @@ impl Router {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -650,14 +768,23 @@ fn spawn_qemu(
     cfg: &Config,
     wired: Option<super::net::Wired>,
 ) -> Result<Child, VmError> {
+    use rt_vm::qemu::RootDevice;
+    let fs_socket = qemu_socket(dir, files::FS_SOCKET);
+    let disk = qemu_socket(dir, files::DISK);
+    let mut cmdline = rt_vm::qemu::FAST_BOOT.to_string();
+    if cfg.transport == Transport::Block {
+        cmdline = format!("{cmdline} {}", rt_vm::qemu::BLOCK_ROOT_ARG);
+    }
+    // $RT_VM_KERNEL_ARGS adds to it (`loglevel=7` to debug a guest).
+    if let Ok(extra) = std::env::var("RT_VM_KERNEL_ARGS") {
+        if !extra.is_empty() {
+            cmdline = format!("{cmdline} {extra}");
+        }
+    }
     let machine = rt_vm::qemu::Machine {
         kernel: cfg.kernel.clone(),
         initrd: cfg.initrd.clone(),
-        // $RT_VM_KERNEL_ARGS adds to it (`loglevel=7` to debug a guest).
-        cmdline: match std::env::var("RT_VM_KERNEL_ARGS") {
-            Ok(extra) if !extra.is_empty() => format!("{} {extra}", rt_vm::qemu::FAST_BOOT),
-            _ => rt_vm::qemu::FAST_BOOT.into(),
-        },
+        cmdline,
         memory_mib: cfg.memory_mib,
         cpus: cfg.cpus,
         accel: if cfg.kvm {
@@ -668,12 +795,20 @@ fn spawn_qemu(
         pcie: true,
         extra: rt_vm::qemu::container_devices(
             cfg.memory_mib,
-            &qemu_socket(dir, files::FS_SOCKET),
+            match cfg.transport {
+                Transport::Share => RootDevice::Share(&fs_socket),
+                Transport::Block => RootDevice::Block(&disk),
+            },
             &qemu_socket(dir, files::AGENT_SOCKET),
+            &qemu_socket(dir, files::QMP_SOCKET),
         ),
     };
     let mut cmd = machine.command();
     cmd.current_dir(dir);
+    if let Some(inc) = &cfg.incoming {
+        // Loaded, then left paused until the supervisor has the channel.
+        cmd.args(["-S", "-incoming", &inc.uri]);
+    }
     if let Some(w) = wired {
         cmd.arg("-netdev")
             .arg(format!("tap,id=net0,fd={TAP_FD}"))
@@ -729,7 +864,7 @@ fn wait_for_socket(path: &Path, helper: &mut Child) -> Result<(), VmError> {
 }
 
 /// The last lines of the guest's console, for a boot failure's message.
-fn console_tail(path: &Path) -> String {
+pub(super) fn console_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     let tail = &lines[lines.len().saturating_sub(5)..];

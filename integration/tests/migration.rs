@@ -1,0 +1,641 @@
+//! Checkpoint, restore and live migration of VM containers, for real under
+//! TCG: a counter in the guest's memory must continue from where it was.
+//! Timeouts are sized for a loaded 2-core TCG host.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use rt_integration::net::processes_naming;
+use rt_integration::podman::{text, Manager, Podman};
+use rt_testsupport::{cgroup_dirs_named, eventually, need_root, unique_id, Bundle, Root};
+use serde_json::{json, Value};
+
+/// A VM bundle on the block transport whose workload counts in memory,
+/// one line every 0.2 s, and exits 5 on TERM.
+fn counter_bundle() -> Bundle {
+    let mut b = Bundle::new(&[
+        "sh",
+        "-c",
+        "trap 'echo term at $i; exit 5' TERM; i=0; \
+         while true; do i=$((i+1)); echo n=$i; sleep 0.2; done",
+    ]);
+    b.edit(|c| {
+        c["annotations"] = json!({
+            "run.rt.isolation": "vm",
+            "run.rt.vm.rootfs": "block",
+            "run.rt.vm.memory": "192",
+        });
+    });
+    b
+}
+
+/// The counter values in a log, in order.
+fn counts(log: &Path) -> Vec<u64> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix("n=")?.parse().ok())
+        .collect()
+}
+
+fn last_count(log: &Path) -> u64 {
+    counts(log).last().copied().unwrap_or(0)
+}
+
+/// Waits until the log's counter passed `n`.
+fn counts_past(log: &Path, n: u64, secs: u64) -> bool {
+    eventually(secs, || last_count(log) > n)
+}
+
+/// `rt create` + `start` with the workload's output in `log`.
+fn start_counter(root: &Root, b: &Bundle, id: &str, log: &Path) {
+    let out = std::fs::File::create(log).unwrap();
+    let st = root
+        .cmd()
+        .args(["create", "--bundle", b.path().to_str().unwrap(), id])
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .status()
+        .unwrap();
+    assert!(st.success(), "{}", std::fs::read_to_string(log).unwrap());
+    root.ok(&["start", id]);
+}
+
+fn assert_root_empty(root: &Root, ids: &[&str]) {
+    assert!(
+        eventually(15, || processes_naming(root.dir.path()).is_empty()),
+        "processes left: {:?}",
+        processes_naming(root.dir.path())
+    );
+    let left: Vec<_> = std::fs::read_dir(root.dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "state left: {left:?}");
+    for id in ids {
+        assert_eq!(
+            cgroup_dirs_named(id),
+            Vec::<PathBuf>::new(),
+            "cgroups of {id} left"
+        );
+    }
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn checkpoint_and_restore_continue_a_counter_in_another_root() {
+    need_root!();
+    let root = Root::new();
+    let root2 = Root::new();
+    let b = counter_bundle();
+    let id = unique_id("ckpt");
+    let files = tempfile::tempdir().unwrap();
+    let log1 = files.path().join("first.log");
+    start_counter(&root, &b, &id, &log1);
+    assert!(counts_past(&log1, 3, 90), "{:?}", counts(&log1));
+
+    // --leave-running: the counter goes on in the same VM.
+    let kept = files.path().join("kept");
+    let out = root.rt(&[
+        "checkpoint",
+        "--leave-running",
+        "--image-path",
+        kept.to_str().unwrap(),
+        &id,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(root.status(&id), "running");
+    for f in [
+        "inventory.img",
+        "rt-checkpoint.json",
+        "vm.state",
+        "rootfs.img",
+    ] {
+        assert!(kept.join(f).is_file(), "{f} missing from the image");
+    }
+    let n = last_count(&log1);
+    assert!(
+        counts_past(&log1, n + 2, 30),
+        "the counter stopped after --leave-running"
+    );
+
+    // A checkpoint that stops it; the counter's last value is N.
+    let image = files.path().join("image");
+    let out = root.rt(&["checkpoint", "--image-path", image.to_str().unwrap(), &id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        eventually(30, || root.status(&id) == "stopped"),
+        "{}",
+        root.status(&id)
+    );
+    let seen = counts(&log1);
+    let last = *seen.last().unwrap();
+    // Consecutive: nothing lost while quiesced.
+    assert!(seen.windows(2).all(|w| w[1] == w[0] + 1), "{seen:?}");
+
+    // Restore under a new id in another state root: the counter continues
+    // from N + 1, in the new supervisor's stdio.
+    let id2 = unique_id("rest");
+    let log2 = files.path().join("second.log");
+    let out2 = std::fs::File::create(&log2).unwrap();
+    let pid_file = files.path().join("restored.pid");
+    let st = root2
+        .cmd()
+        .args(["restore", "--detach", "--image-path"])
+        .arg(&image)
+        .args(["--bundle", b.path().to_str().unwrap(), "--pid-file"])
+        .arg(&pid_file)
+        .arg(&id2)
+        .stdin(Stdio::null())
+        .stdout(out2.try_clone().unwrap())
+        .stderr(out2)
+        .status()
+        .unwrap();
+    assert!(st.success(), "{}", std::fs::read_to_string(&log2).unwrap());
+    let state: Value = serde_json::from_str(&root2.ok(&["state", &id2])).unwrap();
+    assert_eq!(state["status"], "running");
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap(),
+        state["pid"].to_string()
+    );
+    assert!(counts_past(&log2, last + 3, 60), "{:?}", counts(&log2));
+    assert_eq!(
+        counts(&log2).first().copied(),
+        Some(last + 1),
+        "the counter did not continue from {last}: {}",
+        std::fs::read_to_string(&log2).unwrap()
+    );
+
+    // Restoring onto an id that exists is refused, and changes nothing.
+    let out = root2.rt(&[
+        "restore",
+        "-d",
+        "--image-path",
+        image.to_str().unwrap(),
+        "--bundle",
+        b.path().to_str().unwrap(),
+        &id2,
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
+    assert_eq!(root2.status(&id2), "running");
+
+    root2.ok(&["kill", &id2, "TERM"]);
+    assert!(eventually(30, || root2.status(&id2) == "stopped"));
+    root2.ok(&["delete", &id2]);
+    root.ok(&["delete", &id]);
+
+    // The same image restores again, in the foreground: rt restore waits
+    // and exits with the workload's status (5 after TERM).
+    let id3 = unique_id("fore");
+    let mut fg = root2
+        .cmd()
+        .args(["restore", "--image-path"])
+        .arg(&image)
+        .args(["--bundle", b.path().to_str().unwrap(), &id3])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        eventually(90, || root2.rt(&["state", &id3]).status.success()
+            && root2.status(&id3) == "running"),
+        "the foreground restore did not come up"
+    );
+    root2.ok(&["kill", &id3, "TERM"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = fg.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "rt restore did not end");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = fg.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(status.code(), Some(5), "{text}{}", stderr(&out));
+    assert!(text.contains("term at"), "{text}");
+    assert!(
+        text.lines()
+            .next()
+            .unwrap_or("")
+            .starts_with(&format!("n={}", last + 1)),
+        "{text}"
+    );
+    assert_root_empty(&root, &[&id]);
+    assert_root_empty(&root2, &[&id2, &id3]);
+}
+
+#[test]
+fn bad_images_and_unsupported_checkpoints_are_refused_and_leave_nothing() {
+    need_root!();
+    let root = Root::new();
+    let b = counter_bundle();
+    let files = tempfile::tempdir().unwrap();
+    // A missing image, a corrupt one, one of another format.
+    let missing = files.path().join("none");
+    let out = root.rt(&[
+        "restore",
+        "-d",
+        "--image-path",
+        missing.to_str().unwrap(),
+        "--bundle",
+        b.path().to_str().unwrap(),
+        "x1",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no inventory.img"),
+        "{}",
+        stderr(&out)
+    );
+    let corrupt = files.path().join("corrupt");
+    std::fs::create_dir(&corrupt).unwrap();
+    std::fs::write(corrupt.join("inventory.img"), "{}").unwrap();
+    std::fs::write(
+        corrupt.join("rt-checkpoint.json"),
+        "{\"format\": 1, \"cpus\": ",
+    )
+    .unwrap();
+    let out = root.rt(&[
+        "restore",
+        "-d",
+        "--image-path",
+        corrupt.to_str().unwrap(),
+        "--bundle",
+        b.path().to_str().unwrap(),
+        "x2",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("rt-checkpoint.json"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::write(corrupt.join("rt-checkpoint.json"), "{\"format\": 7}").unwrap();
+    let out = root.rt(&[
+        "restore",
+        "-d",
+        "--image-path",
+        corrupt.to_str().unwrap(),
+        "--bundle",
+        b.path().to_str().unwrap(),
+        "x3",
+    ]);
+    assert!(stderr(&out).contains("format is 7"), "{}", stderr(&out));
+    // An image whose saved state is gone: the VM cannot load; nothing left.
+    let id = unique_id("bad");
+    let log = files.path().join("log");
+    start_counter(&root, &b, &id, &log);
+    let image = files.path().join("image");
+    let out = root.rt(&[
+        "checkpoint",
+        "--leave-running",
+        "--image-path",
+        image.to_str().unwrap(),
+        &id,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // The image directory holds a checkpoint already: refused.
+    let out = root.rt(&["checkpoint", "--image-path", image.to_str().unwrap(), &id]);
+    assert!(
+        stderr(&out).contains("already holds a checkpoint"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::write(image.join("vm.state"), b"QEVM garbage").unwrap();
+    let root2 = Root::new();
+    let out = root2.rt(&[
+        "restore",
+        "-d",
+        "--image-path",
+        image.to_str().unwrap(),
+        "--bundle",
+        b.path().to_str().unwrap(),
+        "x4",
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("QEMU exited"), "{}", stderr(&out));
+    assert_root_empty(&root2, &["x4"]);
+    // Options a VM save cannot honour, by name.
+    let out = root.rt(&["checkpoint", "--pre-dump", "--image-path", "/tmp/x", &id]);
+    assert!(
+        stderr(&out).contains("checkpoint --pre-dump is not supported by the vm backend"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(root.status(&id), "running");
+    root.ok(&["delete", "--force", &id]);
+
+    // The share transport cannot be saved: refused, the VM runs on.
+    let mut share = Bundle::new(&["sh", "-c", "echo up; sleep 600"]);
+    share.edit(|c| c["annotations"] = json!({"run.rt.isolation": "vm"}));
+    let sid = unique_id("share");
+    start_counter(&root, &share, &sid, &files.path().join("share.log"));
+    let out = root.rt(&[
+        "checkpoint",
+        "--image-path",
+        files.path().join("s").to_str().unwrap(),
+        &sid,
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("run.rt.vm.rootfs=block"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(root.status(&sid), "running");
+    root.ok(&["delete", "--force", &sid]);
+
+    // A namespace container: CRIU decides, and its reason is given.
+    let ns = Bundle::new(&["sleep", "600"]);
+    let nid = unique_id("nsck");
+    root.ok(&["run", "-d", "--bundle", ns.path().to_str().unwrap(), &nid]);
+    let out = root.rt(&[
+        "checkpoint",
+        "--image-path",
+        files.path().join("n").to_str().unwrap(),
+        &nid,
+    ]);
+    assert!(!out.status.success());
+    let e = stderr(&out);
+    assert!(e.contains("criu check failed") || e.contains("CRIU"), "{e}");
+    assert_eq!(root.status(&nid), "running");
+    root.ok(&["delete", "--force", &nid]);
+    assert_root_empty(&root, &[&id, &sid, &nid]);
+
+    let help = root.rt(&["checkpoint", "--help"]);
+    assert!(help.status.success());
+}
+
+#[test]
+fn live_migration_to_another_root_keeps_the_counter_running() {
+    need_root!();
+    let root = Root::new();
+    let root2 = Root::new();
+    let b = counter_bundle();
+    let id = unique_id("mig");
+    let files = tempfile::tempdir().unwrap();
+    let log1 = files.path().join("source.log");
+    start_counter(&root, &b, &id, &log1);
+    assert!(counts_past(&log1, 3, 90), "{:?}", counts(&log1));
+    let log2 = files.path().join("dest.log");
+    let out2 = std::fs::File::create(&log2).unwrap();
+    let report = files.path().join("report.json");
+    let st = root
+        .cmd()
+        .args(["migrate", "--to"])
+        .arg(root2.dir.path())
+        .arg(&id)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&report).unwrap())
+        .stderr(out2)
+        .status()
+        .unwrap();
+    // migrate's stdout holds its report, and the workload's output from
+    // the destination on (its supervisor has migrate's stdio).
+    let report_text = std::fs::read_to_string(&report).unwrap();
+    assert!(st.success(), "{}", std::fs::read_to_string(&log2).unwrap());
+    let json_line = report_text
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or("");
+    let figures: Value = serde_json::from_str(json_line).unwrap();
+    assert!(figures["downtime_ms"].as_u64().is_some(), "{figures}");
+    assert!(figures["total_ms"].as_u64().is_some(), "{figures}");
+    eprintln!("migration: {figures}");
+    // The source is gone; the destination runs under the same id.
+    assert!(root.rt(&["state", &id]).status.code() != Some(0));
+    assert_eq!(root2.status(&id), "running");
+    let last = last_count(&log1);
+    let dest = || counts(&report);
+    assert!(
+        eventually(60, || dest().last().copied().unwrap_or(0) > last + 3),
+        "{:?}",
+        dest()
+    );
+    assert_eq!(
+        dest().first().copied(),
+        Some(last + 1),
+        "{:?} after {last}",
+        dest()
+    );
+    root2.ok(&["delete", "--force", &id]);
+    assert_root_empty(&root, &[]);
+    assert_root_empty(&root2, &[&id]);
+}
+
+/// A directory with `rt-vm`, a link to rt.
+fn rt_vm_link() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::Builder::new().prefix("rt-vm-").tempdir().unwrap();
+    let link = dir.path().join("rt-vm");
+    std::os::unix::fs::symlink(rt_testsupport::rt_bin(), &link).unwrap();
+    (dir, link)
+}
+
+/// The counter values in podman's log of `name`.
+fn podman_counts(p: &Podman, name: &str) -> Vec<u64> {
+    let out = p.run(&["logs", name]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("n=")?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn podman_checkpoints_and_restores_a_vm_container_and_exports_it() {
+    need_root!();
+    let (_links, rt_vm) = rt_vm_link();
+    let p = Podman::with_busybox_on(rt_vm, Manager::Cgroupfs);
+    let image = "localhost/rt-busybox:latest";
+    let out = p.run(&[
+        "run",
+        "-d",
+        "--name",
+        "rt-ckpt",
+        "--network",
+        "none",
+        "--annotation",
+        "run.rt.vm.rootfs=block",
+        "--annotation",
+        "run.rt.vm.memory=192",
+        image,
+        "sh",
+        "-c",
+        "i=0; while true; do i=$((i+1)); echo n=$i; sleep 0.2; done",
+    ]);
+    assert!(out.status.success(), "podman run: {}", text(&out));
+    assert!(
+        eventually(90, || podman_counts(&p, "rt-ckpt").len() > 3),
+        "{:?}",
+        podman_counts(&p, "rt-ckpt")
+    );
+    let out = p.run(&["container", "checkpoint", "rt-ckpt"]);
+    assert!(out.status.success(), "podman checkpoint: {}", text(&out));
+    let state = p.run(&["inspect", "--format", "{{.State.Status}}", "rt-ckpt"]);
+    assert_eq!(String::from_utf8_lossy(&state.stdout).trim(), "exited");
+    let before = podman_counts(&p, "rt-ckpt");
+    let last = *before.last().unwrap();
+    let out = p.run(&["container", "restore", "rt-ckpt"]);
+    assert!(out.status.success(), "podman restore: {}", text(&out));
+    assert!(
+        eventually(60, || podman_counts(&p, "rt-ckpt")
+            .last()
+            .copied()
+            .unwrap_or(0)
+            > last + 2),
+        "{:?}",
+        podman_counts(&p, "rt-ckpt")
+    );
+    let after = podman_counts(&p, "rt-ckpt");
+    assert_eq!(after[before.len()], last + 1, "{after:?}");
+
+    // --export to a tarball, then --import it as a new container.
+    let files = tempfile::tempdir().unwrap();
+    let tarball = files.path().join("rt-ckpt.tar.gz");
+    let out = p.run(&[
+        "container",
+        "checkpoint",
+        "--export",
+        tarball.to_str().unwrap(),
+        "rt-ckpt",
+    ]);
+    assert!(
+        out.status.success(),
+        "podman checkpoint --export: {}",
+        text(&out)
+    );
+    let exported = *podman_counts(&p, "rt-ckpt").last().unwrap();
+    let out = p.run(&["rm", "rt-ckpt"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = p.run(&[
+        "container",
+        "restore",
+        "--import",
+        tarball.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "podman restore --import: {}",
+        text(&out)
+    );
+    assert!(
+        eventually(60, || podman_counts(&p, "rt-ckpt")
+            .last()
+            .copied()
+            .unwrap_or(0)
+            > exported + 2),
+        "{:?}",
+        podman_counts(&p, "rt-ckpt")
+    );
+    let out = p.run(&["stop", "-t", "1", "rt-ckpt"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = p.run(&["rm", "rt-ckpt"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        eventually(15, || processes_naming(p.dir.path()).is_empty()),
+        "{:?}",
+        processes_naming(p.dir.path())
+    );
+}
+
+/// A VM serving HTTP on the caller's network namespace (a veth to the
+/// host, as CNI makes) moves to another root while a client polls it:
+/// every poll is answered, during the copy, the switch and after the
+/// source's delete (which must leave the destination's redirects).
+#[test]
+fn live_migration_keeps_answering_a_client_on_the_callers_network() {
+    need_root!();
+    let n = std::process::id() % 200 + 20;
+    let host_if = format!("rtmig{n}");
+    let ext = rt_integration::net::Ext::new(
+        &host_if,
+        Some(&format!("10.251.{n}.1/24")),
+        &format!("10.251.{n}.2/24"),
+        Some(&format!("10.251.{n}.1")),
+    );
+    let netns = format!("/proc/{}/ns/net", ext.holder.id());
+    let root = Root::new();
+    let root2 = Root::new();
+    let mut b = counter_bundle();
+    b.edit(|c| {
+        c["process"]["args"] = json!(["sh", "-c",
+            "mkdir -p /dev/shm/www && echo served > /dev/shm/www/index.html && httpd -p 80 -h /dev/shm/www; \
+             i=0; while true; do i=$((i+1)); echo n=$i; sleep 0.2; done"]);
+        let ns = c["linux"]["namespaces"].as_array_mut().unwrap();
+        for entry in ns.iter_mut() {
+            if entry["type"] == "network" {
+                entry["path"] = json!(netns);
+            }
+        }
+    });
+    let id = unique_id("netmig");
+    let files = tempfile::tempdir().unwrap();
+    let log1 = files.path().join("source.log");
+    start_counter(&root, &b, &id, &log1);
+    let addr = format!("10.251.{n}.2:80");
+    assert!(
+        eventually(60, || rt_integration::net::http_get(&addr)
+            .is_some_and(|r| r.contains("served"))),
+        "the VM never answered on {addr}"
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = {
+        let (stop, addr) = (stop.clone(), addr.clone());
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0u32, 0u32);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match rt_integration::net::http_get(&addr) {
+                    Some(r) if r.contains("served") => ok += 1,
+                    _ => failed += 1,
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (ok, failed)
+        })
+    };
+    let report = files.path().join("report");
+    let st = root
+        .cmd()
+        .args(["migrate", "--to"])
+        .arg(root2.dir.path())
+        .arg(&id)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&report).unwrap())
+        .stderr(std::fs::File::create(files.path().join("err")).unwrap())
+        .status()
+        .unwrap();
+    assert!(
+        st.success(),
+        "{}",
+        std::fs::read_to_string(files.path().join("err")).unwrap()
+    );
+    // Polls go on after the source's delete.
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = poller.join().unwrap();
+    eprintln!(
+        "polls during migration: {ok} answered, {failed} failed; {}",
+        std::fs::read_to_string(&report)
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with('{'))
+            .unwrap_or("")
+    );
+    assert!(ok > 10, "{ok} answered");
+    assert_eq!(failed, 0, "{failed} polls failed ({ok} answered)");
+    assert_eq!(root2.status(&id), "running");
+    root2.ok(&["delete", "--force", &id]);
+    assert_root_empty(&root, &[]);
+    assert_root_empty(&root2, &[&id]);
+    assert!(!ext.exec("ip link show tap0_rt").status.success());
+    assert!(!ext.exec("ip link show tap1_rt").status.success());
+    drop(ext);
+}
