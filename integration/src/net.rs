@@ -260,6 +260,30 @@ pub fn processes_naming(needle: &std::path::Path) -> Vec<String> {
     found
 }
 
+/// Nothing of a state root's VM or namespace containers is left: no
+/// process naming it, no state, no cgroup of `ids` (microVM and migration
+/// suites).
+pub fn assert_root_clean(root: &rt_testsupport::Root, ids: &[&str]) {
+    assert!(
+        eventually(15, || processes_naming(root.dir.path()).is_empty()),
+        "processes left: {:?}",
+        processes_naming(root.dir.path())
+    );
+    let left: Vec<_> = std::fs::read_dir(root.dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "state left: {left:?}");
+    for id in ids {
+        assert_eq!(
+            rt_testsupport::cgroup_dirs_named(id),
+            Vec::<std::path::PathBuf>::new(),
+            "cgroups of {id} left"
+        );
+    }
+}
+
 /// dnsmasq handing out DHCP leases on the external namespace's `eth0`
 /// (two-minute leases, T1 2 s, T2 4 s, `router` as the gateway); killed on
 /// drop.

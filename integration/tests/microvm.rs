@@ -6,37 +6,18 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use rt_integration::net::processes_naming;
 use rt_testsupport::{
-    cgroup_dirs_named, eventually, guest_kernel, need_root, recv_with_fd, rt_bin, unique_id,
-    Bundle, Root,
+    eventually, guest_kernel, need_root, recv_with_fd, rt_bin, unique_id, Bundle, Root,
 };
 use serde_json::{json, Value};
 
-/// Nothing of the root's containers is left: no state, no process, no cgroup.
 fn assert_nothing_left(root: &Root, ids: &[&str]) {
-    assert!(
-        eventually(10, || processes_naming(root.dir.path()).is_empty()),
-        "processes left: {:?}",
-        processes_naming(root.dir.path())
-    );
-    let left: Vec<_> = std::fs::read_dir(root.dir.path())
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name())
-        .collect();
-    assert!(left.is_empty(), "state left: {left:?}");
-    for id in ids {
-        assert_eq!(
-            cgroup_dirs_named(id),
-            Vec::<PathBuf>::new(),
-            "cgroups of {id} left"
-        );
-    }
+    rt_integration::net::assert_root_clean(root, ids);
 }
 
 fn vm_bundle(script: &str) -> Bundle {

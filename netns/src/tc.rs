@@ -11,7 +11,7 @@
 //! is mirrored, not redirected, so both the keeper's stack and the guest
 //! resolve their neighbours.
 
-use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL};
+use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL};
 use netlink_packet_route::tc::{
     TcAction, TcActionAttribute, TcActionGeneric, TcActionMirrorOption, TcActionOption,
     TcActionType, TcAttribute, TcFilterU32Option, TcHandle, TcMessage, TcMirror,
@@ -96,6 +96,39 @@ impl Netlink {
                     source.raw_os_error(),
                     Some(libc::ENOENT | libc::EINVAL | libc::ENODEV)
                 ) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The priorities of the filters on `link`'s ingress.
+    fn filter_prios(&mut self, link: &Link) -> Result<Vec<u16>> {
+        let mut msg = TcMessage::with_index(link.index as i32);
+        msg.header.parent = INGRESS_HANDLE;
+        let op = || format!("listing the filters of {}", link.name);
+        Ok(self
+            .request(op, RouteNetlinkMessage::GetTrafficFilter(msg), NLM_F_DUMP)?
+            .into_iter()
+            .filter_map(|r| match r {
+                RouteNetlinkMessage::NewTrafficFilter(f) => Some((f.header.info >> 16) as u16),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// `tc filter del dev LINK ingress prio PRIO protocol PROTOCOL`;
+    /// `false` when there was none.
+    fn delete_filter(&mut self, link: &Link, prio: u16, protocol: u16) -> Result<bool> {
+        let mut msg = TcMessage::with_index(link.index as i32);
+        msg.header.parent = INGRESS_HANDLE;
+        msg.header.info = (u32::from(prio) << 16) | u32::from(protocol.to_be());
+        let op = || format!("removing filter {prio} of {}", link.name);
+        match self.request(op, RouteNetlinkMessage::DelTrafficFilter(msg), NLM_F_ACK) {
+            Ok(_) => Ok(true),
+            Err(Error::Request { source, .. })
+                if matches!(source.raw_os_error(), Some(libc::ENOENT | libc::EINVAL)) =>
             {
                 Ok(false)
             }
@@ -188,6 +221,45 @@ pub fn join(nl: &mut Netlink, outer: &Link, tap: &Link, keep_dhcp: bool) -> Resu
     )
 }
 
+/// Moves `outer`'s traffic onto `tap` (a live-migrated VM's new tap) with
+/// no moment in which it reaches the namespace's own stack, which holds
+/// the interface's address and would answer a SYN with a reset: the new
+/// redirect goes in at whichever of priorities 2 and 3 the old one is not
+/// at, then the old one is removed. The lower-numbered filter shadows the
+/// other, so at every step each packet goes to one tap or the other.
+/// Without redirects on `outer` yet (a restore into a new namespace) it is
+/// a [`join`].
+pub fn take_over(nl: &mut Netlink, outer: &Link, tap: &Link) -> Result<()> {
+    let prios = nl.filter_prios(outer)?;
+    let old = if prios.contains(&2) {
+        2
+    } else if prios.contains(&3) {
+        3
+    } else {
+        let _ = nl.delete_ingress(outer);
+        return join(nl, outer, tap, false);
+    };
+    let all = vec![key(0, 0, 0)];
+    nl.add_ingress(tap)?;
+    nl.add_u32(
+        tap,
+        3,
+        ETH_P_ALL,
+        all.clone(),
+        Some(mirred(outer, true)),
+        "from the tap",
+    )?;
+    nl.add_u32(
+        outer,
+        5 - old,
+        ETH_P_ALL,
+        all,
+        Some(mirred(tap, true)),
+        "to the new tap",
+    )?;
+    nl.delete_filter(outer, old, ETH_P_ALL).map(drop)
+}
+
 /// Undoes [`join`] on `outer` (the tap's qdisc goes with the tap).
 pub fn unjoin(nl: &mut Netlink, outer: &Link) -> Result<()> {
     nl.delete_ingress(outer).map(drop)
@@ -250,5 +322,59 @@ mod tests {
         );
         assert!(tap.contains("Egress Redirect to device rttp0"), "{tap}");
         assert!(after.trim().is_empty(), "{after}");
+    }
+
+    /// A migrated VM's tap takes the interface over, and a second move
+    /// takes it back: each time the interface redirects to the new tap
+    /// only, and the new tap's own redirect is in place.
+    #[test]
+    fn a_new_tap_takes_the_interface_over_without_a_gap() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root (a network namespace)");
+            return;
+        }
+        let shown = std::thread::spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let ns = std::fs::File::open("/proc/thread-self/ns/net").unwrap();
+            let mut nl = Netlink::host().unwrap();
+            nl.add_veth("rtto1", "rttp1", [2, 0, 0, 0, 0, 2], ns.as_fd())
+                .unwrap();
+            let _a = rt_sys::open_tap("rtta1").unwrap();
+            let _b = rt_sys::open_tap("rttb1").unwrap();
+            let outer = nl.require("rttp1").unwrap();
+            let (a, b) = (nl.require("rtta1").unwrap(), nl.require("rttb1").unwrap());
+            let show = |dev: &str| {
+                let out = std::process::Command::new("tc")
+                    .args(["filter", "show", "dev", dev, "ingress"])
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            };
+            // Onto an interface without redirects: a plain join.
+            take_over(&mut nl, &outer, &a).unwrap();
+            let first = show("rttp1");
+            take_over(&mut nl, &outer, &b).unwrap();
+            let second = (show("rttp1"), show("rttb1"));
+            // Old filters are not re-used: the move back works too.
+            let _ = nl.delete_ingress(&a);
+            take_over(&mut nl, &outer, &a).unwrap();
+            (first, second, show("rttp1"))
+        })
+        .join()
+        .unwrap();
+        let (first, (second, tap), third) = shown;
+        assert!(first.contains("Redirect to device rtta1"), "{first}");
+        assert!(
+            second.contains("pref 2") && second.contains("Redirect to device rttb1"),
+            "{second}"
+        );
+        assert!(!second.contains("rtta1"), "{second}");
+        assert!(tap.contains("Redirect to device rttp1"), "{tap}");
+        assert!(
+            third.contains("pref 3")
+                && third.contains("Redirect to device rtta1")
+                && !third.contains("rttb1"),
+            "{third}"
+        );
     }
 }

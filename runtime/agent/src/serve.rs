@@ -154,18 +154,21 @@ impl Agent {
         crate::trace("thawed");
     }
 
+    /// `/bin/ip ARGS` (iproute2's, in the initramfs) to completion.
+    fn ip(&self, args: &[&str]) -> std::result::Result<(), String> {
+        let mut cmd = Command::new("/bin/ip");
+        cmd.args(args);
+        match self.capture(cmd, None) {
+            (0, _, _) => Ok(()),
+            (_, _, err) => Err(format!("ip {}: {}", args.join(" "), err.trim())),
+        }
+    }
+
     /// eth0 of a restored VM takes `net` (its new namespace's interface),
     /// unless it already has it.
     fn readdress(&self, net: &rt_vm::channel::GuestNet) -> std::result::Result<(), String> {
         let mac = std::fs::read_to_string("/sys/class/net/eth0/address").unwrap_or_default();
-        let ip = |args: &[&str]| -> std::result::Result<(), String> {
-            let mut cmd = Command::new("/bin/ip");
-            cmd.args(args);
-            match self.capture(cmd, None) {
-                (0, _, _) => Ok(()),
-                (_, _, err) => Err(format!("ip {}: {}", args.join(" "), err.trim())),
-            }
-        };
+        let ip = |args: &[&str]| self.ip(args);
         let have = {
             let mut cmd = Command::new("/bin/ip");
             cmd.args(["-o", "addr", "show", "dev", "eth0"]);
@@ -278,14 +281,7 @@ impl Agent {
             })
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .ok_or_else(|| format!("no interface with MAC {}", net.mac))?;
-        let ip = |args: &[&str]| -> std::result::Result<(), String> {
-            let mut cmd = Command::new("/bin/ip");
-            cmd.args(args);
-            match self.capture(cmd, None) {
-                (0, _, _) => Ok(()),
-                (_, _, err) => Err(format!("ip {}: {}", args.join(" "), err.trim())),
-            }
-        };
+        let ip = |args: &[&str]| self.ip(args);
         ip(&["link", "set", "lo", "up"])?;
         if name != "eth0" {
             ip(&["link", "set", "dev", &name, "name", "eth0"])?;

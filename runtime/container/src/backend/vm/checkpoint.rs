@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use rt_vm::channel::Op;
 use serde::{Deserialize, Serialize};
 
-use super::create::{host_cgroup, launch, own_network, refuse_options};
+use super::create::{guest_assets, host_cgroup, launch, own_network, refuse_options};
 use super::supervisor::{self, Incoming, Transport};
 use super::{dir_of, files, request, share, VmError};
 use crate::backend::CheckpointOptions;
@@ -296,7 +296,7 @@ pub fn restore(
         ..
     } = sandbox;
     let network = own_network(network)?;
-    refuse_options(opts, "restore")?;
+    refuse_options(opts, true)?;
     let img = read_image(image)?;
     let spec_json =
         serde_json::to_value(&bundle.spec).map_err(|e| Error::Vm(VmError::Config(e)))?;
@@ -323,14 +323,11 @@ pub fn restore(
             if img.terminal { "with" } else { "without" },
         ))));
     }
-    let assets = rt_vm::guest::dir();
-    let kernel = rt_vm::guest::kernel(&assets).map_err(VmError::from)?;
-    let (rt, agent) = super::binaries()?;
-    let initrd = rt_vm::guest::initrd(&assets, &kernel, &agent, &rt).map_err(VmError::from)?;
+    let (kernel, initrd, _) = guest_assets()?;
     let disk = dir.path().join(files::DISK);
     let (uri, timeout_secs) = match source {
         Source::Image => {
-            super::snapshot::copy_disk(&image.join(files::DISK), &disk)?;
+            super::snapshot::copy_sparse(&image.join(files::DISK), &disk)?;
             let state_file = image.join(super::snapshot::STATE_FILE);
             if !state_file.is_file() {
                 return Err(Error::Vm(VmError::Helper(format!(
@@ -338,7 +335,10 @@ pub fn restore(
                     state_file.display()
                 ))));
             }
-            (format!("exec:cat {}", shell_quote(&state_file)), 120)
+            (
+                format!("exec:cat {}", super::snapshot::shell_quote(&state_file)),
+                120,
+            )
         }
         Source::Incoming(uri) => {
             let f = std::fs::File::create(&disk).map_err(io("creating", &disk))?;
@@ -349,7 +349,7 @@ pub fn restore(
     host_cgroup(dir, state, cgroup, &bundle.spec, img.memory_mib)?;
     let cfg = supervisor::Config {
         id: state.id.clone(),
-        kernel: kernel.vmlinuz.clone(),
+        kernel,
         initrd,
         kvm: img.kvm,
         cpus: img.cpus,
@@ -373,10 +373,6 @@ pub fn restore(
     state.stored_status = Status::Running;
     dir.save(state)?;
     Ok(created)
-}
-
-fn shell_quote(p: &Path) -> String {
-    format!("'{}'", p.display().to_string().replace('\'', r"'\''"))
 }
 
 /// Live migration, the sending side: the destination QEMU waits at `uri`;

@@ -1,6 +1,7 @@
 //! `create` of a VM container, and what `restore` shares with it: the
 //! host cgroup and the supervisor's launch.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use nix::unistd::Pid;
@@ -31,28 +32,15 @@ pub(super) fn own_network(
 
 /// Options of the caller's that have no meaning across the VM boundary:
 /// refused rather than ignored.
-pub(super) fn refuse_options(opts: &Options, op: &'static str) -> Result<()> {
-    if opts.preserve_fds > 0 {
-        return Err(Error::NotSupported {
-            backend: "vm",
-            op: if op == "create" {
-                "create --preserve-fds"
-            } else {
-                "restore --preserve-fds"
-            },
-        });
-    }
-    if opts.no_pivot {
-        return Err(Error::NotSupported {
-            backend: "vm",
-            op: if op == "create" {
-                "create --no-pivot"
-            } else {
-                "restore --no-pivot"
-            },
-        });
-    }
-    Ok(())
+pub(super) fn refuse_options(opts: &Options, restore: bool) -> Result<()> {
+    let op = match (opts.preserve_fds > 0, opts.no_pivot, restore) {
+        (true, _, false) => "create --preserve-fds",
+        (true, _, true) => "restore --preserve-fds",
+        (_, true, false) => "create --no-pivot",
+        (_, true, true) => "restore --no-pivot",
+        _ => return Ok(()),
+    };
+    Err(Error::NotSupported { backend: "vm", op })
 }
 
 /// The rootfs transport the spec asks for (`run.rt.vm.rootfs`).
@@ -123,7 +111,7 @@ pub(super) fn create(sandbox: Sandbox<'_>, state: &mut State) -> Result<Created>
         ..
     } = sandbox;
     let network = own_network(network)?;
-    refuse_options(opts, "create")?;
+    refuse_options(opts, false)?;
     let mut spec_json =
         serde_json::to_value(&bundle.spec).map_err(|e| Error::Vm(VmError::Config(e)))?;
     share::check(&spec_json)?;
@@ -137,12 +125,8 @@ pub(super) fn create(sandbox: Sandbox<'_>, state: &mut State) -> Result<Created>
     }
     let cpus = cpus(&bundle.spec)?;
     let memory_mib = memory_mib(&bundle.spec)?;
-    let assets = rt_vm::guest::dir();
-    let kernel = rt_vm::guest::kernel(&assets).map_err(VmError::from)?;
-    let (rt, agent) = binaries()?;
-    let initrd = rt_vm::guest::initrd(&assets, &kernel, &agent, &rt).map_err(VmError::from)?;
+    let (kernel, initrd, kvm) = guest_assets()?;
     let memory_mib = memory_mib.max(memory_floor(&initrd));
-    let kvm = rt_vm::qemu::cached_accel(&kernel, &assets) == Some(rt_vm::qemu::Accel::Kvm);
     let terminal = bundle
         .spec
         .process()
@@ -152,7 +136,7 @@ pub(super) fn create(sandbox: Sandbox<'_>, state: &mut State) -> Result<Created>
     host_cgroup(dir, state, cgroup, &bundle.spec, memory_mib)?;
     let cfg = supervisor::Config {
         id: state.id.clone(),
-        kernel: kernel.vmlinuz.clone(),
+        kernel,
         initrd,
         kvm,
         cpus,
@@ -190,6 +174,17 @@ pub(super) fn create(sandbox: Sandbox<'_>, state: &mut State) -> Result<Created>
     state.stored_status = Status::Created;
     dir.save(state)?;
     Ok(created)
+}
+
+/// The guest's kernel, the initramfs for this rt (built once and cached)
+/// and whether the accelerator probe found KVM.
+pub(super) fn guest_assets() -> Result<(PathBuf, PathBuf, bool)> {
+    let assets = rt_vm::guest::dir();
+    let kernel = rt_vm::guest::kernel(&assets).map_err(VmError::from)?;
+    let (rt, agent) = binaries()?;
+    let initrd = rt_vm::guest::initrd(&assets, &kernel, &agent, &rt).map_err(VmError::from)?;
+    let kvm = rt_vm::qemu::cached_accel(&kernel, &assets) == Some(rt_vm::qemu::Accel::Kvm);
+    Ok((kernel.vmlinuz, initrd, kvm))
 }
 
 /// The host cgroup holds the supervisor, QEMU and virtiofsd, limited to

@@ -161,17 +161,15 @@ pub fn wire(netns: &Path, join: bool) -> Result<Wired, VmError> {
     })
 }
 
-/// The interface's traffic moves to `tap_name` (a migrated VM's new tap):
-/// the old redirects go, the new ones come, within a few system calls.
+/// The interface's traffic moves to `tap_name` (a restored or migrated
+/// VM's new tap) without a gap (`rt_netns::tc::take_over`).
 pub fn hand_over(netns: &Path, ifname: &str, tap_name: &str) -> Result<(), VmError> {
     let (ifname, tap_name) = (ifname.to_string(), tap_name.to_string());
     in_netns(netns, move || {
         let mut nl = rt_netns::netlink::Netlink::host().map_err(network)?;
         let outer = nl.require(&ifname).map_err(network)?;
         let tap = nl.require(&tap_name).map_err(network)?;
-        // The source's redirects (gone already if its tap went first).
-        let _ = rt_netns::tc::unjoin(&mut nl, &outer);
-        rt_netns::tc::join(&mut nl, &outer, &tap, false).map_err(network)
+        rt_netns::tc::take_over(&mut nl, &outer, &tap).map_err(network)
     })
 }
 

@@ -209,7 +209,7 @@ fn finish(r: &Router, resume: bool) -> Result<(), VmError> {
 
 /// Copies a sparse image, keeping its holes (and sharing extents where
 /// the filesystem can).
-fn copy_sparse(from: &Path, to: &Path) -> Result<(), VmError> {
+pub(super) fn copy_sparse(from: &Path, to: &Path) -> Result<(), VmError> {
     let out = std::process::Command::new("cp")
         .args(["--sparse=always", "--reflink=auto"])
         .arg(from)
@@ -230,11 +230,8 @@ fn copy_sparse(from: &Path, to: &Path) -> Result<(), VmError> {
     Ok(())
 }
 
-pub fn copy_disk(from: &Path, to: &Path) -> Result<(), VmError> {
-    copy_sparse(from, to)
-}
-
-fn shell_quote(p: &Path) -> String {
+/// `p` quoted for the shell QEMU's `exec:` migration URIs run.
+pub(super) fn shell_quote(p: &Path) -> String {
     format!("'{}'", p.display().to_string().replace('\'', r"'\''"))
 }
 
@@ -320,12 +317,7 @@ pub(super) fn arrive(
         }
     }
     reader.set_read_timeout(None).map_err(VmError::Socket)?;
-    let sock = super::socket_path(dir, files::CONTROL_SOCKET)?;
-    let listener = UnixListener::bind(&sock.path).map_err(|source| VmError::Io {
-        what: "binding",
-        path: dir.join(files::CONTROL_SOCKET),
-        source,
-    })?;
+    let listener = super::supervisor::bind_control(dir)?;
     tracing::info!(id = cfg.id, "VM loaded and running");
     Ok((
         reader,

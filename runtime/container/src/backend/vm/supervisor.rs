@@ -370,12 +370,7 @@ impl Vm {
         if let Some(e) = reply.error {
             return Err(VmError::Guest(e));
         }
-        let sock = super::socket_path(dir, files::CONTROL_SOCKET)?;
-        let listener = UnixListener::bind(&sock.path).map_err(|source| VmError::Io {
-            what: "binding",
-            path: dir.join(files::CONTROL_SOCKET),
-            source,
-        })?;
+        let listener = bind_control(dir)?;
         let answer = Answer {
             error: None,
             guest_pid: reply.pid,
@@ -434,6 +429,16 @@ impl Vm {
         }
         status
     }
+}
+
+/// Binds the control socket rt's other commands connect to.
+pub(super) fn bind_control(dir: &Path) -> Result<UnixListener, VmError> {
+    let sock = super::socket_path(dir, files::CONTROL_SOCKET)?;
+    UnixListener::bind(&sock.path).map_err(|source| VmError::Io {
+        what: "binding",
+        path: dir.join(files::CONTROL_SOCKET),
+        source,
+    })
 }
 
 /// Copies our stdin to the stream of process `proc` until it ends.
