@@ -439,6 +439,20 @@ impl Drop for CniLeftovers {
     }
 }
 
+/// curl `url` until its answer holds `want` (60 s); whether it did, and
+/// the last answer.
+fn curl_until(url: &str, want: &str) -> (bool, String) {
+    let mut last = String::new();
+    let reached = eventually(60, || {
+        let out = Command::new("curl")
+            .args(["-s", "--max-time", "2", url])
+            .output();
+        last = out.map(|o| text(&o)).unwrap_or_default();
+        last.contains(want)
+    });
+    (reached, last)
+}
+
 #[test]
 fn podman_default_network_reaches_a_vm_through_its_tap() {
     if !root_or_skip("podman_default_network_reaches_a_vm_through_its_tap") {
@@ -468,14 +482,7 @@ fn podman_default_network_reaches_a_vm_through_its_tap() {
     ]);
     assert!(out.status.success(), "podman run: {}", text(&out));
     let url = format!("http://127.0.0.1:{port}/");
-    let mut last = String::new();
-    let reached = eventually(60, || {
-        let out = Command::new("curl")
-            .args(["-s", "--max-time", "2", &url])
-            .output();
-        last = out.map(|o| text(&o)).unwrap_or_default();
-        last.contains("hello-from-the-vm")
-    });
+    let (reached, last) = curl_until(&url, "hello-from-the-vm");
     let logs = p.run(&["logs", "rt-vm-web"]);
     assert!(reached, "curl {url}: {last}\nlogs: {}", text(&logs));
     // The guest's eth0 carries the address podman gave the container.
@@ -495,13 +502,7 @@ fn podman_default_network_reaches_a_vm_through_its_tap() {
     assert!(out.status.success(), "podman checkpoint: {}", text(&out));
     let out = p.run(&["container", "restore", "rt-vm-web"]);
     assert!(out.status.success(), "podman restore: {}", text(&out));
-    let reached = eventually(60, || {
-        let out = Command::new("curl")
-            .args(["-s", "--max-time", "2", &url])
-            .output();
-        last = out.map(|o| text(&o)).unwrap_or_default();
-        last.contains("hello-from-the-vm")
-    });
+    let (reached, last) = curl_until(&url, "hello-from-the-vm");
     assert!(reached, "after restore, curl {url}: {last}");
     let out = p.run(&["exec", "rt-vm-web", "ip", "-4", "addr", "show", "eth0"]);
     assert!(text(&out).contains(&ip), "{ip}: {}", text(&out));

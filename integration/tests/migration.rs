@@ -63,6 +63,17 @@ fn start_counter(root: &Root, b: &Bundle, id: &str, log: &Path) {
     root.ok(&["start", id]);
 }
 
+/// A counter container started in `root` (its id, a scratch directory and
+/// its output's log), once it has counted past 3.
+fn counting(root: &Root, b: &Bundle, tag: &str) -> (String, tempfile::TempDir, PathBuf) {
+    let id = unique_id(tag);
+    let files = tempfile::tempdir().unwrap();
+    let log = files.path().join("first.log");
+    start_counter(root, b, &id, &log);
+    assert!(counts_past(&log, 3, 90), "{:?}", counts(&log));
+    (id, files, log)
+}
+
 /// `rt restore -d --image-path IMAGE --bundle B ID` in `root`.
 fn restore_detached(root: &Root, image: &Path, b: &Bundle, id: &str) -> std::process::Output {
     root.rt(&[
@@ -86,11 +97,7 @@ fn checkpoint_and_restore_continue_a_counter_in_another_root() {
     let root = Root::new();
     let root2 = Root::new();
     let b = counter_bundle();
-    let id = unique_id("ckpt");
-    let files = tempfile::tempdir().unwrap();
-    let log1 = files.path().join("first.log");
-    start_counter(&root, &b, &id, &log1);
-    assert!(counts_past(&log1, 3, 90), "{:?}", counts(&log1));
+    let (id, files, log1) = counting(&root, &b, "ckpt");
 
     // --leave-running: the counter goes on in the same VM.
     let kept = files.path().join("kept");
@@ -333,11 +340,7 @@ fn live_migration_to_another_root_keeps_the_counter_running() {
     let root = Root::new();
     let root2 = Root::new();
     let b = counter_bundle();
-    let id = unique_id("mig");
-    let files = tempfile::tempdir().unwrap();
-    let log1 = files.path().join("source.log");
-    start_counter(&root, &b, &id, &log1);
-    assert!(counts_past(&log1, 3, 90), "{:?}", counts(&log1));
+    let (id, files, log1) = counting(&root, &b, "mig");
     let log2 = files.path().join("dest.log");
     let out2 = std::fs::File::create(&log2).unwrap();
     let report = files.path().join("report.json");

@@ -268,6 +268,15 @@ pub fn unjoin(nl: &mut Netlink, outer: &Link) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `tc filter show dev DEV ingress`.
+    fn ingress_filters(dev: &str) -> String {
+        let out = std::process::Command::new("tc")
+            .args(["filter", "show", "dev", dev, "ingress"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
     use std::os::fd::AsFd;
 
     /// In a namespace of its own: a veth pair and a tap joined, with the
@@ -288,13 +297,7 @@ mod tests {
             let _tap = rt_sys::open_tap("rttt0").unwrap();
             let (outer, tap) = (nl.require("rttp0").unwrap(), nl.require("rttt0").unwrap());
             join(&mut nl, &outer, &tap, true).unwrap();
-            let show = |dev: &str| {
-                let out = std::process::Command::new("tc")
-                    .args(["filter", "show", "dev", dev, "ingress"])
-                    .output()
-                    .unwrap();
-                String::from_utf8_lossy(&out.stdout).into_owned()
-            };
+            let show = ingress_filters;
             let before = (show("rttp0"), show("rttt0"));
             unjoin(&mut nl, &outer).unwrap();
             // Again: nothing there is not an error.
@@ -343,13 +346,7 @@ mod tests {
             let _b = rt_sys::open_tap("rttb1").unwrap();
             let outer = nl.require("rttp1").unwrap();
             let (a, b) = (nl.require("rtta1").unwrap(), nl.require("rttb1").unwrap());
-            let show = |dev: &str| {
-                let out = std::process::Command::new("tc")
-                    .args(["filter", "show", "dev", dev, "ingress"])
-                    .output()
-                    .unwrap();
-                String::from_utf8_lossy(&out.stdout).into_owned()
-            };
+            let show = ingress_filters;
             // Onto an interface without redirects: a plain join.
             take_over(&mut nl, &outer, &a).unwrap();
             let first = show("rttp1");

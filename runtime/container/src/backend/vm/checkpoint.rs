@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 use rt_vm::channel::Op;
 use serde::{Deserialize, Serialize};
 
-use super::create::{guest_assets, host_cgroup, launch, own_network, refuse_options};
+use super::create::{
+    guest_assets, host_cgroup, launch, own_network, refuse_options, wants_terminal,
+};
 use super::supervisor::{self, Incoming, Transport};
 use super::{dir_of, files, request, share, VmError};
 use crate::backend::CheckpointOptions;
@@ -311,12 +313,7 @@ pub fn restore(
             if has_network { "with" } else { "without" },
         ))));
     }
-    let terminal = bundle
-        .spec
-        .process()
-        .as_ref()
-        .and_then(|p| p.terminal())
-        .unwrap_or(false);
+    let terminal = wants_terminal(&bundle.spec);
     if terminal != img.terminal {
         return Err(Error::Vm(VmError::Unsupported(format!(
             "restoring a VM {} a terminal into a bundle whose process.terminal is {terminal}",

@@ -43,6 +43,14 @@ pub(super) fn refuse_options(opts: &Options, restore: bool) -> Result<()> {
     Err(Error::NotSupported { backend: "vm", op })
 }
 
+/// Whether the spec's process has a terminal (`process.terminal`).
+pub(super) fn wants_terminal(spec: &oci_spec::runtime::Spec) -> bool {
+    spec.process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false)
+}
+
 /// The rootfs transport the spec asks for (`run.rt.vm.rootfs`).
 pub(super) fn transport(spec: &oci_spec::runtime::Spec) -> Result<Transport> {
     match spec
@@ -127,12 +135,7 @@ pub(super) fn create(sandbox: Sandbox<'_>, state: &mut State) -> Result<Created>
     let memory_mib = memory_mib(&bundle.spec)?;
     let (kernel, initrd, kvm) = guest_assets()?;
     let memory_mib = memory_mib.max(memory_floor(&initrd));
-    let terminal = bundle
-        .spec
-        .process()
-        .as_ref()
-        .and_then(|p| p.terminal())
-        .unwrap_or(false);
+    let terminal = wants_terminal(&bundle.spec);
     host_cgroup(dir, state, cgroup, &bundle.spec, memory_mib)?;
     let cfg = supervisor::Config {
         id: state.id.clone(),
