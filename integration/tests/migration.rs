@@ -367,10 +367,17 @@ fn live_migration_to_another_root_keeps_the_counter_running() {
     assert!(figures["total_ms"].as_u64().is_some(), "{figures}");
     eprintln!("migration: {figures}");
     // The source is gone; the destination runs under the same id.
-    assert!(root.rt(&["state", &id]).status.code() != Some(0));
-    assert_eq!(root2.status(&id), "running");
-    let last = last_count(&log1);
-    let dest = || counts(&report);
+    moved_and_counting(&root, &root2, &id, &log1, &report);
+}
+
+/// After a migration of counter `id` from `root` (its log `log1`) to
+/// `root2` (its output in `log2`): the source is gone, the destination
+/// runs and continues at exactly N+1; both roots clean after its delete.
+fn moved_and_counting(root: &Root, root2: &Root, id: &str, log1: &Path, log2: &Path) {
+    assert!(root.rt(&["state", id]).status.code() != Some(0));
+    assert_eq!(root2.status(id), "running");
+    let last = last_count(log1);
+    let dest = || counts(log2);
     assert!(
         eventually(60, || dest().last().copied().unwrap_or(0) > last + 3),
         "{:?}",
@@ -382,9 +389,179 @@ fn live_migration_to_another_root_keeps_the_counter_running() {
         "{:?} after {last}",
         dest()
     );
-    root2.ok(&["delete", "--force", &id]);
-    rt_integration::net::assert_root_clean(&root, &[]);
-    rt_integration::net::assert_root_clean(&root2, &[&id]);
+    root2.ok(&["delete", "--force", id]);
+    rt_integration::net::assert_root_clean(root, &[]);
+    rt_integration::net::assert_root_clean(root2, &[id]);
+}
+
+/// `rt receive --listen tcp://127.0.0.1:0` in `root`, stdout into `out`
+/// (its listening line, then the received container's output); the
+/// process and the address it listens on.
+fn receiver(root: &Root, out: &Path, extra: &[&str]) -> (std::process::Child, String) {
+    let mut cmd = root.cmd();
+    cmd.args(["receive", "--listen", "tcp://127.0.0.1:0"])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(out).unwrap())
+        .stderr(std::fs::File::create(out.with_extension("err")).unwrap());
+    let child = cmd.spawn().unwrap();
+    let listening = || {
+        let text = std::fs::read_to_string(out).unwrap_or_default();
+        let line = text.lines().next()?.to_string();
+        let v: Value = serde_json::from_str(&line).ok()?;
+        v["listening"].as_str().map(str::to_string)
+    };
+    assert!(
+        eventually(30, || listening().is_some()),
+        "the receiver never listened"
+    );
+    (child, listening().unwrap())
+}
+
+/// Waits for a receiver to exit (killing it after `secs`).
+fn receiver_status(mut child: std::process::Child, secs: u64) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return child.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn live_migration_over_tcp_to_a_receiver_keeps_the_counter_running() {
+    need_root!();
+    let root = Root::new();
+    let root2 = Root::new();
+    let b = counter_bundle();
+    let (id, files, log1) = counting(&root, &b, "tcpmig");
+    // A receiver whose destination cannot start (no such bundle): the
+    // sender hears why, and the source was never stopped.
+    let refused_log = files.path().join("refused.log");
+    let (recv, addr) = receiver(&root2, &refused_log, &["--bundle", "/nonexistent-bundle"]);
+    let to = format!("tcp://{addr}");
+    let o = root.rt(&["migrate", "--to", &to, &id]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("refused the migration"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!receiver_status(recv, 60).success());
+    assert_eq!(root.status(&id), "running");
+    let before = last_count(&log1);
+    assert!(
+        counts_past(&log1, before + 2, 30),
+        "the source stopped counting"
+    );
+    rt_integration::net::assert_root_clean(&root2, &[]);
+    // The real one.
+    let dest_log = files.path().join("dest.log");
+    let (recv, addr) = receiver(&root2, &dest_log, &[]);
+    let to = format!("tcp://{addr}");
+    let o = root.rt(&["migrate", "--to", &to, &id]);
+    let recv_err = || std::fs::read_to_string(dest_log.with_extension("err")).unwrap_or_default();
+    assert!(
+        o.status.success(),
+        "{}\nreceiver: {}",
+        stderr(&o),
+        recv_err()
+    );
+    let figures: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(figures["downtime_ms"].as_u64().is_some(), "{figures}");
+    eprintln!("tcp migration: {figures}");
+    assert!(receiver_status(recv, 60).success(), "{}", recv_err());
+    let received = std::fs::read_to_string(&dest_log).unwrap();
+    assert!(
+        received.contains(&format!("\"received\":\"{id}\"")),
+        "{received}"
+    );
+    moved_and_counting(&root, &root2, &id, &log1, &dest_log);
+}
+
+#[test]
+fn restore_keeps_the_network_identity_on_rts_own_network() {
+    need_root!();
+    use rt_integration::net::{attached, delete_and_check, exec_ok, http_get, ip_of, net_flags};
+    let root = Root::new();
+    let web = |more: Value| {
+        let mut b = Bundle::new(&[
+            "sh",
+            "-c",
+            "echo from-the-vm > /dev/shm/index.html && exec httpd -f -p 80 -h /dev/shm",
+        ]);
+        b.edit(|c| {
+            c["annotations"] = json!({
+                "run.rt.isolation": "vm",
+                "run.rt.vm.rootfs": "block",
+                "run.rt.vm.memory": "192",
+            });
+            for (k, v) in more.as_object().unwrap() {
+                c["annotations"][k] = v.clone();
+            }
+        });
+        b
+    };
+    let b = web(json!({}));
+    // The network and the port come from flags: only rt's state has them.
+    let id = unique_id("idnet");
+    let mut args = vec!["run", "-d", "--bundle", b.path().to_str().unwrap()];
+    args.extend(net_flags("nat", "rtt-m1", "10.231.71.0/24"));
+    args.extend(["-p", "18097:80", &id]);
+    root.ok(&args);
+    let answers = |port: u16| {
+        eventually(60, || {
+            http_get(&format!("127.0.0.1:{port}")).is_some_and(|r| r.contains("from-the-vm"))
+        })
+    };
+    assert!(answers(18097), "the VM never answered on 18097");
+    let (ip, mac) = (ip_of(&root, &id), attached(&root, &id)["mac"].clone());
+    let files = tempfile::tempdir().unwrap();
+    let image = files.path().join("image");
+    root.ok(&["checkpoint", "--image-path", image.to_str().unwrap(), &id]);
+    root.ok(&["delete", &id]);
+    // Restored from the bundle (no network annotations): the same network,
+    // port, address and MAC.
+    let id2 = unique_id("idnet2");
+    let o = restore_detached(&root, &image, &b, &id2);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(ip_of(&root, &id2), ip);
+    assert_eq!(attached(&root, &id2)["mac"], mac);
+    assert!(answers(18097), "the restored VM never answered on 18097");
+    // Restored again while that one runs: a new identity (the bundle's own
+    // port wins), and the guest re-addressed to it.
+    let b3 = web(json!({"run.rt.network.ports": "18098:80"}));
+    let id3 = unique_id("idnet3");
+    let o = restore_detached(&root, &image, &b3, &id3);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ip3 = ip_of(&root, &id3);
+    assert_ne!(ip3, ip);
+    assert_ne!(attached(&root, &id3)["mac"], mac);
+    let guest = exec_ok(&root, &id3, "ip -o addr show eth0");
+    assert!(guest.contains(&format!("inet {ip3}/")), "{guest}");
+    assert!(answers(18098), "the second restore never answered on 18098");
+    assert!(answers(18097), "the first restore stopped answering");
+    delete_and_check(&root, &[id2, id3], &["rtt-m1"]);
+    let left: Vec<_> = walk(&root.dir.path().join(".networks"));
+    assert!(left.is_empty(), "network files left: {left:?}");
+}
+
+/// The files under `dir` (none when it does not exist).
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
 }
 
 /// A directory with `rt-vm`, a link to rt.

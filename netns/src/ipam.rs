@@ -331,6 +331,58 @@ impl Locked {
     }
 }
 
+/// A restored container's network identity: `config` is pinned to the MAC
+/// and address of `saved` (its record at checkpoint) when the restore's
+/// network is the same mode, the address is on its subnet, and no member
+/// of `networks`' record of the bridge holds either; otherwise `config` is
+/// left as it is and the container gets a new identity (the checkpointed
+/// one still runs, say). The annotations' own `mac` and `ip` win. Returns
+/// whether the identity was kept.
+pub fn keep_identity(
+    networks: &Networks,
+    config: &mut Config,
+    saved: &crate::Attached,
+) -> Result<bool> {
+    if saved.mode != config.mode || config.mac.is_some() || config.ip.is_some() {
+        return Ok(false);
+    }
+    let Some(mac) = saved.mac.as_deref() else {
+        return Ok(false);
+    };
+    let Ok(mac_bytes) = crate::config::parse_mac(mac) else {
+        return Ok(false);
+    };
+    let ip = saved
+        .address
+        .as_deref()
+        .and_then(|a| a.split('/').next()?.parse::<Ipv4Addr>().ok());
+    let ip = match (config.subnet, ip) {
+        (Some(subnet), Some(ip)) if subnet.contains(&ip) => Some(ip),
+        (Some(_), _) => return Ok(false),
+        (None, _) => None, // DHCP: the MAC keeps the lease
+    };
+    // No record: no member (and no lock file made just to look).
+    let record = networks.dir().join(format!("{}.json", config.bridge));
+    let taken = record.exists() && {
+        let locked = networks.lock(&config.bridge)?;
+        let taken = locked.network.as_ref().is_some_and(|n| {
+            n.members
+                .values()
+                .any(|m| m.mac.eq_ignore_ascii_case(mac) || (ip.is_some() && m.ip == ip))
+        });
+        if locked.network.is_none() {
+            locked.save()?;
+        }
+        taken
+    };
+    if taken {
+        return Ok(false);
+    }
+    config.mac = Some(mac_bytes);
+    config.ip = ip;
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -439,5 +491,52 @@ mod tests {
         assert_eq!(unique.len(), 16);
         let l = nets.lock("rtnat0").unwrap();
         assert_eq!(l.network.unwrap().members.len(), 16);
+    }
+
+    #[test]
+    fn a_restore_keeps_its_identity_only_while_no_one_holds_it() {
+        let d = tempfile::tempdir().unwrap();
+        let networks = Networks::new(d.path());
+        let c = config(&[
+            ("run.rt.network", "nat"),
+            ("run.rt.network.bridge", "rtk0"),
+            ("run.rt.network.subnet", "10.9.3.0/24"),
+        ]);
+        let saved = crate::Attached {
+            mode: Mode::Nat,
+            bridge: Some("rtk0".into()),
+            veth: None,
+            mac: Some("02:aa:00:00:00:07".into()),
+            address: Some("10.9.3.7/24".into()),
+            gateway: None,
+            lease: None,
+        };
+        let mut fresh = c.clone();
+        assert!(keep_identity(&networks, &mut fresh, &saved).unwrap());
+        assert_eq!(fresh.ip, Some(Ipv4Addr::new(10, 9, 3, 7)));
+        assert_eq!(fresh.mac, Some([2, 0xaa, 0, 0, 0, 7]));
+        // Someone on the bridge holds the address: a new identity.
+        let mut l = networks.lock("rtk0").unwrap();
+        l.get_or_init(&fresh)
+            .join("other", &fresh, "02:bb:00:00:00:01", "v")
+            .unwrap();
+        l.save().unwrap();
+        drop(l);
+        let mut again = c.clone();
+        assert!(!keep_identity(&networks, &mut again, &saved).unwrap());
+        assert_eq!((again.ip, again.mac), (None, None));
+        // Another mode, or an address off the subnet: a new identity too.
+        let mut other = config(&[
+            ("run.rt.network", "host-only"),
+            ("run.rt.network.bridge", "rtk1"),
+            ("run.rt.network.subnet", "10.9.4.0/24"),
+        ]);
+        assert!(!keep_identity(&networks, &mut other, &saved).unwrap());
+        let mut off = config(&[
+            ("run.rt.network", "nat"),
+            ("run.rt.network.bridge", "rtk2"),
+            ("run.rt.network.subnet", "10.9.5.0/24"),
+        ]);
+        assert!(!keep_identity(&networks, &mut off, &saved).unwrap());
     }
 }

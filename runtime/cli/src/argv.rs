@@ -54,6 +54,7 @@ fn value_flags(sub: &str) -> &'static [&'static str] {
             "incoming",
         ],
         "migrate" => &["to", "new-id"],
+        "receive" => &["listen", "bundle"],
         "spec" => &["bundle"],
         "exec" => &[
             "console-socket",

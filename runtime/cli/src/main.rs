@@ -95,8 +95,12 @@ enum Command {
     Checkpoint(commands::checkpoint::Args),
     /// Bring a checkpointed container back, running.
     Restore(commands::restore::Args),
-    /// Live-migrate a running VM container to another state root.
+    /// Live-migrate a running VM container to another state root or to
+    /// `rt receive` over TCP.
     Migrate(commands::migrate::Args),
+    /// Receive one live migration over TCP (the other end of `migrate
+    /// --to tcp://…`).
+    Receive(commands::receive::Args),
     /// Write a default config.json.
     Spec(commands::spec::Args),
     /// Print the runtime features JSON.
@@ -219,6 +223,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Checkpoint(a) => commands::checkpoint::run(&global, a).map(|()| 0),
         Command::Restore(a) => commands::restore::run(&global, a),
         Command::Migrate(a) => commands::migrate::run(&global, a).map(|()| 0),
+        Command::Receive(a) => commands::receive::run(&global, a).map(|()| 0),
         Command::Run(a) => commands::run::run(&global, a),
         Command::State(a) => commands::state::run(&global, a).map(|()| 0),
         Command::Kill(a) => commands::kill::run(&global, a).map(|()| 0),

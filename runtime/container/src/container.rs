@@ -18,7 +18,11 @@ use crate::spec::{self, Bundle};
 use crate::state::{self, ContainerDir, State, Status, Store};
 
 mod checkpoint;
+mod migrate;
+mod receive;
 pub use checkpoint::RestoreRequest;
+pub use migrate::{Destination, MigrationReport};
+pub use receive::Received;
 
 /// The runtime: a state root on this host's cgroup layout.
 #[derive(Debug)]

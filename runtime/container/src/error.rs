@@ -30,6 +30,13 @@ pub enum Error {
     CriuUnavailable(String),
     #[error("migration: {0}")]
     Migration(String),
+    #[error("migration: {what} {peer}")]
+    MigrationIo {
+        what: &'static str,
+        peer: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{op} is not supported by the {backend} backend")]
     NotSupported {
         backend: &'static str,

@@ -21,6 +21,8 @@ pub enum Error {
     HostJoins(PathBuf),
     #[error("run.rt.network.dns: the bundle already mounts /etc/resolv.conf")]
     ResolvConfMounted,
+    #[error("checking the checkpoint's network identity")]
+    Identity(#[source] rt_netns::ipam::Error),
     #[error("writing {path}")]
     Write {
         path: PathBuf,

@@ -1,17 +1,17 @@
-//! `rt migrate ID --to ROOT`: live migration of a running VM container to
-//! another state root (see docs/migration.md); prints the figures as JSON.
+//! `rt migrate ID --to ROOT|tcp://HOST:PORT`: live migration of a running
+//! VM container to another state root, or to an `rt receive` (see
+//! docs/migration.md); prints the figures as JSON.
 
-use std::path::PathBuf;
-
-use rt_container::Runtime;
+use rt_container::{container::Destination, Runtime};
 
 use crate::Global;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The destination's state root.
+    /// The destination: a state root of this host, or
+    /// tcp://HOST:PORT where `rt receive` listens.
     #[arg(long)]
-    pub to: PathBuf,
+    pub to: String,
     /// The container's id at the destination (default: the same).
     #[arg(long)]
     pub new_id: Option<String>,
@@ -19,10 +19,11 @@ pub struct Args {
 }
 
 pub fn run(g: &Global, a: Args) -> anyhow::Result<()> {
-    let report =
-        Runtime::new(&g.root)
-            .with_cgroups(g.cgroups)
-            .migrate(&a.id, &a.to, a.new_id.as_deref())?;
+    let report = Runtime::new(&g.root).with_cgroups(g.cgroups).migrate(
+        &a.id,
+        &Destination::parse(&a.to),
+        a.new_id.as_deref(),
+    )?;
     println!(
         "{}",
         serde_json::json!({

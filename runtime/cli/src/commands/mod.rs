@@ -21,6 +21,7 @@ pub mod migrate;
 pub mod pause;
 pub mod ps;
 pub mod pull;
+pub mod receive;
 pub mod restore;
 pub mod run;
 pub mod spec;

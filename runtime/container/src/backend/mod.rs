@@ -42,6 +42,17 @@ pub struct CheckpointOptions {
     pub empty_ns: Vec<String>,
 }
 
+/// How a live migration's source ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MigrationEnd {
+    /// The destination failed: the source runs on.
+    Resume,
+    /// The destination runs: the source ends. With `same_host` the
+    /// destination took the caller's interface over on this host, so the
+    /// source's delete must leave its redirects alone.
+    Moved { same_host: bool },
+}
+
 /// Where a restore's container comes from.
 #[derive(Debug, Clone)]
 pub enum RestoreFrom<'a> {
@@ -159,7 +170,7 @@ pub trait Isolation: std::fmt::Debug {
     }
 
     /// After [`Isolation::migrate`]: resume the source, or end it.
-    fn finish_migration(&self, _st: &State, _resume: bool) -> Result<()> {
+    fn finish_migration(&self, _st: &State, _end: MigrationEnd) -> Result<()> {
         Err(self.refuse("migrate"))
     }
 

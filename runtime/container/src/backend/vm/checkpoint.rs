@@ -3,7 +3,8 @@
 //!
 //! A checkpoint image is a directory:
 //! - `rt-checkpoint.json`: [`Image`], with its format version, what rt
-//!   needs to rebuild the same device set, and the workload's guest pid;
+//!   needs to rebuild the same device set, the workload's guest pid, and
+//!   rt's own state of the container (spec, annotations, network record);
 //! - `vm.state`: QEMU's migration stream (devices and memory: the
 //!   workload's whole state in the guest, its page cache included);
 //! - `rootfs.img`: the block transport's disk, sparse;
@@ -23,7 +24,7 @@ use super::create::{
 };
 use super::supervisor::{self, Incoming, Transport};
 use super::{dir_of, files, request, share, VmError};
-use crate::backend::CheckpointOptions;
+use crate::backend::{CheckpointOptions, MigrationEnd};
 use crate::error::{Error, Result};
 use crate::sandbox::{Created, Sandbox};
 use crate::state::{self, State, Status};
@@ -32,11 +33,12 @@ use crate::state::{self, State, Status};
 pub const DESCRIPTION: &str = "rt-checkpoint.json";
 /// The file whose presence marks a complete image (podman's check).
 pub const INVENTORY: &str = "inventory.img";
-/// The format of [`Image`]; a restore refuses any other.
-pub const FORMAT: u32 = 1;
+/// The format of [`Image`]; a restore refuses any other. 2: the
+/// container's state is in the description.
+pub const FORMAT: u32 = 2;
 
 /// What a checkpoint image says about the VM it holds.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Image {
     pub format: u32,
     /// The rt that wrote it (informative: the format version decides).
@@ -61,6 +63,10 @@ pub struct Image {
     pub disk_bytes: u64,
     /// The init's pid in the guest.
     pub guest_pid: i32,
+    /// rt's state of the container at checkpoint: its spec (with the
+    /// annotations the command line set), its network record (MAC,
+    /// address) and its cgroup record.
+    pub container: State,
 }
 
 /// The QEMU version line (`QEMU emulator version 7.2.…`).
@@ -131,6 +137,7 @@ fn describe(st: &State, dir: &Path, cfg: &supervisor::Config) -> Result<Image> {
             .map_err(io("reading", &disk))?
             .len(),
         guest_pid: guest_pid(dir, &st.id)?,
+        container: st.clone(),
     })
 }
 
@@ -402,14 +409,17 @@ pub fn migrate(st: &State, uri: &str) -> Result<serde_json::Value> {
 }
 
 /// After [`migrate`]: resume the source (the destination failed) or end it.
-pub fn finish(st: &State, resume: bool) -> Result<()> {
+pub fn finish(st: &State, end: MigrationEnd) -> Result<()> {
     let dir = dir_of(st)?;
+    let resume = end == MigrationEnd::Resume;
     let reply = request(&dir, &st.id, Op::Finish { resume })?;
     if let Some(e) = reply.error {
         return Err(Error::Vm(VmError::Guest(e)));
     }
     if !resume {
         wait_gone(st, Duration::from_secs(30));
+    }
+    if end == (MigrationEnd::Moved { same_host: true }) {
         // The interface's redirects are the destination's now: the
         // source's delete must not remove them.
         let _ = std::fs::remove_file(dir.join(files::NETWORK));
@@ -422,9 +432,14 @@ pub fn finish(st: &State, resume: bool) -> Result<()> {
 pub fn describe_for_migration(st: &State, image: &Path) -> Result<()> {
     let dir = dir_of(st)?;
     let cfg = config_of(&dir)?;
+    write_incoming_image(image, &describe(st, &dir, &cfg)?)
+}
+
+/// Writes a migration's description (the sender's, perhaps received over
+/// the network) as the image a destination's `restore --incoming` reads.
+pub fn write_incoming_image(image: &Path, description: &impl Serialize) -> Result<()> {
     std::fs::create_dir_all(image).map_err(io("creating", image))?;
-    let description = describe(st, &dir, &cfg)?;
-    write_json(&image.join(DESCRIPTION), &description)?;
+    write_json(&image.join(DESCRIPTION), description)?;
     write_json(
         &image.join(INVENTORY),
         &serde_json::json!({"rt-checkpoint": FORMAT, "description": DESCRIPTION, "files": [DESCRIPTION]}),

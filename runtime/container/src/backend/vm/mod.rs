@@ -222,8 +222,8 @@ impl Isolation for Vm {
         checkpoint::migrate(st, uri)
     }
 
-    fn finish_migration(&self, st: &State, resume: bool) -> Result<()> {
-        checkpoint::finish(st, resume)
+    fn finish_migration(&self, st: &State, end: crate::backend::MigrationEnd) -> Result<()> {
+        checkpoint::finish(st, end)
     }
 
     fn start(&self, dir: &ContainerDir, st: &State) -> Result<()> {
