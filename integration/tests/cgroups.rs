@@ -149,6 +149,44 @@ fn memory_limit_oom_kills_and_events_report_it() {
     root.ok(&["delete", &id]);
 }
 
+/// The init itself the OOM killer's victim (containerd's TaskOOM test,
+/// where the container is deleted moments after): `rt events` reports the
+/// kill it counted as the container died, then ends. It once returned on
+/// seeing the container gone before it had looked at the count again.
+#[test]
+fn an_oom_kill_of_the_init_is_reported_before_events_ends() {
+    need_root!();
+    let root = Root::new();
+    for round in 0..5 {
+        let mut b = Bundle::new(&["tail", "/dev/zero"]);
+        b.edit(|c| c["linux"]["resources"] = small_memory());
+        let id = unique_id("cgoom");
+        root.ok(&["create", "--bundle", b.path().to_str().unwrap(), &id]);
+        let mut events = Events::start(&root, &id, "1h");
+        assert!(eventually(10, || events
+            .lines()
+            .iter()
+            .any(|e| e["type"] == "stats")));
+        root.ok(&["start", &id]);
+        // Deleted (its cgroup removed) as soon as it is stopped, as
+        // containerd's --rm does.
+        assert!(
+            eventually(20, || root.status(&id) == "stopped"),
+            "the init survived"
+        );
+        root.ok(&["delete", &id]);
+        assert!(
+            eventually(20, || events.child.try_wait().unwrap().is_some()),
+            "events did not end with the container"
+        );
+        let lines = events.lines();
+        assert!(
+            lines.iter().any(|e| e["type"] == "oom"),
+            "round {round}: no oom event in {lines:?}"
+        );
+    }
+}
+
 #[test]
 fn update_raises_the_memory_limit_of_a_running_container() {
     need_root!();

@@ -114,11 +114,6 @@ fn run_on_cgroup(rt: &Runtime, a: Args) -> anyhow::Result<()> {
             None
         }
     };
-    let oom_kills = |c: &dyn rt_cgroups::Manager| {
-        c.stats()
-            .map(|s| s.memory.raw.get("oom_kill").copied().unwrap_or(0))
-            .unwrap_or(0)
-    };
     let mut seen = oom_kills(cgroup.as_ref());
     // A first statistics line at once: it tells a reader (containerd-shim-
     // rt-v2, before it starts the container) that the OOM watch is in place.
@@ -129,13 +124,18 @@ fn run_on_cgroup(rt: &Runtime, a: Args) -> anyhow::Result<()> {
     let mut next = Instant::now() + a.interval;
     // The memory controller signals when the cgroup goes out of memory,
     // which is a moment before the OOM killer has counted its kill: after a
-    // signal, look again every 50 ms for a while.
+    // signal, look again every 2 ms for 100 ms (the victim may be the init,
+    // and its cgroup removed soon after it dies), then every 50 ms for two
+    // seconds.
     let mut recheck_until = Instant::now();
+    let mut fast_until = Instant::now();
     loop {
         let mut wait = next
             .saturating_duration_since(Instant::now())
             .min(Duration::from_secs(1));
-        if Instant::now() < recheck_until {
+        if Instant::now() < fast_until {
+            wait = wait.min(Duration::from_millis(2));
+        } else if Instant::now() < recheck_until {
             wait = wait.min(Duration::from_millis(50));
         }
         let timeout = PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX);
@@ -154,17 +154,16 @@ fn run_on_cgroup(rt: &Runtime, a: Args) -> anyhow::Result<()> {
                 drain(fd);
             }
             recheck_until = Instant::now() + Duration::from_secs(2);
+            fast_until = Instant::now() + Duration::from_millis(100);
         }
         if ready || Instant::now() < recheck_until {
-            let now = oom_kills(cgroup.as_ref());
-            for _ in seen..now {
-                emit::<()>("oom", &a.id, None)?;
-            }
-            seen = seen.max(now);
+            report_kills(cgroup.as_ref(), &mut seen, &a.id)?;
         }
-        // The container is gone: nothing more will happen.
+        // The container is gone: nothing more will happen, but a kill
+        // counted since the last look (its init was the victim) is still
+        // reported while the cgroup can be read.
         if rt.live_cgroup(&a.id).is_err() {
-            return Ok(());
+            return report_kills(cgroup.as_ref(), &mut seen, &a.id);
         }
         if Instant::now() >= next {
             match cgroup.stats() {
@@ -174,6 +173,23 @@ fn run_on_cgroup(rt: &Runtime, a: Args) -> anyhow::Result<()> {
             next += a.interval;
         }
     }
+}
+
+/// The OOM killer's count of kills in the cgroup (0 when unreadable).
+fn oom_kills(c: &dyn rt_cgroups::Manager) -> u64 {
+    c.stats()
+        .map(|s| s.memory.raw.get("oom_kill").copied().unwrap_or(0))
+        .unwrap_or(0)
+}
+
+/// An `oom` line for each kill counted since `seen`.
+fn report_kills(c: &dyn rt_cgroups::Manager, seen: &mut u64, id: &str) -> anyhow::Result<()> {
+    let now = oom_kills(c);
+    for _ in *seen..now {
+        emit::<()>("oom", id, None)?;
+    }
+    *seen = (*seen).max(now);
+    Ok(())
 }
 
 #[cfg(test)]
