@@ -389,11 +389,14 @@ fn containerd_runs_vm_tasks_with_rt_vm() {
 /// What podman's default CNI network leaves on the host after its last
 /// container: the `cni-podman0` bridge, the CNI chains (in the iptables-nft
 /// tables `ip nat`, `ip filter`, `ip6 nat`) and the /run/netns bind mount.
-/// Recorded before the test; whatever was not there is removed after it.
+/// Recorded before the test; whatever was not there is removed after it,
+/// and `net.ipv4.ip_forward` (which CNI's bridge plugin turns on) is put
+/// back.
 struct CniLeftovers {
     bridge: bool,
     tables: String,
     netns_mount: bool,
+    forward: String,
 }
 
 impl CniLeftovers {
@@ -408,12 +411,18 @@ impl CniLeftovers {
                 .unwrap_or_default()
                 .lines()
                 .any(|l| l.split(' ').nth(1) == Some("/run/netns")),
+            forward: std::fs::read_to_string(FORWARD).unwrap_or_default(),
         }
     }
 }
 
+const FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
 impl Drop for CniLeftovers {
     fn drop(&mut self) {
+        if !self.forward.is_empty() {
+            let _ = std::fs::write(FORWARD, &self.forward);
+        }
         if !self.bridge {
             let _ = Command::new("ip")
                 .args(["link", "del", "cni-podman0"])
