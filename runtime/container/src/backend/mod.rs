@@ -159,7 +159,7 @@ pub trait Isolation: std::fmt::Debug {
     }
 
     /// Writes what a migration's destination restores from into `image`.
-    fn describe_migration(&self, _st: &State, _image: &Path) -> Result<()> {
+    fn describe_migration(&self, _st: &State) -> Result<serde_json::Value> {
         Err(self.refuse("migrate"))
     }
 

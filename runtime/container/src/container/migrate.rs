@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use super::{Opened, Runtime};
+use crate::backend::vm::checkpoint;
 use crate::backend::MigrationEnd;
 use crate::error::{Error, Result};
 use crate::spec;
@@ -156,7 +157,8 @@ impl Runtime {
         }
         let image = to.join(format!(".migrate-{dest_id}"));
         let _ = std::fs::remove_dir_all(&image);
-        c.backend.describe_migration(&c.st, &image)?;
+        let description = c.backend.describe_migration(&c.st)?;
+        checkpoint::write_incoming_image(&image, &description)?;
         let socket = incoming_socket(&image);
         let uri = format!("unix:{}", socket.display());
         let mut dest = spawn_destination(to, &image, &uri, &c.st.bundle, dest_id)?;
@@ -191,23 +193,11 @@ impl Runtime {
     fn to_peer(&self, c: &Opened, addr: &str, dest_id: &str) -> Result<Delivered> {
         let conn = connect(addr)?;
         let mut reader = BufReader::new(clone(&conn, addr)?);
-        let image = self.store.root().join(format!(".migrate-out-{}", c.st.id));
-        let _ = std::fs::remove_dir_all(&image);
-        let described = c.backend.describe_migration(&c.st, &image).and_then(|()| {
-            let path = image.join(crate::backend::vm::checkpoint::DESCRIPTION);
-            let text = std::fs::read(&path).map_err(|source| Error::Io {
-                what: "reading",
-                path: path.clone(),
-                source,
-            })?;
-            serde_json::from_slice(&text).map_err(|e| Error::Migration(format!("{e}")))
-        });
-        let _ = std::fs::remove_dir_all(&image);
         let offer = Offer {
             version: WIRE,
             id: dest_id.to_string(),
             bundle: c.st.bundle.clone(),
-            description: described?,
+            description: c.backend.describe_migration(&c.st)?,
         };
         write_line(&conn, addr, &offer)?;
         let ready: Answer = read_line(&mut reader, addr, Duration::from_secs(180))?;

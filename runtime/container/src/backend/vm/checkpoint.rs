@@ -69,8 +69,14 @@ pub struct Image {
     pub container: State,
 }
 
-/// The QEMU version line (`QEMU emulator version 7.2.…`).
+/// The QEMU version line (`QEMU emulator version 7.2.…`), asked once per
+/// process (a restore reads its image in the engine and in the backend).
 fn qemu_version() -> String {
+    static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    VERSION.get_or_init(ask_qemu_version).clone()
+}
+
+fn ask_qemu_version() -> String {
     std::process::Command::new("qemu-system-x86_64")
         .arg("--version")
         .output()
@@ -427,12 +433,12 @@ pub fn finish(st: &State, end: MigrationEnd) -> Result<()> {
     Ok(())
 }
 
-/// Writes the description a migration's destination restores from into
-/// `image` (a directory of the destination's), marked complete.
-pub fn describe_for_migration(st: &State, image: &Path) -> Result<()> {
+/// The description a migration's destination restores from (see
+/// [`write_incoming_image`]).
+pub fn describe_for_migration(st: &State) -> Result<serde_json::Value> {
     let dir = dir_of(st)?;
     let cfg = config_of(&dir)?;
-    write_incoming_image(image, &describe(st, &dir, &cfg)?)
+    serde_json::to_value(describe(st, &dir, &cfg)?).map_err(|e| Error::Vm(VmError::Config(e)))
 }
 
 /// Writes a migration's description (the sender's, perhaps received over

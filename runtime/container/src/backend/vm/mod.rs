@@ -214,8 +214,8 @@ impl Isolation for Vm {
         }
     }
 
-    fn describe_migration(&self, st: &State, image: &Path) -> Result<()> {
-        checkpoint::describe_for_migration(st, image)
+    fn describe_migration(&self, st: &State) -> Result<serde_json::Value> {
+        checkpoint::describe_for_migration(st)
     }
 
     fn migrate(&self, st: &State, uri: &str) -> Result<serde_json::Value> {
