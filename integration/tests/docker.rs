@@ -1,7 +1,7 @@
 //! Docker as a caller: Debian's dockerd (20.10) started by the test with its
 //! own data root, exec root, socket, containerd namespace and bridge (made
-//! by the test, removed after it; no iptables rules: published ports go
-//! through docker-proxy), and rt and rt-vm added with `--add-runtime`. Docker reaches rt through containerd's runc shim,
+//! by the test, removed after it; no iptables rules and no ip_forward
+//! change: published ports go through docker-proxy), and rt and rt-vm added with `--add-runtime`. Docker reaches rt through containerd's runc shim,
 //! and puts zeros in every spec for the resources it does not set
 //! (`blockIO.weight`, `cpu.shares`, ...): before rt read them as "unset",
 //! every `docker run --runtime rt` failed on blkio.weight.
@@ -84,7 +84,12 @@ impl Dockerd {
             .arg("-H")
             .arg(format!("unix://{}", d.join("docker.sock").display()))
             .arg(format!("--bridge={bridge}"))
-            .args(["--iptables=false", "--ip6tables=false"])
+            // No rules, and the host's ip_forward left as it is.
+            .args([
+                "--iptables=false",
+                "--ip6tables=false",
+                "--ip-forward=false",
+            ])
             .args([
                 "--ip-masq=false",
                 "--exec-opt",

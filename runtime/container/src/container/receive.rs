@@ -108,11 +108,7 @@ impl Runtime {
                     ..Answer::default()
                 },
             )?;
-            let mut q = UnixStream::connect(&socket).map_err(|source| Error::Io {
-                what: "connecting to",
-                path: socket.clone(),
-                source,
-            })?;
+            let mut q = connect_listening(&socket)?;
             // The stream has no deadline: the sender's QEMU paces it.
             reader
                 .get_ref()
@@ -141,5 +137,30 @@ impl Runtime {
             )));
         }
         Ok(())
+    }
+}
+
+/// Connects to the destination QEMU's socket. Its file appears at bind(),
+/// a moment before QEMU listens: a refused connection is tried again (a
+/// failure here would leave the destination waiting for a stream until its
+/// timeout).
+fn connect_listening(socket: &Path) -> Result<UnixStream> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match UnixStream::connect(socket) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ConnectionRefused
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            r => {
+                return r.map_err(|source| Error::Io {
+                    what: "connecting to",
+                    path: socket.to_path_buf(),
+                    source,
+                })
+            }
+        }
     }
 }
