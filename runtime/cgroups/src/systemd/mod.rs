@@ -214,12 +214,8 @@ impl Manager for Systemd {
         self.inner.create()
     }
 
-    fn enter_v1(&self) -> Result<()> {
-        self.inner.enter_v1()
-    }
-
-    fn v2_dir(&self) -> Option<std::path::PathBuf> {
-        self.inner.v2_dir()
+    fn enter(&self, whole: bool) -> Result<Option<OwnedFd>> {
+        self.inner.enter(whole)
     }
 
     fn set(&self, resources: &LinuxResources) -> Result<()> {
