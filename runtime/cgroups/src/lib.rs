@@ -123,7 +123,25 @@ pub trait Manager: std::fmt::Debug {
     /// cgroup.procs, which waits for the global lock) and returns None: for a
     /// child that will be forked inside a new user namespace, whose
     /// credentials may not write to the cgroup.
-    fn enter(&self, whole: bool) -> Result<Option<OwnedFd>>;
+    fn enter(&self, whole: bool) -> Result<Option<OwnedFd>> {
+        self.enter_v1()?;
+        match self.v2_dir() {
+            Some(dir) => enter_v2(&dir, whole),
+            None => Ok(None),
+        }
+    }
+    /// The v1 half of [`Manager::enter`]: the calling process writes `0` to
+    /// `tasks` in every v1 hierarchy (nothing on a v2 host).
+    fn enter_v1(&self) -> Result<()>;
+    /// The container's cgroup2 directory, if the host has one.
+    fn v2_dir(&self) -> Option<PathBuf>;
+    /// For a parent that clones the process to be placed straight into its
+    /// namespaces and stays outside the cgroup itself: the cgroup2 directory
+    /// opened for CLONE_INTO_CGROUP, if any. The child then calls
+    /// [`Manager::enter_v1`].
+    fn birth_dir(&self) -> Result<Option<OwnedFd>> {
+        self.v2_dir().map(|dir| open_dir(&dir)).transpose()
+    }
     /// Writes the limits of `resources` that this layout supports.
     fn set(&self, resources: &LinuxResources) -> Result<()>;
     /// Applies device access rules (see [`devices::rules`]).
@@ -343,8 +361,11 @@ impl Manager for Disabled {
     fn create(&mut self) -> Result<()> {
         Ok(())
     }
-    fn enter(&self, _whole: bool) -> Result<Option<OwnedFd>> {
-        Ok(None)
+    fn enter_v1(&self) -> Result<()> {
+        Ok(())
+    }
+    fn v2_dir(&self) -> Option<PathBuf> {
+        None
     }
     fn set(&self, r: &LinuxResources) -> Result<()> {
         if resources::sets_limits(r) {
@@ -507,13 +528,22 @@ pub(crate) fn remove_dirs(created: &[PathBuf], leaves: &[PathBuf]) -> Result<()>
         .iter()
         .chain(created.iter().rev().filter(|d| !leaves.contains(d)));
     for dir in order {
-        if leaves.contains(dir) {
-            // Sub-cgroups of the container's own (`exec --cgroup`, or made
-            // by the workload when delegated) go first, deepest first.
-            remove_descendants(dir);
-        }
         let is_leaf = leaves.contains(dir);
-        match remove_dir_retrying(dir, is_leaf) {
+        // Usually the directory is empty and one rmdir does it. Otherwise
+        // (EBUSY: sub-cgroups of the container's own, from `exec --cgroup`
+        // or made by the workload when delegated, or a task still leaving)
+        // the sub-cgroups go first, deepest first, then rmdir is retried.
+        let removed = match std::fs::remove_dir(dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(_) => {
+                if is_leaf {
+                    remove_descendants(dir);
+                }
+                remove_dir_retrying(dir, is_leaf)
+            }
+        };
+        match removed {
             Ok(()) => {}
             Err(e) if is_leaf => {
                 first_err.get_or_insert(Error::Remove {

@@ -90,14 +90,15 @@ impl Manager for V1 {
         Ok(())
     }
 
-    fn enter(&self, whole: bool) -> Result<Option<OwnedFd>> {
+    fn enter_v1(&self) -> Result<()> {
         for h in &self.hierarchies {
             write(&join(&h.mount, &self.record.path).join("tasks"), "0")?;
         }
-        match &self.unified {
-            Some(u) => crate::enter_v2(&join(u, &self.record.path), whole),
-            None => Ok(None),
-        }
+        Ok(())
+    }
+
+    fn v2_dir(&self) -> Option<PathBuf> {
+        self.unified.as_ref().map(|u| join(u, &self.record.path))
     }
 
     fn set(&self, r: &LinuxResources) -> Result<()> {

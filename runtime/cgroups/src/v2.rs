@@ -70,8 +70,12 @@ impl Manager for V2 {
         self.enable_controllers()
     }
 
-    fn enter(&self, whole: bool) -> Result<Option<OwnedFd>> {
-        crate::enter_v2(&self.dir(), whole)
+    fn enter_v1(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn v2_dir(&self) -> Option<PathBuf> {
+        Some(self.dir())
     }
 
     fn set(&self, r: &LinuxResources) -> Result<()> {

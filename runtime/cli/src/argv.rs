@@ -184,6 +184,21 @@ fn takes_value(arg: &str, sub: &str) -> bool {
     !body.contains('=') && value_flags(sub).contains(&body)
 }
 
+/// The subcommand of `args` as [`normalise`] left them: the first word that
+/// is neither a global flag nor a global flag's value.
+pub fn subcommand(args: &[String]) -> Option<&str> {
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if !(a.starts_with('-') && a.len() > 1) {
+            return Some(a);
+        }
+        if takes_value(a, "") {
+            it.next();
+        }
+    }
+    None
+}
+
 /// Rewrites `args` (without `argv[0]`) into the canonical order:
 /// global flags, subcommand, its flags, `--`, positionals.
 pub fn normalise(args: Vec<String>) -> Vec<String> {
@@ -273,6 +288,25 @@ mod tests {
         assert_eq!(n("delete --force=true x"), "delete --force -- x");
         assert_eq!(n("delete -force=false x"), "delete -- x");
         assert_eq!(n("run -d -b B x"), "run -d -b B -- x");
+    }
+
+    #[test]
+    fn the_subcommand_is_found_past_global_flags_and_their_values() {
+        let sub = |s: &str| {
+            let args = normalise(s.split_whitespace().map(String::from).collect());
+            subcommand(&args).map(String::from)
+        };
+        assert_eq!(
+            sub("--root /r --log run --debug run -b B x").as_deref(),
+            Some("run")
+        );
+        assert_eq!(
+            sub("-root=/r --systemd-cgroup exec x ls").as_deref(),
+            Some("exec")
+        );
+        assert_eq!(sub("--log-format json create x").as_deref(), Some("create"));
+        assert_eq!(sub("--root state").as_deref(), None);
+        assert_eq!(sub("--version").as_deref(), None);
     }
 
     /// conmon's and go-runc's checkpoint and restore argv.

@@ -147,6 +147,20 @@ impl Plan {
     /// The cgroup namespace is unshared by the init: the first process that is
     /// in the container's cgroup in every hierarchy (it was born into the
     /// cgroup2 one), so that namespace is rooted there.
+    /// The flags to clone the init with straight from the parent, when
+    /// nothing has to happen between making the namespaces and forking the
+    /// init: no namespace to join, no user namespace (its maps are written
+    /// in between) and no time namespace (its offsets must be written before
+    /// any process is in it). None when the init needs a stage process.
+    /// CLONE_NEWCGROUP is left out: the init unshares it once in its cgroups.
+    pub fn direct_clone(&self) -> Option<CloneFlags> {
+        let time = CloneFlags::from_bits_retain(libc::CLONE_NEWTIME);
+        if !self.join.is_empty() || self.new_user || self.create.contains(time) {
+            return None;
+        }
+        Some(self.create - CloneFlags::CLONE_NEWCGROUP)
+    }
+
     pub fn unshare_cgroup(&self) -> Result<()> {
         if !self.create.contains(CloneFlags::CLONE_NEWCGROUP) {
             return Ok(());
@@ -226,5 +240,32 @@ mod tests {
             .contains(CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWUTS));
         assert!(!p.new_user);
         assert!(p.in_user_ns());
+        assert_eq!(p.direct_clone(), None, "joins need a stage");
+    }
+
+    #[test]
+    fn only_new_namespaces_without_user_or_time_clone_the_init_directly() {
+        let plan = |json: &str| {
+            Plan::from_spec(
+                &serde_json::from_str::<Linux>(&format!(r#"{{"namespaces":{json}}}"#)).unwrap(),
+            )
+        };
+        let direct =
+            plan(r#"[{"type":"pid"},{"type":"mount"},{"type":"cgroup"},{"type":"network"}]"#)
+                .direct_clone()
+                .unwrap();
+        assert_eq!(
+            direct,
+            CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWNET
+        );
+        assert_eq!(
+            plan(r#"[{"type":"pid"},{"type":"user"}]"#).direct_clone(),
+            None
+        );
+        assert_eq!(
+            plan(r#"[{"type":"pid"},{"type":"time"}]"#).direct_clone(),
+            None
+        );
+        assert_eq!(plan("[]").direct_clone(), Some(CloneFlags::empty()));
     }
 }

@@ -297,7 +297,16 @@ impl ContainerDir {
         Ok(st)
     }
 
-    /// Writes state.json atomically (write a temporary file, then rename).
+    /// Writes state.json atomically: a temporary file, then exchanged with
+    /// state.json (renameat2 RENAME_EXCHANGE) and the old one unlinked, or
+    /// renamed into place when there is none yet.
+    ///
+    /// Not a plain rename over the old file: ext4 (auto_da_alloc) starts
+    /// writing a file back when it replaces another by rename, which cost
+    /// 0.2 ms per save here, three times per `create`; an exchange does not.
+    /// The protection that writeback gives — a state file that survives a
+    /// power cut — is worth nothing for state whose processes die with the
+    /// host (and /run is normally a tmpfs).
     pub fn save(&self, state: &State) -> Result<()> {
         let tmp = self.dir.join(".state.json.tmp");
         let path = self.dir.join(STATE_FILE);
@@ -313,7 +322,16 @@ impl ContainerDir {
             source,
         })?;
         f.write_all(&text).map_err(io("writing", &tmp))?;
-        fs::rename(&tmp, &path).map_err(io("renaming", &path))
+        drop(f);
+        use nix::fcntl::{renameat2, RenameFlags};
+        match renameat2(None, &tmp, None, &path, RenameFlags::RENAME_EXCHANGE) {
+            Ok(()) => fs::remove_file(&tmp).map_err(io("removing", &tmp)),
+            // No state.json yet, or a filesystem without exchange.
+            Err(nix::errno::Errno::ENOENT | nix::errno::Errno::EINVAL) => {
+                fs::rename(&tmp, &path).map_err(io("renaming", &path))
+            }
+            Err(e) => Err(io("renaming", &path)(e.into())),
+        }
     }
 
     /// The live status of the container described by `state`.
@@ -383,6 +401,31 @@ mod tests {
         dir.save(&st).unwrap();
         let e = dir.load().unwrap_err().to_string();
         assert!(e.contains("newer than this rt's"), "{e}");
+        drop(dir);
+        fs::remove_dir_all(&tmp).unwrap();
+    }
+
+    #[test]
+    fn saving_again_replaces_the_state_and_leaves_no_temporary_file() {
+        let tmp = std::env::temp_dir().join(format!("rt-state-s-{}", std::process::id()));
+        let store = Store::new(&tmp);
+        let dir = store.create("s").unwrap();
+        let mut st: State = serde_json::from_value(serde_json::json!({
+            "id": "s", "pid": 0, "stored_status": "creating", "bundle": "/b", "rootfs": "/b/r",
+            "created": "now", "owner": "root", "backend": "container",
+            "config": {"ociVersion": "1.0.0"}
+        }))
+        .unwrap();
+        for pid in [0, 41, 42] {
+            st.pid = pid;
+            dir.save(&st).unwrap();
+            assert_eq!(dir.load().unwrap().pid, pid);
+        }
+        let names: Vec<String> = fs::read_dir(tmp.join("s"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, [STATE_FILE], "{names:?}");
         drop(dir);
         fs::remove_dir_all(&tmp).unwrap();
     }

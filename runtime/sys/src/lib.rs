@@ -94,24 +94,55 @@ const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 /// copy of the parent's memory, as after fork(2), but glibc's fork handlers do
 /// not run in it: callers only use async-signal-safe operations, fresh
 /// descriptors, and finally exec or `exit_now`.
-pub fn fork_into_cgroup(_proof: SingleThreaded, cgroup: BorrowedFd<'_>) -> Result<ForkResult> {
-    let args = CloneArgs {
-        flags: CLONE_INTO_CGROUP,
-        exit_signal: libc::SIGCHLD as u64,
-        cgroup: cgroup.as_raw_fd() as u64,
-        ..CloneArgs::default()
+pub fn fork_into_cgroup(proof: SingleThreaded, cgroup: BorrowedFd<'_>) -> Result<ForkResult> {
+    fork_into(proof, 0, Some(cgroup))
+}
+
+/// Forks with the child born in new namespaces (`namespaces`: `CLONE_NEW*`
+/// flags, as unshare(2) takes them, without CLONE_NEWUSER or CLONE_NEWTIME)
+/// and, given `cgroup`, in that cgroup2 directory: one process where
+/// unshare-then-fork needs two. The same rules as [`fork_into_cgroup`] hold
+/// for the child.
+pub fn fork_into(
+    _proof: SingleThreaded,
+    namespaces: u64,
+    cgroup: Option<BorrowedFd<'_>>,
+) -> Result<ForkResult> {
+    let rc = match cgroup {
+        Some(cgroup) => {
+            let args = CloneArgs {
+                flags: namespaces | CLONE_INTO_CGROUP,
+                exit_signal: libc::SIGCHLD as u64,
+                cgroup: cgroup.as_raw_fd() as u64,
+                ..CloneArgs::default()
+            };
+            // SAFETY: `args` is a live, initialised clone_args whose size we
+            // pass; with stack 0 the child continues on a copy-on-write copy of
+            // our stack, as after fork, and the process is single-threaded
+            // (the token says so).
+            unsafe {
+                libc::syscall(
+                    libc::SYS_clone3,
+                    &args as *const CloneArgs,
+                    std::mem::size_of::<CloneArgs>(),
+                )
+            }
+        }
+        // The classic clone(2), which every kernel has: flags, no new stack
+        // (the child continues on a copy of ours), no tid or tls pointers.
+        // SAFETY: as above; the null pointers ask for nothing to be written.
+        None => unsafe {
+            libc::syscall(
+                libc::SYS_clone,
+                namespaces | libc::SIGCHLD as u64,
+                std::ptr::null_mut::<libc::c_void>(),
+                std::ptr::null_mut::<libc::c_int>(),
+                std::ptr::null_mut::<libc::c_int>(),
+                0u64,
+            )
+        },
     };
-    // SAFETY: `args` is a live, initialised clone_args whose size we pass; with
-    // stack 0 the child continues on a copy-on-write copy of our stack, as
-    // after fork, and the process is single-threaded (the token says so).
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &args as *const CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
-    };
-    match Errno::result(rc).map_err(|e| Error::Syscall("clone3", e))? {
+    match Errno::result(rc).map_err(|e| Error::Syscall("clone", e))? {
         0 => Ok(ForkResult::Child),
         pid => Ok(ForkResult::Parent {
             child: Pid::from_raw(pid as i32),

@@ -214,8 +214,12 @@ impl Manager for Systemd {
         self.inner.create()
     }
 
-    fn enter(&self, whole: bool) -> Result<Option<OwnedFd>> {
-        self.inner.enter(whole)
+    fn enter_v1(&self) -> Result<()> {
+        self.inner.enter_v1()
+    }
+
+    fn v2_dir(&self) -> Option<std::path::PathBuf> {
+        self.inner.v2_dir()
     }
 
     fn set(&self, resources: &LinuxResources) -> Result<()> {

@@ -1,5 +1,6 @@
 //! The parent role of `create`: the `rt` process itself.
 
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 
 use nix::sys::stat::Mode;
@@ -110,20 +111,87 @@ pub fn create(sandbox: Sandbox<'_>, state: &mut State) -> Result<Created> {
         one_thread,
     };
     let (chan, child_end) = channel::pair()?;
-    let stage_pid = match rt_sys::fork(one_thread).map_err(Error::Fork)? {
-        ForkResult::Child => {
-            drop(chan);
-            stage::run(&launch, child_end)
+    let first = match launch.plan.direct_clone() {
+        // One process fewer: the init is cloned into its namespaces (and its
+        // cgroup2 directory) here, and does the stage's part itself.
+        Some(flags) => {
+            let birth = launch.cgroup.birth_dir()?;
+            let forked = rt_sys::fork_into(
+                one_thread,
+                flags.bits() as u64,
+                birth.as_ref().map(|fd| fd.as_fd()),
+            );
+            match forked.map_err(Error::Fork)? {
+                ForkResult::Child => {
+                    drop(chan);
+                    drop(birth);
+                    stage::run_as_init(&launch, child_end)
+                }
+                ForkResult::Parent { child } => First::Init(child),
+            }
         }
-        ForkResult::Parent { child } => child,
+        None => match rt_sys::fork(one_thread).map_err(Error::Fork)? {
+            ForkResult::Child => {
+                drop(chan);
+                stage::run(&launch, child_end)
+            }
+            ForkResult::Parent { child } => First::Stage(child),
+        },
     };
     drop(child_end);
-    let result = drive(dir, state, bundle, opts, network, &chan, stage_pid);
+    let result = match first {
+        First::Init(pid) => record_init(dir, state, bundle, network, pid)
+            .and_then(|()| drive(dir, state, bundle, opts, network, &chan, None)),
+        First::Stage(stage) => drive(dir, state, bundle, opts, network, &chan, Some(stage)),
+    };
     if result.is_err() {
         // Do not leave the stage or the init behind.
-        supervise::abort(stage_pid, (state.pid > 0).then(|| Pid::from_raw(state.pid)));
+        let init = (state.pid > 0).then(|| Pid::from_raw(state.pid));
+        match first {
+            First::Stage(stage) => supervise::abort(stage, init),
+            First::Init(pid) => supervise::abort(pid, None),
+        }
     }
     result
+}
+
+/// The parent's first child.
+#[derive(Clone, Copy)]
+enum First {
+    /// The stage, which makes the init and reports its pid.
+    Stage(Pid),
+    /// The init itself, cloned into its namespaces.
+    Init(Pid),
+}
+
+/// Records the init's pid (the stage's report, or the direct clone), sets
+/// its OOM score and attaches its network namespace.
+fn record_init(
+    dir: &ContainerDir,
+    state: &mut State,
+    bundle: &Bundle,
+    network: Option<&Plan>,
+    pid: Pid,
+) -> Result<()> {
+    state.pid = pid.as_raw();
+    state.start_time = state::proc_stat(pid).map_or(0, |(_, t)| t);
+    dir.save(state)?;
+    if let Some(adj) = bundle
+        .spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.oom_score_adj())
+    {
+        let path = PathBuf::from(format!("/proc/{pid}/oom_score_adj"));
+        std::fs::write(&path, adj.to_string()).map_err(|source| Error::Write { path, source })?;
+    }
+    // The init's namespaces exist now; its process starts only after
+    // `start`, by which time its network is up.
+    if let Some(plan) = network {
+        state.network = Some(plan.attach(&state.id, pid.as_raw())?);
+        dir.save(state)?;
+    }
+    Ok(())
 }
 
 fn drive(
@@ -133,7 +201,7 @@ fn drive(
     opts: &Options,
     network: Option<&Plan>,
     chan: &ParentEnd,
-    stage_pid: Pid,
+    stage_pid: Option<Pid>,
 ) -> Result<Created> {
     let spec = &bundle.spec;
     let linux = spec.linux().as_ref().expect("validated: linux");
@@ -144,27 +212,20 @@ fn drive(
     while !(ready && state.pid != 0) {
         match children.next_event()? {
             Event::UserNamespaceReady => {
+                let stage = stage_pid.ok_or(supervise::Error::Unexpected(
+                    crate::channel::ToParent::UserNamespaceReady,
+                ))?;
                 let uid = linux.uid_mappings().as_deref().unwrap_or_default();
                 let gid = linux.gid_mappings().as_deref().unwrap_or_default();
-                crate::idmap::write(stage_pid, uid, gid)?;
+                crate::idmap::write(stage, uid, gid)?;
                 chan.send(&ToChild::MapsWritten)?;
             }
             Event::InitPid(pid) => {
-                let _ = waitpid(stage_pid, None);
-                state.pid = pid.as_raw();
-                state.start_time = state::proc_stat(pid).map_or(0, |(_, t)| t);
-                dir.save(state)?;
-                if let Some(adj) = spec.process().as_ref().and_then(|p| p.oom_score_adj()) {
-                    let path = PathBuf::from(format!("/proc/{pid}/oom_score_adj"));
-                    std::fs::write(&path, adj.to_string())
-                        .map_err(|source| Error::Write { path, source })?;
-                }
-                // The init's namespaces exist now; its process starts only
-                // after `start`, by which time its network is up.
-                if let Some(plan) = network {
-                    state.network = Some(plan.attach(&state.id, pid.as_raw())?);
-                    dir.save(state)?;
-                }
+                let stage = stage_pid.ok_or(supervise::Error::Unexpected(
+                    crate::channel::ToParent::InitPid(pid.as_raw()),
+                ))?;
+                let _ = waitpid(stage, None);
+                record_init(dir, state, bundle, network, pid)?;
             }
             Event::RuntimeHooks => {
                 let json = serde_json::to_vec(&state.oci(Status::Creating)).unwrap_or_default();

@@ -1,4 +1,6 @@
-//! The stage process: namespaces, then the fork of the init.
+//! The stage process: namespaces, then the fork of the init — or, when the
+//! parent clones the init straight into new namespaces, the stage's part the
+//! init then does for itself ([`run_as_init`]).
 
 use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
@@ -45,6 +47,41 @@ pub fn run(launch: &Launch<'_>, chan: ChildEnd) -> ! {
     rt_sys::exit_now(code)
 }
 
+/// The init cloned by the parent straight into its new namespaces (see
+/// [`crate::namespaces::Plan::direct_clone`]): it does the stage's part for
+/// itself (closing what the parent holds, entering the v1 hierarchies — the
+/// parent cloned it into the cgroup2 directory — and opening the exec fifo),
+/// then becomes the init. Never returns.
+pub fn run_as_init(launch: &Launch<'_>, chan: ChildEnd) -> ! {
+    let fifo = rt_sys::close_fds_except(3 + launch.preserve_fds, chan.as_fd())
+        .map_err(Error::Fork)
+        .and_then(|()| Ok(launch.cgroup.enter_v1()?))
+        .and_then(|()| open_fifo(launch));
+    match fifo {
+        Ok(fifo) => init::run(launch, &chan, fifo),
+        Err(e) => {
+            let _ = chan.send(&ToParent::Failed(chain(&e)));
+            rt_sys::exit_now(1)
+        }
+    }
+}
+
+/// The exec fifo, opened read-write so that opening never blocks (`start`
+/// writes one byte to it), while the process still holds the host's
+/// privileges: in a user namespace the init could not open the runtime's
+/// file. Close-on-exec: it never reaches the user's process.
+fn open_fifo(launch: &Launch<'_>) -> Result<std::fs::File, Error> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(&launch.fifo)
+        .map_err(|source| Error::Fifo {
+            path: launch.fifo.clone(),
+            source,
+        })
+}
+
 fn expect(chan: &ChildEnd, want: ToChild) -> Result<(), Error> {
     match chan.recv()? {
         m if m == want => Ok(()),
@@ -62,19 +99,7 @@ fn stage(launch: &Launch<'_>, chan: &ChildEnd) -> Result<(), Error> {
     // stage itself first instead.
     let whole = launch.plan.in_user_ns() || launch.plan.joins(CloneFlags::CLONE_NEWCGROUP);
     let cgroup2 = launch.cgroup.enter(whole)?;
-    // The exec fifo, opened read-write so that opening never blocks (`start`
-    // writes one byte to it), while we still hold the host's privileges: in a
-    // user namespace the init could not open the runtime's file.
-    // Close-on-exec: it never reaches the user's process.
-    let fifo = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(&launch.fifo)
-        .map_err(|source| Error::Fifo {
-            path: launch.fifo.clone(),
-            source,
-        })?;
+    let fifo = open_fifo(launch)?;
     let plan = &launch.plan;
     plan.join_all()?;
     if plan.new_user {
