@@ -136,7 +136,7 @@ fn start_sleeper_edited(
     cgroups_path: Option<&str>,
     edit: impl FnOnce(&mut Value),
 ) -> Bundle {
-    let mut b = Bundle::new(&["sleep", "300"]);
+    let mut b = Bundle::new(&["sleep", "100000"]);
     b.edit(|c| {
         match cgroups_path {
             Some(p) => c["linux"]["cgroupsPath"] = p.into(),
@@ -529,7 +529,7 @@ fn rootless_uses_the_users_systemd_instance() {
     let path = b.join("config.json");
     let mut c: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     c["process"]["terminal"] = false.into();
-    c["process"]["args"] = serde_json::json!(["sleep", "300"]);
+    c["process"]["args"] = serde_json::json!(["sleep", "100000"]);
     c["root"]["path"] = dir
         .path()
         .join("rootfs")
