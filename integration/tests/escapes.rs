@@ -24,12 +24,25 @@ fn sha(path: &Path) -> Vec<u8> {
 /// is no longer running, and writes through the descriptor. rt runs from a
 /// read-only overlay of its directory (or, as the fallback, a sealed memfd
 /// copy), so the write fails and the binary on disk is intact. Both
-/// protections are attacked.
+/// protections are attacked, and a read-only install (the binary on a
+/// read-only bind mount), from which rt runs as it is, without re-executing.
 #[test]
 fn cve_2019_5736_runtime_binary_cannot_be_overwritten() {
     need_root!();
-    for protection in ["overlay", "memfd"] {
+    for protection in ["overlay", "memfd", "read-only install"] {
         attack_runtime_binary(protection);
+    }
+}
+
+/// Unmounts (lazily) the read-only bind mount of a test's directory.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
     }
 }
 
@@ -39,15 +52,24 @@ fn attack_runtime_binary(protection: &str) {
     let rt_copy = dir.path().join("rt");
     std::fs::copy(rt_testsupport::rt_bin(), &rt_copy).unwrap();
     let before = sha(&rt_copy);
+    let installed_read_only = protection == "read-only install";
+    let _unmount = installed_read_only.then(|| {
+        let st = std::process::Command::new("mount")
+            .args(["--bind", "-o", "ro"])
+            .arg(dir.path())
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount --bind -o ro: {st}");
+        Unmount(dir.path().to_path_buf())
+    });
     let root = Root::new();
     let rt = |args: &[&str]| {
-        output_via_files(
-            std::process::Command::new(&rt_copy)
-                .env("RT_SELF_PROTECTION", protection)
-                .arg("--root")
-                .arg(root.dir.path())
-                .args(args),
-        )
+        let mut cmd = std::process::Command::new(&rt_copy);
+        if !installed_read_only {
+            cmd.env("RT_SELF_PROTECTION", protection);
+        }
+        output_via_files(cmd.arg("--root").arg(root.dir.path()).args(args))
     };
     let mut b = Bundle::new(&["sleep", "1000"]);
     b.edit(|c| {
@@ -60,7 +82,7 @@ fn attack_runtime_binary(protection: &str) {
     let out = rt(&["create", "--bundle", b.path().to_str().unwrap(), &id]);
     assert!(out.status.success(), "{out:?}");
     let attack = "exec 3</proc/1/exe || { echo open-failed > /tmp/result; exit 0; }; \
-                  echo opened > /tmp/opened; \
+                  readlink /proc/1/exe > /tmp/exe; echo opened > /tmp/opened; \
                   while [ \"$(readlink /proc/1/exe)\" != /bin/busybox ]; do sleep 0.05; done; \
                   sleep 1; \
                   if printf '#!/bin/sh\\necho pwned\\n' >> /proc/self/fd/3; \
@@ -92,6 +114,10 @@ fn attack_runtime_binary(protection: &str) {
         "the runtime binary was rewritten ({result}, {protection})"
     );
     assert_ne!(result, "wrote");
+    if installed_read_only {
+        // rt ran from the read-only mount itself: no re-execution.
+        assert_eq!(cat("/tmp/exe"), rt_copy.to_str().unwrap(), "{result}");
+    }
     root.ok(&["delete", "--force", &id]);
 }
 
