@@ -2,6 +2,8 @@
 
 mod argv;
 mod commands;
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod early;
 mod logging;
 mod sealed;
 mod signal;

@@ -1,0 +1,399 @@
+//! The binary's entry point: the re-execution of [`crate::sealed`], done
+//! before the C library starts.
+//!
+//! `create`, `run` and `exec` re-execute rt from a read-only overlay of its
+//! directory when it was not started from a read-only mount. Done from
+//! `main`, that pays for the C library's start-up twice: static glibc's
+//! start-up runs some sixty CPUID instructions (CPU features, cache sizes),
+//! each a trap to the hypervisor on this host, about 0.7 ms in all, and all
+//! of it thrown away by the exec. So the linker's entry point is
+//! `rt_early_entry` (build.rs), which runs [`early`] on the kernel's initial
+//! stack and then jumps to glibc's `_start` with the stack and registers as
+//! the kernel (or the dynamic loader) left them.
+//!
+//! [`early`] handles the common case only: root (or CAP_SYS_ADMIN), a kernel
+//! that takes a detached tmpfs as the overlay's empty layer, and no
+//! `RT_SELF_PROTECTION`. Anything else (a failed syscall, an odd path, a full
+//! buffer) returns, and `main` does what it always did: the same overlay,
+//! the empty-directory layer, the sealed memfd, the errors. Returning is
+//! always safe, since `main` checks again; a wrong re-exec costs only time.
+//!
+//! Nothing here may touch what the C library has not set up yet: no thread
+//! locals, no allocation, no panics, and no call to `memcpy`, `memset`,
+//! `memcmp` or `strlen`, which a static glibc resolves (IFUNC) only in
+//! `_start`. Bytes are therefore moved with volatile accesses, which the
+//! compiler cannot turn into such calls, and every index is checked by hand.
+
+use core::arch::{asm, global_asm};
+use core::cell::UnsafeCell;
+use core::ptr::{read_volatile, write_volatile};
+
+// The entry point. At entry %rsp points at argc (16-byte aligned) and %rdx
+// holds the dynamic loader's finaliser (zero for a static binary); both are
+// kept in callee-saved registers across the call and handed on to _start.
+global_asm!(
+    ".globl rt_early_entry",
+    ".type rt_early_entry,@function",
+    "rt_early_entry:",
+    "mov r12, rsp",
+    "mov r13, rdx",
+    "mov rdi, rsp",
+    "and rsp, -16",
+    "call {early}",
+    "mov rsp, r12",
+    "mov rdx, r13",
+    "xor ebp, ebp",
+    "jmp _start",
+    early = sym early,
+);
+
+const PATH_MAX: usize = 4096;
+const MAX_ENV: usize = 2048;
+
+/// A buffer in .bss: zeroed by the kernel, so nothing has to clear it.
+struct Buf<T>(UnsafeCell<T>);
+// SAFETY: only `early` touches these, and it runs before any other thread
+// (or any other code) exists.
+unsafe impl<T> Sync for Buf<T> {}
+
+static PATH: Buf<[u8; PATH_MAX + 1]> = Buf(UnsafeCell::new([0; PATH_MAX + 1]));
+static LOWER: Buf<[u8; PATH_MAX + 64]> = Buf(UnsafeCell::new([0; PATH_MAX + 64]));
+static RT_EXE: Buf<[u8; PATH_MAX + 8]> = Buf(UnsafeCell::new([0; PATH_MAX + 8]));
+static ENVP: Buf<[*const u8; MAX_ENV + 2]> = Buf(UnsafeCell::new([core::ptr::null(); MAX_ENV + 2]));
+
+/// A raw system call; negative returns are -errno.
+///
+/// # Safety
+/// The arguments must be valid for system call `n`.
+unsafe fn syscall(n: i64, a: [usize; 5]) -> isize {
+    let ret: isize;
+    // SAFETY: the caller passes arguments valid for `n`; the syscall
+    // instruction clobbers only rcx and r11, declared here.
+    unsafe {
+        asm!(
+            "syscall",
+            inlateout("rax") n as isize => ret,
+            in("rdi") a[0], in("rsi") a[1], in("rdx") a[2], in("r10") a[3], in("r8") a[4],
+            lateout("rcx") _, lateout("r11") _,
+            options(nostack),
+        );
+    }
+    ret
+}
+
+fn close(fd: isize) {
+    // SAFETY: closing a descriptor this module opened.
+    unsafe { syscall(libc::SYS_close, [fd as usize, 0, 0, 0, 0]) };
+}
+
+/// The byte at `p + i` of a NUL-terminated string the kernel gave us.
+///
+/// # Safety
+/// `p + i` must lie within the string or on its NUL.
+unsafe fn at(p: *const u8, i: usize) -> u8 {
+    // SAFETY: as the caller guarantees.
+    unsafe { read_volatile(p.wrapping_add(i)) }
+}
+
+/// Whether the C string `s` starts with `prefix` (or equals it, with `whole`).
+///
+/// # Safety
+/// `s` must be a NUL-terminated string.
+unsafe fn starts_with(s: *const u8, prefix: &[u8], whole: bool) -> bool {
+    let mut i = 0;
+    while i < prefix.len() {
+        // SAFETY: every byte before i matched a non-NUL byte of `prefix`.
+        if unsafe { at(s, i) } != prefix[i] {
+            return false;
+        }
+        i += 1;
+    }
+    // SAFETY: s[..i] are non-NUL, so s[i] is within the string.
+    !whole || unsafe { at(s, i) } == 0
+}
+
+/// Appends `bytes` to `buf` at `*len`; false when it does not fit.
+fn push(buf: *mut u8, cap: usize, len: &mut usize, bytes: &[u8]) -> bool {
+    let mut i = 0;
+    while i < bytes.len() {
+        if *len >= cap {
+            return false;
+        }
+        // SAFETY: *len < cap, the buffer's size.
+        unsafe { write_volatile(buf.wrapping_add(*len), bytes[i]) };
+        *len += 1;
+        i += 1;
+    }
+    true
+}
+
+/// Appends the decimal digits of `n`.
+fn push_decimal(buf: *mut u8, cap: usize, len: &mut usize, mut n: usize) -> bool {
+    let mut digits = [0u8; 20];
+    let mut k = digits.len();
+    loop {
+        k -= 1;
+        digits[k] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 || k == 0 {
+            break;
+        }
+    }
+    push(buf, cap, len, &digits[k..])
+}
+
+/// Re-executes rt from a read-only overlay of its directory, if this is a
+/// command that needs it and rt does not already run from a read-only
+/// mount. Returns whenever it does not (or cannot) do so.
+///
+/// # Safety
+/// `sp` must be the process's initial stack pointer: argc, argv, NULL,
+/// envp, NULL, as the kernel lays them out.
+unsafe extern "C" fn early(sp: *const usize) {
+    // SAFETY: the layout of the initial stack, as the caller guarantees.
+    let (argc, argv) = unsafe { (*sp, sp.add(1) as *const *const u8) };
+    // SAFETY: argv holds argc pointers and a NULL; envp follows.
+    let envp = unsafe { argv.add(argc + 1) };
+    // Any argument that names one of the commands: over-counting costs an
+    // exec, under-counting nothing (main checks after its parse).
+    let mut wanted = false;
+    for i in 1..argc {
+        // SAFETY: i < argc, and each argument is a C string.
+        let a = unsafe { *argv.add(i) };
+        // SAFETY: as above.
+        wanted |= unsafe {
+            starts_with(a, b"create", true)
+                || starts_with(a, b"run", true)
+                || starts_with(a, b"exec", true)
+        };
+    }
+    if !wanted {
+        return;
+    }
+    // The environment: forced protection is main's, RT_EXE kept if set.
+    let mut nenv = 0;
+    let mut has_rt_exe = false;
+    loop {
+        // SAFETY: envp is NULL-terminated; nenv has not passed the NULL.
+        let e = unsafe { *envp.add(nenv) };
+        if e.is_null() {
+            break;
+        }
+        // SAFETY: each entry is a C string.
+        if unsafe { starts_with(e, b"RT_SELF_PROTECTION=", false) } {
+            return;
+        }
+        // SAFETY: as above.
+        has_rt_exe |= unsafe { starts_with(e, b"RT_EXE=", false) };
+        nenv += 1;
+        if nenv > MAX_ENV {
+            return;
+        }
+    }
+    // SAFETY: the arguments are valid for each call; the buffers are ours.
+    unsafe { reexec(argv, envp, nenv, has_rt_exe) }
+}
+
+/// The part of [`early`] that opens, mounts and execs.
+///
+/// # Safety
+/// `argv` and `envp` are the process's; `nenv` counts `envp`'s entries.
+unsafe fn reexec(argv: *const *const u8, envp: *const *const u8, nenv: usize, has_rt_exe: bool) {
+    const RO: usize =
+        (libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV) as usize;
+    let cloexec = (libc::O_RDONLY | libc::O_CLOEXEC) as usize;
+    let exe = c"/proc/self/exe".as_ptr() as usize;
+    // 1. Already protected? A sealed memfd or a read-only mount is main's
+    //    business (it returns at once).
+    // SAFETY: a valid path and flags.
+    let fd = unsafe { syscall(libc::SYS_open, [exe, cloexec, 0, 0, 0]) };
+    if fd < 0 {
+        return;
+    }
+    // SAFETY: F_GET_SEALS takes no argument.
+    let seals = unsafe {
+        syscall(
+            libc::SYS_fcntl,
+            [fd as usize, libc::F_GET_SEALS as usize, 0, 0, 0],
+        )
+    };
+    // struct statfs on x86_64: fifteen 8-byte words, f_flags the eleventh
+    // (libc keeps the field private).
+    let mut st = core::mem::MaybeUninit::<[i64; 15]>::uninit();
+    // SAFETY: st is a statfs-sized buffer for the kernel to fill.
+    let rc = unsafe {
+        syscall(
+            libc::SYS_fstatfs,
+            [fd as usize, st.as_mut_ptr() as usize, 0, 0, 0],
+        )
+    };
+    close(fd);
+    if seals >= 0 || rc != 0 {
+        return;
+    }
+    // SAFETY: fstatfs succeeded (rc == 0), so the kernel filled it.
+    if unsafe { st.assume_init_ref() }[10] & libc::ST_RDONLY as i64 != 0 {
+        return;
+    }
+    // 2. The binary's path, split at its last slash.
+    let path = PATH.0.get() as *mut u8;
+    // SAFETY: PATH has PATH_MAX + 1 bytes; readlink writes at most PATH_MAX.
+    let n = unsafe { syscall(libc::SYS_readlink, [exe, path as usize, PATH_MAX, 0, 0]) };
+    if n <= 0 || n as usize >= PATH_MAX {
+        return;
+    }
+    let n = n as usize;
+    let mut slash = n;
+    for i in 0..n {
+        // SAFETY: i < n, the length readlink wrote.
+        match unsafe { read_volatile(path.add(i)) } {
+            b'/' => slash = i,
+            // lowerdir's separator and escape: main's slower path copes.
+            b':' | b'\\' | b',' => return,
+            _ => {}
+        }
+    }
+    // SAFETY: PATH is zeroed past n (bss, written once), so path[n] is NUL.
+    if slash == n || slash + 1 == n || unsafe { read_volatile(path) } != b'/' {
+        return;
+    }
+    // 3. The empty layer: a detached tmpfs.
+    // SAFETY: a valid file system name and flags.
+    let fs = unsafe { syscall(libc::SYS_fsopen, [c"tmpfs".as_ptr() as usize, 1, 0, 0, 0]) };
+    if fs < 0 {
+        return;
+    }
+    // SAFETY: FSCONFIG_CMD_CREATE takes no key or value.
+    let rc = unsafe { syscall(libc::SYS_fsconfig, [fs as usize, 6, 0, 0, 0]) };
+    let empty = if rc == 0 {
+        // SAFETY: fsmount takes integers only.
+        unsafe { syscall(libc::SYS_fsmount, [fs as usize, 1, RO, 0, 0]) }
+    } else {
+        -1
+    };
+    close(fs);
+    if empty < 0 {
+        return;
+    }
+    // SAFETY: the buffers are valid; every descriptor is closed on return.
+    let root = unsafe { overlay(path, slash, empty as usize) };
+    close(empty);
+    if root < 0 {
+        return;
+    }
+    // 4. The binary in the overlay, and the exec.
+    // SAFETY: path + slash + 1 is the NUL-terminated file name.
+    let file = unsafe {
+        syscall(
+            libc::SYS_openat,
+            [root as usize, path.add(slash + 1) as usize, cloexec, 0, 0],
+        )
+    };
+    close(root);
+    if file < 0 {
+        return;
+    }
+    // SAFETY: envp has nenv entries; the buffers are ours.
+    let env = unsafe { environment(envp, nenv, has_rt_exe, path, n) };
+    if let Some(env) = env {
+        let empty_path = c"".as_ptr() as usize;
+        let flags = libc::AT_EMPTY_PATH as usize;
+        // SAFETY: argv and env are NULL-terminated arrays of C strings.
+        unsafe {
+            syscall(
+                libc::SYS_execveat,
+                [
+                    file as usize,
+                    empty_path,
+                    argv as usize,
+                    env as usize,
+                    flags,
+                ],
+            )
+        };
+    }
+    close(file);
+}
+
+/// The read-only overlay of `path[..slash]` over the detached `empty`
+/// mount; its root's descriptor, or a negative errno.
+///
+/// # Safety
+/// `path` is PATH, `slash` the index of its last slash.
+unsafe fn overlay(path: *const u8, slash: usize, empty: usize) -> isize {
+    const RO: usize =
+        (libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV) as usize;
+    let lower = LOWER.0.get() as *mut u8;
+    let cap = PATH_MAX + 63; // one byte left for the NUL (bss is zeroed)
+    let mut len = 0;
+    let dir_len = if slash == 0 { 1 } else { slash };
+    for i in 0..dir_len {
+        // SAFETY: i < dir_len <= the path's length.
+        let b = unsafe { read_volatile(path.add(i)) };
+        if !push(lower, cap, &mut len, &[b]) {
+            return -1;
+        }
+    }
+    if !push(lower, cap, &mut len, b":/proc/self/fd/") || !push_decimal(lower, cap, &mut len, empty)
+    {
+        return -1;
+    }
+    // SAFETY: len <= cap < the buffer's size.
+    unsafe { write_volatile(lower.add(len), 0) };
+    // SAFETY: a valid file system name and flags.
+    let ov = unsafe { syscall(libc::SYS_fsopen, [c"overlay".as_ptr() as usize, 1, 0, 0, 0]) };
+    if ov < 0 {
+        return ov;
+    }
+    let key = c"lowerdir".as_ptr() as usize;
+    // SAFETY: FSCONFIG_SET_STRING (1) with a C-string key and value.
+    let mut rc = unsafe { syscall(libc::SYS_fsconfig, [ov as usize, 1, key, lower as usize, 0]) };
+    if rc == 0 {
+        // SAFETY: FSCONFIG_CMD_CREATE takes no key or value.
+        rc = unsafe { syscall(libc::SYS_fsconfig, [ov as usize, 6, 0, 0, 0]) };
+    }
+    if rc == 0 {
+        // SAFETY: fsmount takes integers only.
+        rc = unsafe { syscall(libc::SYS_fsmount, [ov as usize, 1, RO, 0, 0]) };
+    }
+    close(ov);
+    rc
+}
+
+/// `envp` with `RT_EXE=<path>` added unless it has one: the binary's own
+/// path, which the VM backend packs into the guest.
+///
+/// # Safety
+/// `envp` has `nenv` (at most MAX_ENV) entries; `path` has `n` bytes.
+unsafe fn environment(
+    envp: *const *const u8,
+    nenv: usize,
+    has_rt_exe: bool,
+    path: *const u8,
+    n: usize,
+) -> Option<*const *const u8> {
+    if has_rt_exe {
+        return Some(envp);
+    }
+    let out = ENVP.0.get() as *mut *const u8;
+    for i in 0..nenv {
+        // SAFETY: i < nenv <= MAX_ENV, within both arrays.
+        unsafe { write_volatile(out.add(i), read_volatile(envp.add(i))) };
+    }
+    let var = RT_EXE.0.get() as *mut u8;
+    let mut len = 0;
+    if !push(var, PATH_MAX + 7, &mut len, b"RT_EXE=") {
+        return None;
+    }
+    for i in 0..n {
+        // SAFETY: i < n, the path's length.
+        let b = unsafe { read_volatile(path.add(i)) };
+        if !push(var, PATH_MAX + 7, &mut len, &[b]) {
+            return None;
+        }
+    }
+    // SAFETY: nenv + 1 < MAX_ENV + 2; the NULL after it is the zeroed bss;
+    // RT_EXE's NUL is too (len < its size).
+    unsafe { write_volatile(out.add(nenv), var as *const u8) };
+    Some(out as *const *const u8)
+}
