@@ -23,13 +23,15 @@ fn sha(path: &Path) -> Vec<u8> {
 /// init is still rt (the container is created, not started), waits until rt
 /// is no longer running, and writes through the descriptor. rt runs from a
 /// read-only overlay of its directory (or, as the fallback, a sealed memfd
-/// copy), so the write fails and the binary on disk is intact. Both
-/// protections are attacked, and a read-only install (the binary on a
+/// copy), so the write fails and the binary on disk is intact. Every path
+/// is attacked: the default (the overlay, mounted at rt's ELF entry point
+/// before glibc starts), the overlay as `main` mounts it (forced, as for
+/// every fallback), the memfd, and a read-only install (the binary on a
 /// read-only bind mount), from which rt runs as it is, without re-executing.
 #[test]
 fn cve_2019_5736_runtime_binary_cannot_be_overwritten() {
     need_root!();
-    for protection in ["overlay", "memfd", "read-only install"] {
+    for protection in ["default", "overlay", "memfd", "read-only install"] {
         attack_runtime_binary(protection);
     }
 }
@@ -66,8 +68,10 @@ fn attack_runtime_binary(protection: &str) {
     let root = Root::new();
     let rt = |args: &[&str]| {
         let mut cmd = std::process::Command::new(&rt_copy);
-        if !installed_read_only {
+        if matches!(protection, "overlay" | "memfd") {
             cmd.env("RT_SELF_PROTECTION", protection);
+        } else {
+            cmd.env_remove("RT_SELF_PROTECTION");
         }
         output_via_files(cmd.arg("--root").arg(root.dir.path()).args(args))
     };
