@@ -351,3 +351,30 @@ fn spec_and_features() {
         .contains(&json!("user")));
     assert_eq!(f["linux"]["cgroup"]["systemd"], true);
 }
+
+/// A caller that stops reading (`rt list | head -1`) ends rt's printing
+/// commands by SIGPIPE, as it ends runc, instead of a panic's message and
+/// backtrace (they panicked on the EPIPE before).
+#[test]
+fn printing_to_a_closed_pipe_ends_quietly_by_sigpipe() {
+    use std::os::unix::process::ExitStatusExt;
+    let root = Root::new();
+    for args in [&["list"][..], &["features"][..]] {
+        let (read, write) = nix::unistd::pipe().unwrap();
+        drop(read);
+        let out = root
+            .cmd()
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::from(write))
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{args:?}");
+        assert!(
+            out.stderr.is_empty(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

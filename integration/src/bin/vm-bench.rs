@@ -95,16 +95,7 @@ fn main() -> anyhow::Result<()> {
     let assets = rt_vm::guest::dir();
     let mut kernels = Vec::new();
     if let Ok(own) = rt_vm::guest::kernel(&assets) {
-        let is_own = own
-            .vmlinuz
-            .parent()
-            .and_then(Path::parent)
-            .and_then(Path::file_name)
-            .is_some_and(|n| {
-                n.to_string_lossy()
-                    .starts_with(rt_vm::guest::OWN_KERNEL_PREFIX)
-            });
-        if is_own {
+        if rt_vm::qemu::is_own_kernel(&own.vmlinuz) {
             kernels.push(("rt's kernel", own, assets.clone()));
         }
     }

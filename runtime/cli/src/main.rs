@@ -232,6 +232,19 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         rootless,
         store: cli.store.unwrap_or_else(rt_images::store::default_root),
     };
+    // What these print goes to their caller alone: a caller that stops
+    // reading ends them as it ends runc (SIGPIPE), not with a panic.
+    if matches!(
+        cli.command,
+        Command::State(_)
+            | Command::List(_)
+            | Command::Ps(_)
+            | Command::Events(_)
+            | Command::Features
+            | Command::Image(_)
+    ) {
+        rt_sys::default_sigpipe();
+    }
     match cli.command {
         Command::Create(a) => commands::create::run(&global, a).map(|()| 0),
         Command::Start(a) => commands::start::run(&global, a).map(|()| 0),

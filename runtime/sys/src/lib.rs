@@ -560,6 +560,19 @@ pub fn recv_fd(sock: BorrowedFd<'_>) -> Result<Option<OwnedFd>> {
     Ok(first)
 }
 
+/// Lets a write to a pipe nobody reads end the process by SIGPIPE, as it
+/// ends C programs and Go's (runc's) writes to stdout: Rust starts with
+/// SIGPIPE ignored, so `rt list | head -1` panicked on the EPIPE instead.
+/// For commands whose only output goes to their caller.
+pub fn default_sigpipe() {
+    // SAFETY: SIG_DFL installs no handler (no code of ours runs in signal
+    // context); the disposition is process-wide state nothing else relies on
+    // in these commands.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// Ends the process as if killed by `signal` (its parent's wait status
 /// says so), without a core file: the process that stands for a workload
 /// killed by signal N dies of signal N.
