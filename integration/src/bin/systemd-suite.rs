@@ -244,6 +244,7 @@ fn boot(
         rt_vm::qemu::RootDevice::Share(&socket),
         &work.join("unused.sock"),
         &work.join("unused-qmp.sock"),
+        false,
     );
     // The share's tag is `host` here; the agent channel is not used.
     for a in extra.iter_mut() {

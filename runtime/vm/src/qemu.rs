@@ -100,12 +100,15 @@ pub const BLOCK_ROOT_ARG: &str = "rt_rootfs=block";
 /// The devices of a microVM container (on a [`Machine`] with `pcie`):
 /// guest memory shareable with vhost-user (memfd), the rootfs device, the
 /// agent's virtio-serial port `rt.agent` (a listening UNIX socket at
-/// `agent_socket`) and QEMU's monitor (QMP) at `qmp_socket`.
+/// `agent_socket`), QEMU's monitor (QMP) at `qmp_socket`, and with
+/// `free_page_reporting` a virtio-balloon through which the guest hands
+/// back the pages it frees (QEMU punches them out of the memfd).
 pub fn container_devices(
     memory_mib: u32,
     root: RootDevice<'_>,
     agent_socket: &Path,
     qmp_socket: &Path,
+    free_page_reporting: bool,
 ) -> Vec<String> {
     let mut d: Vec<String> = vec![
         "-object".into(),
@@ -143,6 +146,12 @@ pub fn container_devices(
         "-qmp".into(),
         format!("unix:{},server=on,wait=off", qmp_socket.display()),
     ]);
+    if free_page_reporting {
+        d.extend([
+            "-device".into(),
+            "virtio-balloon-pci,free-page-reporting=on".into(),
+        ]);
+    }
     d
 }
 

@@ -63,6 +63,10 @@ pub struct Image {
     pub disk_bytes: u64,
     /// The init's pid in the guest.
     pub guest_pid: i32,
+    /// A virtio-balloon with free page reporting (absent from images of
+    /// rt before 2026-12-06, whose VMs had none).
+    #[serde(default)]
+    pub free_page_reporting: bool,
     /// rt's state of the container at checkpoint: its spec (with the
     /// annotations the command line set), its network record (MAC,
     /// address) and its cgroup record.
@@ -143,6 +147,7 @@ fn describe(st: &State, dir: &Path, cfg: &supervisor::Config) -> Result<Image> {
             .map_err(io("reading", &disk))?
             .len(),
         guest_pid: guest_pid(dir, &st.id)?,
+        free_page_reporting: cfg.free_page_reporting,
         container: st.clone(),
     })
 }
@@ -378,6 +383,7 @@ pub fn restore(
             guest_pid: img.guest_pid,
             timeout_secs,
         }),
+        free_page_reporting: img.free_page_reporting,
     };
     let created = launch(dir, state, &cfg, opts, network)?;
     state.stored_status = Status::Running;
@@ -468,6 +474,24 @@ mod tests {
         std::fs::write(d.path().join(DESCRIPTION), "not json").unwrap();
         let e = read_image(d.path()).unwrap_err().to_string();
         assert!(e.contains("rt-checkpoint.json"), "{e}");
+    }
+
+    #[test]
+    fn images_of_older_rt_restore_without_a_balloon() {
+        let mut v = serde_json::json!({
+            "format": FORMAT, "rt_version": "0.1.0", "backend": "vm", "id": "c",
+            "taken": "now", "qemu": "QEMU emulator version 7.2.0", "cpus": 1,
+            "memory_mib": 128, "kvm": false, "terminal": false, "network": false,
+            "own_network": false, "disk_bytes": 1, "guest_pid": 7,
+            "container": {"id": "c", "pid": 0, "stored_status": "running",
+                "bundle": "/b", "rootfs": "/b/r", "created": "now", "owner": "root",
+                "backend": "vm", "config": {"ociVersion": "1.0.0"}}
+        });
+        let old: Image = serde_json::from_value(v.clone()).unwrap();
+        assert!(!old.free_page_reporting);
+        v["free_page_reporting"] = true.into();
+        let new: Image = serde_json::from_value(v).unwrap();
+        assert!(new.free_page_reporting);
     }
 
     #[test]

@@ -154,6 +154,7 @@ pub(super) fn create(sandbox: Sandbox<'_>, state: &mut State) -> Result<Created>
         boot_timeout_secs: boot_timeout(),
         transport,
         incoming: None,
+        free_page_reporting: true,
     };
     let created = launch(dir, state, &cfg, opts, network)?;
     // The created marker `status` reads, removed at start.

@@ -57,6 +57,10 @@ pub struct Config {
     /// A restore or an incoming migration: the VM is loaded, not booted.
     #[serde(default)]
     pub incoming: Option<Incoming>,
+    /// A virtio-balloon for free page reporting (every VM since
+    /// 2026-12-06; a restored one has it if its image says so).
+    #[serde(default)]
+    pub free_page_reporting: bool,
 }
 
 /// The rootfs transport of a VM container: the bundle's directory shared
@@ -806,6 +810,7 @@ fn spawn_qemu(
             },
             &qemu_socket(dir, files::AGENT_SOCKET),
             &qemu_socket(dir, files::QMP_SOCKET),
+            cfg.free_page_reporting,
         ),
     };
     let mut cmd = machine.command();
