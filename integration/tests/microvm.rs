@@ -713,3 +713,46 @@ fn pages_the_guest_frees_go_back_to_the_host() {
     );
     assert_nothing_left(&root, &[&id]);
 }
+
+/// A VM with the shared rootfs runs rt from the read-only tools disk
+/// (found by its serial), not from its initramfs: only the pages rt runs
+/// are read into guest memory and QEMU maps no copy of it
+/// (docs/microvm.md).
+#[test]
+fn a_shared_rootfs_vm_runs_rt_from_the_read_only_tools_disk() {
+    need_root!();
+    let root = Root::new();
+    let b = vm_bundle("exec sleep 1000");
+    let id = unique_id("vmtools");
+    let out = output_via_files(
+        root.cmd()
+            .env("RT_VM_KERNEL_ARGS", "rt_agent_trace=1")
+            .args(["create", "--isolation", "vm", "--bundle"])
+            .arg(b.path())
+            .arg(&id),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let qemu = processes_naming(root.dir.path())
+        .into_iter()
+        .find(|p| p.contains("qemu-system"))
+        .expect("no QEMU");
+    let console = std::fs::read_to_string(root.dir.path().join(&id).join("console.log")).unwrap();
+    // The guest's rt works from there.
+    let ps = root.rt(&["ps", &id]);
+    root.ok(&["delete", "--force", &id]);
+    assert!(
+        qemu.contains("readonly=on") && qemu.contains("serial=rt-tools"),
+        "{qemu}"
+    );
+    assert!(console.contains("rt from the tools disk"), "{console}");
+    assert!(
+        ps.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ps.stderr)
+    );
+    assert_nothing_left(&root, &[&id]);
+}

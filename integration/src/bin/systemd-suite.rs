@@ -245,6 +245,7 @@ fn boot(
         &work.join("unused.sock"),
         &work.join("unused-qmp.sock"),
         false,
+        None,
     );
     // The share's tag is `host` here; the agent channel is not used.
     for a in extra.iter_mut() {

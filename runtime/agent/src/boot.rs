@@ -167,14 +167,18 @@ fn console_stdio() {
     }
 }
 
-/// Where the agent runs rt from: a read-only overlayfs of the initramfs's
-/// rt directory (lower layers only), so no one in the guest can open the
-/// binary for writing through /proc/PID/exe and rt needs no sealed copy.
+/// Where the agent runs rt from: the tools disk mounted read-only, or a
+/// read-only overlayfs of the initramfs's rt directory (lower layers
+/// only). Either way no one in the guest can open the binary for writing
+/// through /proc/PID/exe and rt needs no sealed copy.
 pub const RT_BIN: &str = "/run/rt-bin/rt";
 
 fn protect_rt() -> Result<()> {
-    std::fs::create_dir_all("/run/rt-empty").context("creating /run/rt-empty")?;
     std::fs::create_dir_all("/run/rt-bin").context("creating /run/rt-bin")?;
+    if std::env::var("rt_tools").as_deref() == Ok("disk") {
+        return mount_tools();
+    }
+    std::fs::create_dir_all("/run/rt-empty").context("creating /run/rt-empty")?;
     let opts = format!("lowerdir={}:/run/rt-empty", rt_vm::guest::RT_DIR);
     mount(
         Some("overlay"),
@@ -184,6 +188,46 @@ fn protect_rt() -> Result<()> {
         Some(opts.as_str()),
     )
     .context("mounting rt's read-only overlay")
+}
+
+/// The tools disk (`rt_tools=disk`): the virtio-blk disk whose serial is
+/// [`rt_vm::guest::TOOLS_SERIAL`], ext4, mounted read-only on /run/rt-bin.
+fn mount_tools() -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let dev = loop {
+        if let Some(dev) = disk_with_serial(rt_vm::guest::TOOLS_SERIAL) {
+            break dev;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "no virtio-blk disk with serial {} (rt's tools disk) appeared",
+                rt_vm::guest::TOOLS_SERIAL
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    mount(
+        Some(dev.as_path()),
+        "/run/rt-bin",
+        Some("ext4"),
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOATIME,
+        None::<&str>,
+    )
+    .with_context(|| format!("mounting rt's tools disk {} (ext4)", dev.display()))?;
+    crate::trace("rt from the tools disk");
+    Ok(())
+}
+
+/// The /dev node of the block device whose serial (sysfs) is `serial`.
+fn disk_with_serial(serial: &str) -> Option<std::path::PathBuf> {
+    std::fs::read_dir("/sys/block")
+        .ok()?
+        .flatten()
+        .find_map(|e| {
+            let s = std::fs::read_to_string(e.path().join("serial")).ok()?;
+            let dev = Path::new("/dev").join(e.file_name());
+            (s.trim() == serial && dev.exists()).then_some(dev)
+        })
 }
 
 /// Every controller for the containers' cgroups below the root.

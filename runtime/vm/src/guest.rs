@@ -6,7 +6,9 @@
 //! `kernel/` holds one unpacked Debian cloud kernel package and, once built,
 //! rt's own guest kernel (`rt-guest-<key>/`, preferred), `accel-*` the
 //! accelerator probe's answer, `initrd/<key>.cpio` the initramfs for one
-//! combination of agent, rt and kernel.
+//! combination of agent, rt and kernel, and `initrd/<key>.img` the
+//! read-only disk that carries rt into guests that read it from there
+//! ([`RtFrom::Disk`]).
 
 use std::hash::{Hash, Hasher};
 use std::os::unix::fs::MetadataExt;
@@ -37,8 +39,28 @@ pub const MODULES: [&str; 7] = [
 /// memfd per command (25 MB each for a debug build: a small guest's memory).
 pub const RT_DIR: &str = "/usr/lib/rt";
 
+/// Where a guest's rt comes from.
+///
+/// From the initramfs, rt (13 MB in a release build) is unpacked into
+/// guest RAM at every boot, and QEMU keeps the image mapped: memory a
+/// checkpointed or migrated VM needs, since its RAM then holds everything
+/// the guest runs. From a read-only ext4 disk, only the pages rt runs are
+/// read into the guest's page cache, the boot skips unpacking it, and QEMU
+/// maps nothing of it (measured in docs/microvm.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RtFrom {
+    Initramfs,
+    Disk,
+}
+
+/// The tools disk's virtio-blk serial, by which the agent finds it.
+pub const TOOLS_SERIAL: &str = "rt-tools";
+/// The kernel argument (handed to the agent as an environment variable)
+/// that says rt is on the tools disk.
+pub const TOOLS_ARG: &str = "rt_tools=disk";
+
 /// Bumped whenever the initramfs layout changes, so old caches are not used.
-const FORMAT: u32 = 5;
+const FORMAT: u32 = 6;
 
 /// The assets directory.
 pub fn dir() -> PathBuf {
@@ -122,34 +144,63 @@ fn prune(cache: &Path, age: std::time::Duration) {
     }
 }
 
-/// The initramfs for `agent` (its /init), `rt` (/bin/rt) and `kernel`'s
-/// modules, from the cache or built into it. The cache key covers the
-/// binaries' identity (device, inode, size, modification time), the kernel
-/// and the format.
-pub fn initrd(assets: &Path, kernel: &Kernel, agent: &Path, rt: &Path) -> Result<PathBuf> {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    FORMAT.hash(&mut h);
-    kernel.version.hash(&mut h);
-    for bin in [agent, rt] {
-        let m = std::fs::metadata(bin).map_err(io("reading", bin))?;
-        (bin, m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()).hash(&mut h);
-    }
+/// Hashes a binary's identity (path, device, inode, size, modification
+/// time) into a cache key.
+fn identity(bin: &Path, h: &mut impl Hasher) -> Result<()> {
+    let m = std::fs::metadata(bin).map_err(io("reading", bin))?;
+    (bin, m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()).hash(h);
+    Ok(())
+}
+
+/// The cache directory and the path of `name` in it; an existing entry is
+/// marked used (its modification time says when, for [`prune`]).
+fn cached(assets: &Path, name: String) -> Result<(PathBuf, PathBuf, bool)> {
     let cache = assets.join("initrd");
     std::fs::create_dir_all(&cache).map_err(io("creating", &cache))?;
-    let out = cache.join(format!("{:016x}.cpio", h.finish()));
-    if out.exists() {
-        // Its modification time says when it was last used (for pruning).
+    let out = cache.join(name);
+    let exists = out.exists();
+    if exists {
         let _ = std::fs::File::options()
             .write(true)
             .open(&out)
             .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+    } else {
+        prune(&cache, PRUNE_AFTER);
+    }
+    Ok((cache, out, exists))
+}
+
+/// The initramfs for `agent` (its /init), `rt` (unless the guest reads it
+/// from the tools disk: `from`; then only the libraries it links) and
+/// `kernel`'s modules, from the cache or
+/// built into it. The cache key covers the binaries' identity (device,
+/// inode, size, modification time), where rt comes from, the kernel and the
+/// format.
+pub fn initrd(
+    assets: &Path,
+    kernel: &Kernel,
+    agent: &Path,
+    rt: &Path,
+    from: RtFrom,
+) -> Result<PathBuf> {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (FORMAT, from).hash(&mut h);
+    kernel.version.hash(&mut h);
+    identity(agent, &mut h)?;
+    identity(rt, &mut h)?;
+    let (cache, out, exists) = cached(assets, format!("{:016x}.cpio", h.finish()))?;
+    if exists {
         return Ok(out);
     }
-    prune(&cache, PRUNE_AFTER);
     let mut i = Initramfs::new();
     i.stripped_executable("/init", agent)?;
-    // The agent shows rt through a read-only overlay (see RT_DIR).
-    i.stripped_executable(&format!("{RT_DIR}/rt"), rt)?;
+    match from {
+        // The agent shows rt through a read-only overlay (see RT_DIR).
+        RtFrom::Initramfs => i.stripped_executable(&format!("{RT_DIR}/rt"), rt)?,
+        // rt itself is on the tools disk; what it links (a debug build is
+        // a dynamic executable) is here.
+        RtFrom::Disk => i.libraries_of(rt)?,
+    };
     // `rt ps` runs ps(1) where the processes are; the agent configures
     // eth0 with ip(8).
     for (name, candidates) in [
@@ -176,9 +227,91 @@ pub fn initrd(assets: &Path, kernel: &Kernel, agent: &Path, rt: &Path) -> Result
     Ok(out)
 }
 
+/// The tools disk for `rt` ([`RtFrom::Disk`]): a read-only ext4 image with
+/// the stripped rt at its root, from the cache or built into it (keyed by
+/// rt's identity and the format). The guest finds it by its serial
+/// ([`TOOLS_SERIAL`]) and mounts it read-only where the agent runs rt from,
+/// so the guest's rt finds itself on a read-only mount (CVE-2019-5736) and
+/// needs no overlay.
+pub fn tools_disk(assets: &Path, rt: &Path) -> Result<PathBuf> {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (FORMAT, TOOLS_SERIAL).hash(&mut h);
+    identity(rt, &mut h)?;
+    let (cache, out, exists) = cached(assets, format!("{:016x}.img", h.finish()))?;
+    if exists {
+        return Ok(out);
+    }
+    // Staged and built beside the final name, then renamed (see initrd).
+    let stage = cache.join(format!(".{}.tools", std::process::id()));
+    let tmp = cache.join(format!(".{}.img", std::process::id()));
+    let _ = std::fs::remove_dir_all(&stage);
+    std::fs::create_dir_all(&stage).map_err(io("creating", &stage))?;
+    let built = build_tools_disk(&stage, &tmp, rt);
+    let _ = std::fs::remove_dir_all(&stage);
+    if let Err(e) = built {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, &out).map_err(io("renaming", &tmp))?;
+    Ok(out)
+}
+
+fn build_tools_disk(stage: &Path, image: &Path, rt: &Path) -> Result<()> {
+    let bin = stage.join("rt");
+    if !crate::initramfs::strip(rt, &bin) {
+        std::fs::copy(rt, &bin).map_err(io("copying", rt))?;
+    }
+    let size = std::fs::metadata(&bin).map_err(io("reading", &bin))?.len();
+    // The binary, ext4's metadata and some slack, in KiB.
+    let kib = (size >> 10) + 4096;
+    crate::run(
+        std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-b", "4096", "-m", "0", "-O", "^has_journal"])
+            .args(["-E", "root_owner=0:0", "-L", TOOLS_SERIAL, "-d"])
+            .arg(stage)
+            .arg(image)
+            .arg(format!("{kib}K")),
+    )
+    .map(drop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_tools_disk_is_an_ext4_image_with_rt_built_once() {
+        if std::process::Command::new("mkfs.ext4")
+            .arg("-V")
+            .output()
+            .is_err()
+        {
+            eprintln!("skipped: no mkfs.ext4 (e2fsprogs)");
+            return;
+        }
+        let assets = tempfile::tempdir().unwrap();
+        let rt = Path::new("/bin/true");
+        let img = tools_disk(assets.path(), rt).unwrap();
+        let bytes = std::fs::read(&img).unwrap();
+        // ext4's superblock magic, 0xEF53 at byte 1080.
+        assert_eq!(&bytes[1080..1082], &[0x53, 0xef]);
+        let listing = std::process::Command::new("debugfs")
+            .args(["-R", "ls -l /"])
+            .arg(&img)
+            .output()
+            .unwrap();
+        let listing = String::from_utf8_lossy(&listing.stdout);
+        assert!(listing.contains(" rt"), "{listing}");
+        let ino = std::fs::metadata(&img).unwrap().ino();
+        assert_eq!(tools_disk(assets.path(), rt).unwrap(), img);
+        assert_eq!(std::fs::metadata(&img).unwrap().ino(), ino, "rebuilt");
+        // Nothing half-made is left beside it.
+        let names: Vec<_> = std::fs::read_dir(assets.path().join("initrd"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+    }
 
     #[test]
     fn prune_removes_only_images_unused_for_long() {

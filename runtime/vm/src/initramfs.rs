@@ -112,6 +112,17 @@ impl Initramfs {
         Ok(self)
     }
 
+    /// The shared libraries and loader `src` needs (none for a static
+    /// binary), at their host paths: for a binary that reaches the guest
+    /// another way.
+    pub fn libraries_of(&mut self, src: &Path) -> Result<&mut Self> {
+        for lib in shared_libraries(src)? {
+            let guest = lib.to_string_lossy().into_owned();
+            self.file(&guest, &lib, 0o755)?;
+        }
+        Ok(self)
+    }
+
     /// Like [`Initramfs::executable`], with the binary's symbols and debug
     /// information stripped (`strip --strip-all`; a debug build of rt
     /// shrinks from 136 MB to 26 MB): the guest unpacks every byte into
@@ -122,15 +133,7 @@ impl Initramfs {
             std::process::id(),
             self.entries.len()
         ));
-        let stripped = Command::new("strip")
-            .arg("--strip-all")
-            .arg("-o")
-            .arg(&tmp)
-            .arg(src)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !stripped {
-            let _ = std::fs::remove_file(&tmp);
+        if !strip(src, &tmp) {
             return self.executable(path, src);
         }
         let bytes = std::fs::read(&tmp).map_err(io("reading", &tmp));
@@ -231,6 +234,22 @@ fn shared_libraries(bin: &Path) -> Result<Vec<PathBuf>> {
             path.starts_with('/').then(|| PathBuf::from(path))
         })
         .collect())
+}
+
+/// `strip --strip-all -o dst src`; false (and no `dst`) when it failed or
+/// there is no `strip` on the host.
+pub(crate) fn strip(src: &Path, dst: &Path) -> bool {
+    let stripped = Command::new("strip")
+        .arg("--strip-all")
+        .arg("-o")
+        .arg(dst)
+        .arg(src)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !stripped {
+        let _ = std::fs::remove_file(dst);
+    }
+    stripped
 }
 
 #[cfg(test)]

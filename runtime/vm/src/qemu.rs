@@ -102,13 +102,16 @@ pub const BLOCK_ROOT_ARG: &str = "rt_rootfs=block";
 /// agent's virtio-serial port `rt.agent` (a listening UNIX socket at
 /// `agent_socket`), QEMU's monitor (QMP) at `qmp_socket`, and with
 /// `free_page_reporting` a virtio-balloon through which the guest hands
-/// back the pages it frees (QEMU punches them out of the memfd).
+/// back the pages it frees (QEMU punches them out of the memfd), and with
+/// `tools` the read-only disk rt runs from in the guest
+/// ([`crate::guest::RtFrom::Disk`]).
 pub fn container_devices(
     memory_mib: u32,
     root: RootDevice<'_>,
     agent_socket: &Path,
     qmp_socket: &Path,
     free_page_reporting: bool,
+    tools: Option<&Path>,
 ) -> Vec<String> {
     let mut d: Vec<String> = vec![
         "-object".into(),
@@ -150,6 +153,20 @@ pub fn container_devices(
         d.extend([
             "-device".into(),
             "virtio-balloon-pci,free-page-reporting=on".into(),
+        ]);
+    }
+    if let Some(image) = tools {
+        d.extend([
+            "-drive".into(),
+            format!(
+                "file={},if=none,id=tools,format=raw,readonly=on",
+                image.display()
+            ),
+            "-device".into(),
+            format!(
+                "virtio-blk-pci,drive=tools,serial={}",
+                crate::guest::TOOLS_SERIAL
+            ),
         ]);
     }
     d

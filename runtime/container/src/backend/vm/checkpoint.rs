@@ -338,7 +338,9 @@ pub fn restore(
             if img.terminal { "with" } else { "without" },
         ))));
     }
-    let (kernel, initrd, _) = guest_assets()?;
+    // A checkpointed VM's rt was in its initramfs (block transport).
+    let assets = guest_assets(rt_vm::guest::RtFrom::Initramfs)?;
+    let (kernel, initrd) = (assets.kernel, assets.initrd);
     let disk = dir.path().join(files::DISK);
     let (uri, timeout_secs) = match source {
         Source::Image => {
@@ -384,6 +386,7 @@ pub fn restore(
             timeout_secs,
         }),
         free_page_reporting: img.free_page_reporting,
+        tools: None,
     };
     let created = launch(dir, state, &cfg, opts, network)?;
     state.stored_status = Status::Running;

@@ -133,7 +133,19 @@ pub(super) fn create(sandbox: Sandbox<'_>, state: &mut State) -> Result<Created>
     }
     let cpus = cpus(&bundle.spec)?;
     let memory_mib = memory_mib(&bundle.spec)?;
-    let (kernel, initrd, kvm) = guest_assets()?;
+    // A block-transport VM can be checkpointed and moved: its RAM must hold
+    // all it runs, so rt rides in its initramfs. A shared-rootfs VM reads
+    // rt from the tools disk.
+    let from = match transport {
+        Transport::Share => rt_vm::guest::RtFrom::Disk,
+        Transport::Block => rt_vm::guest::RtFrom::Initramfs,
+    };
+    let GuestAssets {
+        kernel,
+        initrd,
+        tools,
+        kvm,
+    } = guest_assets(from)?;
     let memory_mib = memory_mib.max(memory_floor(&initrd));
     let terminal = wants_terminal(&bundle.spec);
     host_cgroup(dir, state, cgroup, &bundle.spec, memory_mib)?;
@@ -155,6 +167,7 @@ pub(super) fn create(sandbox: Sandbox<'_>, state: &mut State) -> Result<Created>
         transport,
         incoming: None,
         free_page_reporting: true,
+        tools,
     };
     let created = launch(dir, state, &cfg, opts, network)?;
     // The created marker `status` reads, removed at start.
@@ -180,15 +193,36 @@ pub(super) fn create(sandbox: Sandbox<'_>, state: &mut State) -> Result<Created>
     Ok(created)
 }
 
-/// The guest's kernel, the initramfs for this rt (built once and cached)
-/// and whether the accelerator probe found KVM.
-pub(super) fn guest_assets() -> Result<(PathBuf, PathBuf, bool)> {
+/// What a VM boots from.
+pub(super) struct GuestAssets {
+    pub kernel: PathBuf,
+    /// The initramfs for this rt (built once and cached).
+    pub initrd: PathBuf,
+    /// The tools disk when rt comes [`rt_vm::guest::RtFrom::Disk`].
+    pub tools: Option<PathBuf>,
+    /// Whether the accelerator probe found KVM.
+    pub kvm: bool,
+}
+
+pub(super) fn guest_assets(from: rt_vm::guest::RtFrom) -> Result<GuestAssets> {
     let assets = rt_vm::guest::dir();
     let kernel = rt_vm::guest::kernel(&assets).map_err(VmError::from)?;
     let (rt, agent) = binaries()?;
-    let initrd = rt_vm::guest::initrd(&assets, &kernel, &agent, &rt).map_err(VmError::from)?;
+    let initrd =
+        rt_vm::guest::initrd(&assets, &kernel, &agent, &rt, from).map_err(VmError::from)?;
+    let tools = match from {
+        rt_vm::guest::RtFrom::Disk => {
+            Some(rt_vm::guest::tools_disk(&assets, &rt).map_err(VmError::from)?)
+        }
+        rt_vm::guest::RtFrom::Initramfs => None,
+    };
     let kvm = rt_vm::qemu::cached_accel(&kernel, &assets) == Some(rt_vm::qemu::Accel::Kvm);
-    Ok((kernel.vmlinuz, initrd, kvm))
+    Ok(GuestAssets {
+        kernel: kernel.vmlinuz,
+        initrd,
+        tools,
+        kvm,
+    })
 }
 
 /// The host cgroup holds the supervisor, QEMU and virtiofsd, limited to

@@ -61,6 +61,10 @@ pub struct Config {
     /// 2026-12-06; a restored one has it if its image says so).
     #[serde(default)]
     pub free_page_reporting: bool,
+    /// The read-only disk with rt ([`rt_vm::guest::RtFrom::Disk`]); none
+    /// when rt is in the initramfs.
+    #[serde(default)]
+    pub tools: Option<PathBuf>,
 }
 
 /// The rootfs transport of a VM container: the bundle's directory shared
@@ -784,6 +788,9 @@ fn spawn_qemu(
     if cfg.transport == Transport::Block {
         cmdline = format!("{cmdline} {}", rt_vm::qemu::BLOCK_ROOT_ARG);
     }
+    if cfg.tools.is_some() {
+        cmdline = format!("{cmdline} {}", rt_vm::guest::TOOLS_ARG);
+    }
     // $RT_VM_KERNEL_ARGS adds to it (`loglevel=7` to debug a guest).
     if let Ok(extra) = std::env::var("RT_VM_KERNEL_ARGS") {
         if !extra.is_empty() {
@@ -811,6 +818,7 @@ fn spawn_qemu(
             &qemu_socket(dir, files::AGENT_SOCKET),
             &qemu_socket(dir, files::QMP_SOCKET),
             cfg.free_page_reporting,
+            cfg.tools.as_deref(),
         ),
     };
     let mut cmd = machine.command();
