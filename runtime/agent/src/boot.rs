@@ -170,11 +170,13 @@ fn console_stdio() {
 /// Where the agent runs rt from: the tools disk mounted read-only, or a
 /// read-only overlayfs of the initramfs's rt directory (lower layers
 /// only). Either way no one in the guest can open the binary for writing
-/// through /proc/PID/exe and rt needs no sealed copy.
+/// through /proc/PID/exe and rt needs no sealed copy. (`rt` in
+/// [`rt_vm::guest::TOOLS_MOUNT`].)
 pub const RT_BIN: &str = "/run/rt-bin/rt";
 
 fn protect_rt() -> Result<()> {
-    std::fs::create_dir_all("/run/rt-bin").context("creating /run/rt-bin")?;
+    let bin = rt_vm::guest::TOOLS_MOUNT;
+    std::fs::create_dir_all(bin).with_context(|| format!("creating {bin}"))?;
     if std::env::var("rt_tools").as_deref() == Ok("disk") {
         return mount_tools();
     }
@@ -182,7 +184,7 @@ fn protect_rt() -> Result<()> {
     let opts = format!("lowerdir={}:/run/rt-empty", rt_vm::guest::RT_DIR);
     mount(
         Some("overlay"),
-        "/run/rt-bin",
+        bin,
         Some("overlay"),
         MsFlags::MS_RDONLY,
         Some(opts.as_str()),
@@ -191,7 +193,8 @@ fn protect_rt() -> Result<()> {
 }
 
 /// The tools disk (`rt_tools=disk`): the virtio-blk disk whose serial is
-/// [`rt_vm::guest::TOOLS_SERIAL`], ext4, mounted read-only on /run/rt-bin.
+/// [`rt_vm::guest::TOOLS_SERIAL`], ext4, mounted read-only on
+/// [`rt_vm::guest::TOOLS_MOUNT`].
 fn mount_tools() -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     let dev = loop {
@@ -208,7 +211,7 @@ fn mount_tools() -> Result<()> {
     };
     mount(
         Some(dev.as_path()),
-        "/run/rt-bin",
+        rt_vm::guest::TOOLS_MOUNT,
         Some("ext4"),
         MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOATIME,
         None::<&str>,

@@ -53,6 +53,10 @@ pub enum RtFrom {
     Disk,
 }
 
+/// Where the agent mounts the tools disk (and, without one, the read-only
+/// overlay of the initramfs's rt): it runs `{TOOLS_MOUNT}/rt`.
+pub const TOOLS_MOUNT: &str = "/run/rt-bin";
+
 /// The tools disk's virtio-blk serial, by which the agent finds it.
 pub const TOOLS_SERIAL: &str = "rt-tools";
 /// The kernel argument (handed to the agent as an environment variable)
@@ -188,6 +192,9 @@ pub fn initrd(
     kernel.version.hash(&mut h);
     identity(agent, &mut h)?;
     identity(rt, &mut h)?;
+    for (_, p) in helpers() {
+        identity(&p, &mut h)?;
+    }
     let (cache, out, exists) = cached(assets, format!("{:016x}.cpio", h.finish()))?;
     if exists {
         return Ok(out);
@@ -195,20 +202,27 @@ pub fn initrd(
     let mut i = Initramfs::new();
     i.stripped_executable("/init", agent)?;
     match from {
-        // The agent shows rt through a read-only overlay (see RT_DIR).
-        RtFrom::Initramfs => i.stripped_executable(&format!("{RT_DIR}/rt"), rt)?,
-        // rt itself is on the tools disk; what it links (a debug build is
-        // a dynamic executable) is here.
-        RtFrom::Disk => i.libraries_of(rt)?,
-    };
-    // `rt ps` runs ps(1) where the processes are; the agent configures
-    // eth0 with ip(8).
-    for (name, candidates) in [
-        ("/bin/ps", ["/usr/bin/ps", "/bin/ps"]),
-        ("/bin/ip", ["/usr/sbin/ip", "/sbin/ip"]),
-    ] {
-        if let Some(p) = candidates.iter().map(Path::new).find(|p| p.exists()) {
-            i.executable(name, p)?;
+        RtFrom::Initramfs => {
+            // The agent shows rt through a read-only overlay (see RT_DIR).
+            i.stripped_executable(&format!("{RT_DIR}/rt"), rt)?;
+            for (name, p) in helpers() {
+                i.executable(name, &p)?;
+            }
+        }
+        // rt, the helpers and every library they link are on the tools
+        // disk; links here lead there (the loader follows them), except
+        // for the libraries the agent (a dynamic debug build) needs before
+        // the disk is mounted, which are here already.
+        RtFrom::Disk => {
+            for (name, _) in helpers() {
+                i.symlink(name, &format!("{TOOLS_MOUNT}{name}"))?;
+            }
+            for lib in tool_libraries(rt)? {
+                let lib = lib.to_string_lossy();
+                if !i.has(&lib) {
+                    i.symlink(&lib, &format!("{TOOLS_MOUNT}{lib}"))?;
+                }
+            }
         }
     }
     i.modules(&kernel.modules_for(&MODULES)?)?;
@@ -227,16 +241,48 @@ pub fn initrd(
     Ok(out)
 }
 
+/// The helpers the guest runs besides rt, where the host has them: ps(1)
+/// (`rt ps` runs it where the processes are) and ip(8) (the agent
+/// configures eth0 with it).
+fn helpers() -> Vec<(&'static str, PathBuf)> {
+    [
+        ("/bin/ps", ["/usr/bin/ps", "/bin/ps"]),
+        ("/bin/ip", ["/usr/sbin/ip", "/sbin/ip"]),
+    ]
+    .into_iter()
+    .filter_map(|(name, candidates)| {
+        let p = candidates.iter().map(PathBuf::from).find(|p| p.exists())?;
+        Some((name, p))
+    })
+    .collect()
+}
+
+/// The shared libraries (and loader) of rt and the helpers, once each.
+fn tool_libraries(rt: &Path) -> Result<Vec<PathBuf>> {
+    let mut libs = crate::initramfs::shared_libraries(rt)?;
+    for (_, p) in helpers() {
+        libs.extend(crate::initramfs::shared_libraries(&p)?);
+    }
+    libs.sort();
+    libs.dedup();
+    Ok(libs)
+}
+
 /// The tools disk for `rt` ([`RtFrom::Disk`]): a read-only ext4 image with
-/// the stripped rt at its root, from the cache or built into it (keyed by
-/// rt's identity and the format). The guest finds it by its serial
-/// ([`TOOLS_SERIAL`]) and mounts it read-only where the agent runs rt from,
-/// so the guest's rt finds itself on a read-only mount (CVE-2019-5736) and
-/// needs no overlay.
+/// the stripped rt at its root and the helpers (`bin/ps`, `bin/ip`) and
+/// every library the three link at their host paths, from the cache or
+/// built into it (keyed by the binaries' identity and the format). The
+/// guest finds it by its serial ([`TOOLS_SERIAL`]) and mounts it read-only
+/// on [`TOOLS_MOUNT`], so the guest's rt finds itself on a read-only mount
+/// (CVE-2019-5736) and needs no overlay, and only what runs is read into
+/// guest memory.
 pub fn tools_disk(assets: &Path, rt: &Path) -> Result<PathBuf> {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     (FORMAT, TOOLS_SERIAL).hash(&mut h);
     identity(rt, &mut h)?;
+    for (_, p) in helpers() {
+        identity(&p, &mut h)?;
+    }
     let (cache, out, exists) = cached(assets, format!("{:016x}.img", h.finish()))?;
     if exists {
         return Ok(out);
@@ -261,8 +307,20 @@ fn build_tools_disk(stage: &Path, image: &Path, rt: &Path) -> Result<()> {
     if !crate::initramfs::strip(rt, &bin) {
         std::fs::copy(rt, &bin).map_err(io("copying", rt))?;
     }
-    let size = std::fs::metadata(&bin).map_err(io("reading", &bin))?.len();
-    // The binary, ext4's metadata and some slack, in KiB.
+    let mut size = std::fs::metadata(&bin).map_err(io("reading", &bin))?.len();
+    let others = helpers()
+        .into_iter()
+        .map(|(name, p)| (PathBuf::from(name), p))
+        .chain(tool_libraries(rt)?.into_iter().map(|l| (l.clone(), l)));
+    for (at, src) in others {
+        let dst = stage.join(at.strip_prefix("/").unwrap_or(&at));
+        if let Some(dir) = dst.parent() {
+            std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+        }
+        // A copy of what the path leads to (symlinks followed).
+        size += std::fs::copy(&src, &dst).map_err(io("copying", &src))?;
+    }
+    // The files, ext4's metadata and some slack, in KiB.
     let kib = (size >> 10) + 4096;
     crate::run(
         std::process::Command::new("mkfs.ext4")

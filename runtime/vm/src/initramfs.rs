@@ -68,6 +68,11 @@ impl Initramfs {
         Ok(())
     }
 
+    /// Whether the image already holds `path`.
+    pub fn has(&self, path: &str) -> bool {
+        key(path).is_ok_and(|k| self.entries.contains_key(&k))
+    }
+
     pub fn dir(&mut self, path: &str) -> Result<&mut Self> {
         self.insert(path, Entry::Dir)?;
         Ok(self)
@@ -105,17 +110,6 @@ impl Initramfs {
     /// libraries and loader it needs (none for a static binary).
     pub fn executable(&mut self, path: &str, src: &Path) -> Result<&mut Self> {
         self.file(path, src, 0o755)?;
-        for lib in shared_libraries(src)? {
-            let guest = lib.to_string_lossy().into_owned();
-            self.file(&guest, &lib, 0o755)?;
-        }
-        Ok(self)
-    }
-
-    /// The shared libraries and loader `src` needs (none for a static
-    /// binary), at their host paths: for a binary that reaches the guest
-    /// another way.
-    pub fn libraries_of(&mut self, src: &Path) -> Result<&mut Self> {
         for lib in shared_libraries(src)? {
             let guest = lib.to_string_lossy().into_owned();
             self.file(&guest, &lib, 0o755)?;
@@ -211,7 +205,7 @@ impl Initramfs {
 }
 
 /// The absolute paths `ldd` prints for a dynamic executable.
-fn shared_libraries(bin: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn shared_libraries(bin: &Path) -> Result<Vec<PathBuf>> {
     let out = Command::new("ldd")
         .arg(bin)
         .output()
