@@ -49,6 +49,36 @@ fn memory(pid: &str) -> (u64, u64) {
     (field("Rss:"), field("Pss:"))
 }
 
+/// Every process below `root` (pid, command name), parents first.
+fn descendants(root: i32) -> Vec<(i32, String)> {
+    let mut procs: Vec<(i32, i32, String)> = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        // pid (comm) state ppid ...: comm may hold spaces, so split at ')'.
+        let Some((head, tail)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let comm = head.split_once('(').map_or("", |(_, c)| c).to_string();
+        if let Some(ppid) = tail.split_whitespace().nth(1).and_then(|p| p.parse().ok()) {
+            procs.push((pid, ppid, comm));
+        }
+    }
+    let mut found = Vec::new();
+    let mut parents = vec![root];
+    while let Some(parent) = parents.pop() {
+        for (pid, ppid, comm) in &procs {
+            if *ppid == parent {
+                found.push((*pid, comm.clone()));
+                parents.push(*pid);
+            }
+        }
+    }
+    found
+}
+
 fn main() -> anyhow::Result<()> {
     let n: usize = std::env::args().nth(1).map_or(Ok(5), |a| a.parse())?;
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -176,20 +206,16 @@ fn main() -> anyhow::Result<()> {
         .args(["state", "idle"])
         .output()?;
     let st: serde_json::Value = serde_json::from_slice(&st.stdout)?;
-    let sup = st["pid"].to_string();
-    let helpers = std::fs::read_to_string(state.join("idle/helpers")).unwrap_or_default();
+    let sup = st["pid"].as_i64().context("no supervisor pid")? as i32;
     let mut total = (0, 0);
     println!(
         "{:<26} {:>10} {:>10}",
         "idle VM container", "RSS KiB", "PSS KiB"
     );
-    for (name, pid) in std::iter::once(("supervisor", sup.as_str())).chain(
-        helpers
-            .lines()
-            .zip(["qemu", "virtiofsd"])
-            .map(|(p, n)| (n, p)),
-    ) {
-        let (rss, pss) = memory(pid);
+    // The supervisor and every process below it (QEMU, virtiofsd and the
+    // child virtiofsd forks to serve).
+    for (pid, name) in std::iter::once((sup, "supervisor".to_string())).chain(descendants(sup)) {
+        let (rss, pss) = memory(&pid.to_string());
         total = (total.0 + rss, total.1 + pss);
         println!("{name:<26} {rss:>10} {pss:>10}");
     }
