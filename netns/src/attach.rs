@@ -173,8 +173,11 @@ impl Networking {
             return Ok(attached);
         }
         // bridged without a subnet: the external network's DHCP server.
-        let client = dhcp::Client::in_netns(netns, IFNAME, mac)?;
-        let lease = client.acquire(DHCP_TIMEOUT)?;
+        // The client's socket (port 68 in the namespace) is closed before
+        // the keeper starts: the keeper binds the same port, and while
+        // this one was still open a keeper that started quickly failed
+        // with EADDRINUSE (seen once in a full test run, under load).
+        let lease = dhcp::Client::in_netns(netns, IFNAME, mac)?.acquire(DHCP_TIMEOUT)?;
         configure(&mut inside, &eth, lease.ip, lease.prefix, lease.router)?;
         announce(netns, &eth, mac, lease.ip)?;
         self.record_lease(id, config, &lease)?;
