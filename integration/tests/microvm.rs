@@ -25,6 +25,25 @@ fn vm_bundle(script: &str) -> Bundle {
     Bundle::new(&["sh", "-c", script])
 }
 
+/// `rt create --isolation vm` of an idle workload, the guest's kernel
+/// given `kernel_args` as well ($RT_VM_KERNEL_ARGS); its console log is
+/// then in the container's state directory.
+fn create_idle_vm(root: &Root, id: &str, kernel_args: &str) {
+    let b = vm_bundle("exec sleep 1000");
+    let out = output_via_files(
+        root.cmd()
+            .env("RT_VM_KERNEL_ARGS", kernel_args)
+            .args(["create", "--isolation", "vm", "--bundle"])
+            .arg(b.path())
+            .arg(id),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn run_vm(root: &Root, b: &Bundle, id: &str) -> (i32, String, String) {
     let out = root.rt(&[
         "run",
@@ -622,20 +641,8 @@ fn rt_s_kernel_under_tcg_boots_without_calibrating_the_apic_timer() {
         return;
     }
     let root = Root::new();
-    let b = vm_bundle("exec sleep 1000");
     let id = unique_id("vmapic");
-    let out = output_via_files(
-        root.cmd()
-            .env("RT_VM_KERNEL_ARGS", "loglevel=7 apic=verbose")
-            .args(["create", "--isolation", "vm", "--bundle"])
-            .arg(b.path())
-            .arg(&id),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    create_idle_vm(&root, &id, "loglevel=7 apic=verbose");
     let console = std::fs::read_to_string(root.dir.path().join(&id).join("console.log")).unwrap();
     root.ok(&["delete", "--force", &id]);
     // The timer's period is counted per jiffy.
@@ -722,20 +729,8 @@ fn pages_the_guest_frees_go_back_to_the_host() {
 fn a_shared_rootfs_vm_runs_rt_from_the_read_only_tools_disk() {
     need_root!();
     let root = Root::new();
-    let b = vm_bundle("exec sleep 1000");
     let id = unique_id("vmtools");
-    let out = output_via_files(
-        root.cmd()
-            .env("RT_VM_KERNEL_ARGS", "rt_agent_trace=1")
-            .args(["create", "--isolation", "vm", "--bundle"])
-            .arg(b.path())
-            .arg(&id),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    create_idle_vm(&root, &id, "rt_agent_trace=1");
     let qemu = processes_naming(root.dir.path())
         .into_iter()
         .find(|p| p.contains("qemu-system"))
