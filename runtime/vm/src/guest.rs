@@ -174,12 +174,11 @@ fn cached(assets: &Path, name: String) -> Result<(PathBuf, PathBuf, bool)> {
     Ok((cache, out, exists))
 }
 
-/// The initramfs for `agent` (its /init), `rt` (unless the guest reads it
-/// from the tools disk: `from`; then only the libraries it links) and
-/// `kernel`'s modules, from the cache or
-/// built into it. The cache key covers the binaries' identity (device,
-/// inode, size, modification time), where rt comes from, the kernel and the
-/// format.
+/// The initramfs for `agent` (its /init), `rt` with ps(1) and ip(8) (or,
+/// when `from` is the tools disk, links into it) and `kernel`'s modules,
+/// from the cache or built into it. The cache key covers the binaries'
+/// identity (device, inode, size, modification time), where rt comes from,
+/// the kernel and the format.
 pub fn initrd(
     assets: &Path,
     kernel: &Kernel,
