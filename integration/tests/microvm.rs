@@ -751,3 +751,34 @@ fn a_shared_rootfs_vm_runs_rt_from_the_read_only_tools_disk() {
     );
     assert_nothing_left(&root, &[&id]);
 }
+
+/// runc makes `--root` absolute; rt handed a relative one to virtiofsd and
+/// QEMU, which resolved it from another directory ("Failed to connect to
+/// 'st/ID/fs.sock'") and the VM never booted.
+#[test]
+fn a_relative_state_root_serves_a_vm_container() {
+    need_root!();
+    let root = Root::new();
+    let b = vm_bundle("echo from the guest");
+    let id = unique_id("vmrel");
+    let (parent, name) = (
+        root.dir.path().parent().unwrap(),
+        root.dir.path().file_name().unwrap(),
+    );
+    let out = output_via_files(
+        Command::new(rt_bin())
+            .current_dir(parent)
+            .arg("--root")
+            .arg(name)
+            .args(["run", "--isolation", "vm", "--bundle"])
+            .arg(b.path())
+            .arg(&id),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "from the guest\n");
+    assert_nothing_left(&root, &[&id]);
+}

@@ -10,6 +10,7 @@ mod signal;
 
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
@@ -225,8 +226,13 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         "false" => false,
         other => anyhow::bail!("invalid --rootless value {other:?}: use auto, true or false"),
     };
+    // Absolute, as runc makes it: the state root is handed to helpers that
+    // run elsewhere (a VM's virtiofsd and QEMU take socket paths in it).
+    let root = cli.root.unwrap_or_else(|| default_root(root_user));
+    let root = std::path::absolute(&root)
+        .with_context(|| format!("making --root {} absolute", root.display()))?;
     let global = Global {
-        root: cli.root.unwrap_or_else(|| default_root(root_user)),
+        root,
         cgroups: cli.cgroup_manager != Some(CgroupManager::Disabled),
         systemd_cgroup,
         rootless,
