@@ -44,6 +44,15 @@ fn create_idle_vm(root: &Root, id: &str, kernel_args: &str) {
     );
 }
 
+/// The pid of the one QEMU below `root`'s containers.
+fn qemu_pid(root: &Root) -> u32 {
+    processes_naming(root.dir.path())
+        .iter()
+        .find(|p| p.contains("qemu-system"))
+        .and_then(|p| p.split(':').next()?.parse().ok())
+        .expect("no QEMU")
+}
+
 fn run_vm(root: &Root, b: &Bundle, id: &str) -> (i32, String, String) {
     let out = root.rt(&[
         "run",
@@ -686,11 +695,7 @@ fn pages_the_guest_frees_go_back_to_the_host() {
         b.path().to_str().unwrap(),
         &id,
     ]);
-    let qemu: u32 = processes_naming(root.dir.path())
-        .iter()
-        .find(|p| p.contains("qemu-system"))
-        .and_then(|p| p.split(':').next()?.parse().ok())
-        .expect("no QEMU");
+    let qemu = qemu_pid(&root);
     let shmem_kib = || -> u64 {
         std::fs::read_to_string(format!("/proc/{qemu}/status"))
             .unwrap()
@@ -780,5 +785,46 @@ fn a_relative_state_root_serves_a_vm_container() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "from the guest\n");
+    assert_nothing_left(&root, &[&id]);
+}
+
+/// QEMU keeps the kernel image and initramfs it booted mapped, for a reset
+/// that `-no-reboot` rules out; the supervisor has the kernel reclaim those
+/// pages once the agent answers (13.7 MB and 1.7 MB of every VM's RSS
+/// before). Pages another VM maps at the same moment stay (the kernel
+/// reclaims only pages one process maps), so the test counts the pages
+/// this QEMU holds alone.
+#[test]
+fn qemu_holds_no_resident_copy_of_the_kernel_it_booted() {
+    need_root!();
+    let root = Root::new();
+    let id = unique_id("vmimg");
+    create_idle_vm(&root, &id, "");
+    let qemu = qemu_pid(&root);
+    let smaps = std::fs::read_to_string(format!("/proc/{qemu}/smaps")).unwrap();
+    let mut image = false;
+    let mut private_kib = 0;
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or("");
+        if !first.ends_with(':') {
+            // A mapping's header: range perms offset dev inode path.
+            let path = words.nth(4).unwrap_or("");
+            image = path.contains("/boot/vmlinu") || path.ends_with(".cpio");
+        } else if image && first.starts_with("Private_") {
+            private_kib += words.next().and_then(|k| k.parse::<u64>().ok()).unwrap();
+        }
+    }
+    let echo = root.rt(&["exec", &id, "echo", "still running"]);
+    root.ok(&["delete", "--force", &id]);
+    assert!(
+        smaps.contains("/boot/vmlinu"),
+        "QEMU maps no kernel image:\n{smaps}"
+    );
+    assert!(
+        private_kib < 1024,
+        "QEMU's boot images: {private_kib} KiB resident in QEMU alone"
+    );
+    assert_eq!(String::from_utf8_lossy(&echo.stdout), "still running\n");
     assert_nothing_left(&root, &[&id]);
 }

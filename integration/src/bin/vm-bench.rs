@@ -5,6 +5,7 @@
 //! Debian's cloud kernel (through an assets directory of its own holding
 //! only that kernel, as `RT_VM_DIR`).
 //!
+//! Every guest has 128 MiB (issue 14 sets its memory goal for that size).
 //! Start time: from spawning `rt run` (or QEMU) to the workload's first
 //! output line, median of N. Memory: a running idle VM container's host
 //! processes (supervisor, QEMU, virtiofsd): RSS and PSS from
@@ -100,7 +101,7 @@ fn main() -> anyhow::Result<()> {
     let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg_path)?)?;
     cfg["process"]["terminal"] = false.into();
     cfg["process"]["args"] = serde_json::json!(["sh", "-c", "echo ready; exec sleep 1000"]);
-    cfg["annotations"] = serde_json::json!({"run.rt.vm.memory": "256"});
+    cfg["annotations"] = serde_json::json!({"run.rt.vm.memory": "128"});
     std::fs::write(&cfg_path, serde_json::to_vec(&cfg)?)?;
 
     let run = |isolation: &str, id: &str, assets: &Path| {
@@ -190,7 +191,8 @@ fn main() -> anyhow::Result<()> {
         println!("{name:<36} {:>14}", d.as_millis());
     }
 
-    // Memory of an idle VM container (a 256 MiB guest), with the first
+    // Memory of an idle VM container (a 128 MiB guest, as issue 14 sets the
+    // goal), with the first
     // kernel (rt's own where it is installed).
     let mut c = Command::new(&rt);
     c.env("RT_VM_DIR", &kernels[0].2)
@@ -245,7 +247,7 @@ fn floor(
         kernel: kernel.vmlinuz.clone(),
         initrd,
         cmdline: rt_vm::qemu::FAST_BOOT.into(),
-        memory_mib: 256,
+        memory_mib: 128,
         cpus: 1,
         accel,
         pcie: true,

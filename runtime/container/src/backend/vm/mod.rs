@@ -12,6 +12,7 @@
 
 pub mod checkpoint;
 mod create;
+mod memory;
 pub mod net;
 pub mod relay;
 pub mod share;

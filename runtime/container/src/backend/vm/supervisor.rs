@@ -267,6 +267,7 @@ impl Vm {
                 let mut it = helpers.into_iter();
                 let qemu = it.next().expect("qemu");
                 router.set_qemu(qemu.id() as i32);
+                super::memory::release_boot_images(qemu.id(), &[&cfg.kernel, &cfg.initrd]);
                 Ok((
                     Vm {
                         qemu,
