@@ -530,6 +530,40 @@ fn cgroup_mount_shows_the_containers_cgroup() {
     assert_eq!(&lines[1..], ["77", "ro"], "{out}");
 }
 
+/// The cgroup mount and every hierarchy under it carry nosuid, nodev and
+/// noexec, and ro unless the spec's mount is rw (set in one recursive
+/// mount_setattr where the kernel has it).
+#[test]
+fn cgroup_mounts_take_the_spec_s_flags_on_every_hierarchy() {
+    need_root!();
+    let flags = "grep ' /sys/fs/cgroup' /proc/self/mountinfo | cut -d' ' -f5,6";
+    for (ro, opts) in [
+        (true, json!(["nosuid", "noexec", "nodev", "relatime", "ro"])),
+        (
+            false,
+            json!(["nosuid", "noexec", "nodev", "relatime", "rw"]),
+        ),
+    ] {
+        let out = run_ok(flags, |c| {
+            for m in c["mounts"].as_array_mut().unwrap() {
+                if m["type"] == "cgroup" {
+                    m["options"] = opts.clone();
+                }
+            }
+        });
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines.len() > 1, "{out}");
+        let want = if ro { "ro," } else { "rw," };
+        for line in lines {
+            let (_, f) = line.split_once(' ').unwrap();
+            assert!(f.starts_with(want), "{out}");
+            for flag in ["nosuid", "nodev", "noexec"] {
+                assert!(f.split(',').any(|x| x == flag), "{flag} missing: {out}");
+            }
+        }
+    }
+}
+
 #[test]
 fn cgroup_manager_disabled() {
     need_root!();

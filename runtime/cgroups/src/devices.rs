@@ -95,6 +95,9 @@ pub fn rules(spec_rules: &[LinuxDeviceCgroup], nodes: &[LinuxDevice]) -> Vec<Rul
     }
     // Pipes need no rule.
     out.retain(|r| r.kind != 'p');
+    // A rule right after the same rule changes nothing (the spec's usual
+    // leading deny-all repeats rt's own): one write fewer per container.
+    out.dedup();
     out
 }
 
@@ -109,9 +112,33 @@ mod tests {
         let r = rules(&spec, &[]);
         assert_eq!(r[0].line(), "a");
         assert!(!r[0].allow);
-        assert_eq!(r[1].line(), "a");
-        assert_eq!(r[2].line(), "c 4:64 rw");
-        assert_eq!(r[3].line(), "c *:* m");
+        assert_eq!(r[1].line(), "c 4:64 rw");
+        assert_eq!(r[2].line(), "c *:* m");
         assert!(r.iter().any(|x| x.line() == "c 136:* rwm"));
+    }
+
+    #[test]
+    fn only_repeats_in_a_row_are_dropped() {
+        // deny all, allow null, deny all again: the second deny undoes the
+        // allow, so it stays; two allows in a row are one.
+        let spec: Vec<LinuxDeviceCgroup> = serde_json::from_str(
+            r#"[{"allow":true,"type":"c","major":1,"minor":3,"access":"rwm"},
+                {"allow":true,"type":"c","major":1,"minor":3,"access":"rwm"},
+                {"allow":false,"access":"rwm"}]"#,
+        )
+        .unwrap();
+        let lines: Vec<(bool, String)> = rules(&spec, &[])
+            .iter()
+            .take(3)
+            .map(|r| (r.allow, r.line()))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                (false, "a".to_string()),
+                (true, "c 1:3 rwm".to_string()),
+                (false, "a".to_string())
+            ]
+        );
     }
 }

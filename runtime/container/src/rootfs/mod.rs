@@ -404,6 +404,24 @@ fn mount_cgroup(
             None::<&str>,
         )
         .map_err(|e| fail("cgroup bind", e))?;
+    }
+    // nosuid, nodev, noexec (and ro) on the tmpfs and every bind below it in
+    // one mount_setattr, instead of a lookup and a remount per hierarchy
+    // (about 20 system calls fewer on every v1 start); a remount of each
+    // where the kernel predates mount_setattr (5.12).
+    let mut attrs = libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV | libc::MOUNT_ATTR_NOEXEC;
+    if ro {
+        attrs |= libc::MOUNT_ATTR_RDONLY;
+    }
+    let top = paths::open(root, dest)?;
+    match rt_sys::mountapi::set_attr_recursive(top.as_fd(), attrs) {
+        Ok(()) => return Ok(()),
+        Err(rt_sys::Error::Syscall(_, nix::errno::Errno::ENOSYS)) => {}
+        Err(rt_sys::Error::Syscall(_, e)) => return Err(fail("cgroup bind", e)),
+        Err(_) => return Err(fail("cgroup bind", nix::errno::Errno::EINVAL)),
+    }
+    for (name, _) in &ctx.cgroup_dirs {
+        let sub: PathBuf = dest.join(name);
         let again = paths::open(root, &sub)?;
         let flags = base
             | if ro {
