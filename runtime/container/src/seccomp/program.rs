@@ -288,23 +288,40 @@ fn search(asm: &mut Asm, rules: &[(u32, Vec<Rule>)], default: u32) {
     tree(asm, &segs, default);
 }
 
+/// The lower half's code comes first, so the branch to the upper half jumps
+/// over it: straight there when it is within a conditional jump's reach
+/// (255 instructions, which holds for every node but the few near the
+/// root), else through an unconditional jump. For the default profile that
+/// is 272 instructions fewer (with the unreachable returns [`block`] no
+/// longer emits, 1,073 -> 665).
 fn tree(asm: &mut Asm, segs: &[(u32, &[Rule])], default: u32) {
     if segs.len() == 1 {
         block(asm, segs[0].1, default);
         return;
     }
     let mid = segs.len() / 2;
-    let (to_hi, lo, hi) = (asm.label(), asm.label(), asm.label());
-    asm.put(Ins::Jump(JGE_K, segs[mid].0, to_hi, lo));
-    asm.put(Ins::Label(to_hi));
-    asm.put(Ins::Ja(hi));
-    asm.put(Ins::Label(lo));
+    let (lo, hi) = (asm.label(), asm.label());
+    // The lower half, assembled aside to learn its length.
+    let outer = std::mem::take(&mut asm.code);
     tree(asm, &segs[..mid], default);
+    let lower = std::mem::replace(&mut asm.code, outer);
+    let len = lower.iter().filter(|i| !matches!(i, Ins::Label(_))).count();
+    if len <= usize::from(u8::MAX) {
+        asm.put(Ins::Jump(JGE_K, segs[mid].0, hi, lo));
+    } else {
+        let to_hi = asm.label();
+        asm.put(Ins::Jump(JGE_K, segs[mid].0, to_hi, lo));
+        asm.put(Ins::Label(to_hi));
+        asm.put(Ins::Ja(hi));
+    }
+    asm.put(Ins::Label(lo));
+    asm.code.extend(lower);
     asm.put(Ins::Label(hi));
     tree(asm, &segs[mid..], default);
 }
 
-/// One syscall's rules, most restrictive first; then `default`.
+/// One syscall's rules, most restrictive first; then `default`, unless a
+/// rule without comparisons (which always holds) came before it.
 fn block(asm: &mut Asm, rules: &[Rule], default: u32) {
     for r in rules {
         let fail = asm.label();
@@ -312,6 +329,9 @@ fn block(asm: &mut Asm, rules: &[Rule], default: u32) {
             cmp(asm, c, fail);
         }
         asm.ret(r.ret);
+        if r.cmps.is_empty() {
+            return;
+        }
         asm.put(Ins::Label(fail));
     }
     asm.ret(default);
@@ -548,5 +568,10 @@ mod tests {
             size(&one),
             size(&stack)
         );
+        // A search node jumps straight to its upper half when it can, and
+        // a block ends at a rule that always holds: 665 instructions (1,073
+        // when every node went through a JA and every block ended with an
+        // unreachable return).
+        assert!(size(&one) < 700, "{}", size(&one));
     }
 }
