@@ -67,44 +67,6 @@ fn fsmount(fs: BorrowedFd<'_>, attrs: u64) -> Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-/// `struct mount_attr` of mount_setattr(2).
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
-}
-
-/// mount_setattr(2) with AT_RECURSIVE: sets `attrs` (`libc::MOUNT_ATTR_*`)
-/// on the mount whose root `mount` is and on every mount below it, in one
-/// call; flags it does not name stay as they are (locked ones included).
-/// Errno::ENOSYS before Linux 5.12.
-pub fn set_attr_recursive(mount: BorrowedFd<'_>, attrs: u64) -> Result<()> {
-    let attr = MountAttr {
-        attr_set: attrs,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: 0,
-    };
-    let flags = libc::AT_EMPTY_PATH | libc::AT_RECURSIVE;
-    // SAFETY: the path is an empty NUL-terminated string and `attr` a live
-    // struct of the size passed; the kernel only reads both.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            mount.as_raw_fd(),
-            c"".as_ptr(),
-            flags,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    Errno::result(rc)
-        .map(drop)
-        .map_err(|e| Error::Syscall("mount_setattr", e))
-}
-
 /// Where [`readonly_overlay_of`] finds an empty directory when the kernel
 /// refuses a detached layer: created once (root-owned, mode 0555), and
 /// never written to.

@@ -148,6 +148,16 @@ fn prune(cache: &Path, age: std::time::Duration) {
     }
 }
 
+/// Hashes the identity of rt and of the helpers that go with it (into the
+/// initramfs or onto the tools disk).
+fn tools_identity(rt: &Path, h: &mut impl Hasher) -> Result<()> {
+    identity(rt, h)?;
+    for (_, p) in helpers() {
+        identity(&p, h)?;
+    }
+    Ok(())
+}
+
 /// Hashes a binary's identity (path, device, inode, size, modification
 /// time) into a cache key.
 fn identity(bin: &Path, h: &mut impl Hasher) -> Result<()> {
@@ -190,10 +200,7 @@ pub fn initrd(
     (FORMAT, from).hash(&mut h);
     kernel.version.hash(&mut h);
     identity(agent, &mut h)?;
-    identity(rt, &mut h)?;
-    for (_, p) in helpers() {
-        identity(&p, &mut h)?;
-    }
+    tools_identity(rt, &mut h)?;
     let (cache, out, exists) = cached(assets, format!("{:016x}.cpio", h.finish()))?;
     if exists {
         return Ok(out);
@@ -278,10 +285,7 @@ fn tool_libraries(rt: &Path) -> Result<Vec<PathBuf>> {
 pub fn tools_disk(assets: &Path, rt: &Path) -> Result<PathBuf> {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     (FORMAT, TOOLS_SERIAL).hash(&mut h);
-    identity(rt, &mut h)?;
-    for (_, p) in helpers() {
-        identity(&p, &mut h)?;
-    }
+    tools_identity(rt, &mut h)?;
     let (cache, out, exists) = cached(assets, format!("{:016x}.img", h.finish()))?;
     if exists {
         return Ok(out);

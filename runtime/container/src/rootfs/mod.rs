@@ -409,12 +409,13 @@ fn mount_cgroup(
     // one mount_setattr, instead of a lookup and a remount per hierarchy
     // (about 20 system calls fewer on every v1 start); a remount of each
     // where the kernel predates mount_setattr (5.12).
-    let mut attrs = libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV | libc::MOUNT_ATTR_NOEXEC;
+    let mut attrs =
+        rt_sys::MOUNT_ATTR_NOSUID | rt_sys::MOUNT_ATTR_NODEV | rt_sys::MOUNT_ATTR_NOEXEC;
     if ro {
-        attrs |= libc::MOUNT_ATTR_RDONLY;
+        attrs |= rt_sys::MOUNT_ATTR_RDONLY;
     }
     let top = paths::open(root, dest)?;
-    match rt_sys::mountapi::set_attr_recursive(top.as_fd(), attrs) {
+    match rt_sys::mount_setattr_recursive(top.as_fd(), attrs, 0) {
         Ok(()) => return Ok(()),
         Err(rt_sys::Error::Syscall(_, nix::errno::Errno::ENOSYS)) => {}
         Err(rt_sys::Error::Syscall(_, e)) => return Err(fail("cgroup bind", e)),
