@@ -1,10 +1,13 @@
 //! Lays out the release `rt`'s start path contiguously.
 //!
 //! `start-path.order` lists the functions that `create`, `run`, `exec`,
-//! `start`, `state` and `delete` execute (mangled names, hottest first,
-//! sampled by `integration/bench/order`). lld places them first in `.text`,
-//! so the ~1.1 MB of code a container start runs sits in a few dozen 64 KiB
-//! fault-around windows instead of being spread over the 9.6 MB of text:
+//! `start`, `state`, `delete` and a VM container's supervisor execute
+//! (mangled names, hottest first, then those that fault; found by
+//! `integration/bench/order` in the build it lays out: `cargo build-static`
+//! of the workspace, whose symbol hashes a narrower build does not share).
+//! lld places them first in `.text`, so the code a container start runs
+//! sits in a few dozen 64 KiB fault-around windows instead of being spread
+//! over the 9.6 MB of text:
 //! fewer page faults and a smaller RSS for every `rt` process
 //! (docs/cli.md#the-binary). Names that a build no longer has are skipped;
 //! a stale list costs speed, never correctness.
