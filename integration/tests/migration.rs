@@ -370,6 +370,72 @@ fn live_migration_to_another_root_keeps_the_counter_running() {
     moved_and_counting(&root, &root2, &id, &log1, &report);
 }
 
+/// A migration whose source fails before its QEMU connects (here: the
+/// source's monitor socket is gone) ends with an error, the source still
+/// running, and nothing left in the destination root. Before the fix the
+/// destination's QEMU waited for the stream for ever, and `rt migrate`
+/// waited for the destination.
+#[test]
+fn a_source_that_fails_to_send_leaves_the_destination_clean() {
+    need_root!();
+    let root = Root::new();
+    let root2 = Root::new();
+    let b = counter_bundle();
+    let (id, files, log1) = counting(&root, &b, "migfail");
+    std::fs::remove_file(root.dir.path().join(&id).join("qmp.sock")).unwrap();
+    let log2 = files.path().join("dest.log");
+    let mut child = root
+        .cmd()
+        .args(["migrate", "--to"])
+        .arg(root2.dir.path())
+        .arg(&id)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log2).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break Some(st);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let err = std::fs::read_to_string(&log2).unwrap();
+    let dest_procs = processes_naming(root2.dir.path());
+    let dest_left: Vec<_> = std::fs::read_dir(root2.dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    let before = last_count(&log1);
+    let source_counts = counts_past(&log1, before + 2, 60);
+    root.ok(&["delete", "--force", &id]);
+    // Whatever this run left, so that a failure does not leak it.
+    let _ = root2.rt(&["delete", "--force", &id]);
+    let status = status.expect("rt migrate still waiting after 180 s");
+    assert!(!status.success(), "the migration succeeded: {err}");
+    assert!(
+        err.contains("the source resumed") || err.contains("qmp"),
+        "{err}"
+    );
+    assert!(source_counts, "the source stopped counting at {before}");
+    assert!(
+        dest_procs.is_empty(),
+        "left in the destination: {dest_procs:?}"
+    );
+    assert!(
+        dest_left.is_empty(),
+        "left in the destination root: {dest_left:?}"
+    );
+    rt_integration::net::assert_root_clean(&root, &[&id]);
+}
+
 /// After a migration of counter `id` from `root` (its log `log1`) to
 /// `root2` (its output in `log2`): the source is gone, the destination
 /// runs and continues at exactly N+1; both roots clean after its delete.

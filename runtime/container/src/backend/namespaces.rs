@@ -147,6 +147,17 @@ pub(super) fn cgroup_of(st: &State) -> Result<Box<dyn rt_cgroups::Manager>> {
 /// Kills what is left of a container (its init, then everything in its
 /// cgroup) and removes its cgroups.
 pub(super) fn kill_and_remove_cgroup(st: &State, layout: &rt_cgroups::Layout) -> Result<()> {
+    kill_own_and_remove_cgroup(st, layout, |_| true)
+}
+
+/// Kills the init and the processes of the container's cgroup that `own`
+/// says are the container's, then removes the cgroup, unless processes
+/// that are not its own are still in it (then it is shared, and left).
+pub(super) fn kill_own_and_remove_cgroup(
+    st: &State,
+    layout: &rt_cgroups::Layout,
+    own: impl Fn(Pid) -> bool,
+) -> Result<()> {
     if st.init_alive()
         && !st
             .cgroup
@@ -159,7 +170,10 @@ pub(super) fn kill_and_remove_cgroup(st: &State, layout: &rt_cgroups::Layout) ->
     let Some(rec) = &st.cgroup else { return Ok(()) };
     let cgroup = rt_cgroups::open(layout, rec.clone());
     // Without a pid namespace, the init's children outlive it: kill them too.
+    let mut others = Vec::new();
     if let Ok(pids) = cgroup.pids() {
+        let (pids, not_own): (Vec<Pid>, Vec<Pid>) = pids.into_iter().partition(|p| own(*p));
+        others = not_own;
         for pid in &pids {
             let _ = nix::sys::signal::kill(*pid, Signal::SIGKILL);
         }
@@ -170,6 +184,14 @@ pub(super) fn kill_and_remove_cgroup(st: &State, layout: &rt_cgroups::Layout) ->
         for pid in pids {
             wait_exit(pid);
         }
+    }
+    // (One that has exited since, or is a zombie, holds nothing.)
+    if others
+        .iter()
+        .any(|p| crate::state::proc_stat(*p).is_some_and(|(s, _)| s != 'Z'))
+    {
+        tracing::info!(path = %rec.path, "the cgroup holds another container's processes: left in place");
+        return Ok(());
     }
     cgroup.destroy()?;
     Ok(())

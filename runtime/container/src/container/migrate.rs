@@ -164,6 +164,13 @@ impl Runtime {
         let mut dest = spawn_destination(to, &image, &uri, &c.st.bundle, dest_id)?;
         let outcome =
             wait_for_listener(&socket, &mut dest).and_then(|()| c.backend.migrate(&c.st, &uri));
+        if outcome.is_err() {
+            // The source's QEMU may never have connected: the destination's
+            // QEMU would wait for the stream for ever, and its restore with
+            // it. A connection that ends at once fails its load, and the
+            // restore then undoes what it made.
+            let _ = UnixStream::connect(&socket);
+        }
         let restored = dest.wait().map(|s| s.success()).unwrap_or(false);
         let _ = std::fs::remove_file(&socket);
         let _ = std::fs::remove_dir_all(&image);

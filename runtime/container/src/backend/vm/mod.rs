@@ -338,7 +338,12 @@ impl Isolation for Vm {
         // (a supervisor killed between spawning and recording) are killed by
         // the pids it recorded and through the host cgroup.
         let helpers = helper_pids(st);
-        if let Err(e) = super::namespaces::kill_and_remove_cgroup(st, layout) {
+        // Only this container's processes: on one host a migration's
+        // destination has the source's id and so its host cgroup, and a
+        // failed destination must not take the running source with it.
+        let dir = dir_of(st).ok();
+        let own = |pid: Pid| dir.as_deref().is_none_or(|d| names_dir(pid, d));
+        if let Err(e) = super::namespaces::kill_own_and_remove_cgroup(st, layout, own) {
             errors.push(crate::process::chain(&e));
         }
         if let Some(text) = dir_of(st)
@@ -372,6 +377,24 @@ fn helper_pids(st: &State) -> Vec<Pid> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Whether process `pid` belongs to the VM container whose state directory
+/// is `dir`: the supervisor and virtiofsd name it on their command lines,
+/// QEMU on its own or as its working directory (with socket paths too long
+/// for `sun_path` it gets bare names). A process gone counts as ours.
+fn names_dir(pid: Pid, dir: &Path) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return true;
+    };
+    let dir = dir.as_os_str().as_encoded_bytes();
+    // The directory itself or a path below it (not `/x/id` in `/x/id2`).
+    let named = cmdline
+        .windows(dir.len() + 1)
+        .any(|w| w.starts_with(dir) && matches!(w[dir.len()], b'/' | 0));
+    named
+        || std::fs::read_link(format!("/proc/{pid}/cwd"))
+            .is_ok_and(|cwd| cwd.as_os_str().as_encoded_bytes() == dir)
 }
 
 /// Whether `pid` is still a QEMU or virtiofsd (not a reused number).
@@ -615,6 +638,27 @@ fn tempfile_in(dir: &Path, bytes: &[u8]) -> Result<PathBuf> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_process_belongs_to_the_container_whose_directory_it_names() {
+        let me = Pid::this();
+        let cmdline = std::fs::read(format!("/proc/{me}/cmdline")).unwrap();
+        let exe = String::from_utf8_lossy(cmdline.split(|b| *b == 0).next().unwrap()).into_owned();
+        let dir = Path::new(&exe).parent().unwrap();
+        assert!(names_dir(me, dir), "{exe} names {}", dir.display());
+        // A longer name that starts with the directory's is another one.
+        let file = Path::new(&exe)
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let prefix = dir.join(&file[..file.len() - 1]);
+        assert!(!names_dir(me, &prefix));
+        assert!(!names_dir(me, Path::new("/nonexistent/state/dir")));
+        // The working directory counts too.
+        let cwd = std::env::current_dir().unwrap();
+        assert!(names_dir(me, &cwd));
+    }
+
     use super::*;
 
     fn spec(json: serde_json::Value) -> oci_spec::runtime::Spec {
