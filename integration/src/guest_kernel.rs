@@ -34,7 +34,7 @@ pub const PATCHES: &[(&str, &str)] = &[(
 const SOURCE: &str = "/usr/src/linux-source-6.1.tar.xz";
 const PACKAGE: &str = "linux-source-6.1";
 
-fn run(cmd: &mut Command) -> anyhow::Result<String> {
+pub(crate) fn run(cmd: &mut Command) -> anyhow::Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);

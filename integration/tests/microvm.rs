@@ -828,3 +828,53 @@ fn qemu_holds_no_resident_copy_of_the_kernel_it_booted() {
     assert_eq!(String::from_utf8_lossy(&echo.stdout), "still running\n");
     assert_nothing_left(&root, &[&id]);
 }
+
+/// rt runs the QEMU install-guest built (when it could: it needs a deb-src
+/// index), and under TCG gives it a bounded translation buffer: QEMU's
+/// default of 1 GiB kept every block the boot translated, 51 MB of an idle
+/// container's memory (docs/microvm.md).
+#[test]
+fn vm_containers_run_rt_s_own_qemu_with_a_bounded_translation_buffer() {
+    need_root!();
+    let root = Root::new();
+    let id = unique_id("vmqemu");
+    create_idle_vm(&root, &id, "");
+    let qemu = qemu_pid(&root);
+    let exe = std::fs::read_link(format!("/proc/{qemu}/exe")).unwrap();
+    let cmdline = std::fs::read(format!("/proc/{qemu}/cmdline")).unwrap();
+    let smaps = std::fs::read_to_string(format!("/proc/{qemu}/smaps")).unwrap();
+    root.ok(&["delete", "--force", &id]);
+    match rt_vm::qemu::own_qemu(&rt_vm::guest::dir()) {
+        Some(own) => assert_eq!(exe, own, "VM containers run another QEMU"),
+        None => eprintln!("skipped: rt's own QEMU is not installed (integration/vm/install-guest needs a deb-src index)"),
+    }
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    if !args.iter().any(|a| a.starts_with("tcg")) {
+        eprintln!("skipped: the guest runs under KVM, which translates nothing");
+        return;
+    }
+    // The buffer is QEMU's one anonymous mapping that is writable and
+    // executable.
+    let buffer_kib: Vec<u64> = smaps
+        .lines()
+        .filter(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            w.len() == 5 && w[1] == "rwxp" && w[4] == "0"
+        })
+        .filter_map(|l| {
+            let (from, to) = l.split_whitespace().next()?.split_once('-')?;
+            let span = u64::from_str_radix(to, 16).ok()? - u64::from_str_radix(from, 16).ok()?;
+            Some(span / 1024)
+        })
+        .collect();
+    assert_eq!(buffer_kib.len(), 1, "QEMU's rwx mappings: {buffer_kib:?}");
+    assert!(
+        buffer_kib[0] <= u64::from(rt_vm::qemu::CONTAINER_TB_MIB) * 1024,
+        "QEMU's translation buffer spans {} KiB",
+        buffer_kib[0]
+    );
+    assert_nothing_left(&root, &[&id]);
+}

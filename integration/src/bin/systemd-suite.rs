@@ -277,6 +277,7 @@ fn boot(
         accel,
         pcie: true,
         extra,
+        tcg_tb_mib: None,
     };
     let timeout = Duration::from_secs(if accel == Accel::Kvm { 300 } else { 900 });
     let out = machine.boot(END, timeout, |l| println!("guest| {l}"));

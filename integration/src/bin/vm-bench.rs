@@ -252,6 +252,7 @@ fn floor(
         accel,
         pcie: true,
         extra: Vec::new(),
+        tcg_tb_mib: None,
     };
     let mut times = Vec::new();
     for _ in 0..n {

@@ -106,6 +106,7 @@ fn main() -> anyhow::Result<()> {
         accel,
         pcie: false,
         extra: Vec::new(),
+        tcg_tb_mib: None,
     };
     let timeout = Duration::from_secs(if accel == Accel::Kvm { 600 } else { 1500 });
     let out = machine.boot(END, timeout, |l| println!("guest| {l}"))?;

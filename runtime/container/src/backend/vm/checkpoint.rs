@@ -81,7 +81,7 @@ fn qemu_version() -> String {
 }
 
 fn ask_qemu_version() -> String {
-    std::process::Command::new("qemu-system-x86_64")
+    std::process::Command::new(rt_vm::qemu::program())
         .arg("--version")
         .output()
         .map(|o| {

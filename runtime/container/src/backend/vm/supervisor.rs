@@ -821,6 +821,7 @@ fn spawn_qemu(
             cfg.free_page_reporting,
             cfg.tools.as_deref(),
         ),
+        tcg_tb_mib: Some(rt_vm::qemu::CONTAINER_TB_MIB),
     };
     let mut cmd = machine.command();
     cmd.current_dir(dir);
@@ -844,7 +845,7 @@ fn spawn_qemu(
     cmd.stdout(log).stderr(err);
     rt_sys::spawn::die_with_parent(&mut cmd);
     cmd.spawn().map_err(|source| VmError::Spawn {
-        program: "qemu-system-x86_64".into(),
+        program: rt_vm::qemu::program(),
         source,
     })
 }
