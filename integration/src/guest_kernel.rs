@@ -48,6 +48,28 @@ pub(crate) fn run(cmd: &mut Command) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Applies `patches` (name, text) in order to the tree `src` with
+/// `patch -p1`, writing each into `scratch` first; `what` names the tree in
+/// errors.
+pub(crate) fn apply_patches(
+    src: &Path,
+    scratch: &Path,
+    patches: &[(&str, &str)],
+    what: &str,
+) -> anyhow::Result<()> {
+    for (name, text) in patches {
+        let file = scratch.join(name);
+        std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
+        run(Command::new("patch")
+            .args(["-p1", "--batch", "--forward", "-s", "-d"])
+            .arg(src)
+            .arg("-i")
+            .arg(&file))
+        .with_context(|| format!("applying {name} to {what}"))?;
+    }
+    Ok(())
+}
+
 /// The directory the kernel for this source and fragment goes to.
 fn target(assets: &Path, version: &str) -> (String, PathBuf) {
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -83,16 +105,7 @@ pub fn install(assets: &Path) -> anyhow::Result<Option<rt_vm::kernel::Kernel>> {
     run(Command::new("tar")
         .args(["-xf", SOURCE, "--strip-components=1", "-C"])
         .arg(&build))?;
-    for (name, text) in PATCHES {
-        let file = build.join(name);
-        std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
-        run(Command::new("patch")
-            .args(["-p1", "--batch", "--forward", "-s", "-d"])
-            .arg(&build)
-            .arg("-i")
-            .arg(&file))
-        .with_context(|| format!("applying {name} to {PACKAGE}"))?;
-    }
+    apply_patches(&build, &build, PATCHES, PACKAGE)?;
     let fragment = build.join("rt-guest.config");
     std::fs::write(
         &fragment,

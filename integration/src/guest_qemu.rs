@@ -25,7 +25,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context};
 
-use crate::guest_kernel::run;
+use crate::guest_kernel::{apply_patches, run};
 
 /// The source package and the binary package whose version it must match.
 const SOURCE: &str = "qemu";
@@ -119,16 +119,7 @@ pub fn install(assets: &Path) -> anyhow::Result<Option<PathBuf>> {
     let src = build.join("src");
     // Unpacks and applies Debian's patches.
     run(Command::new("dpkg-source").arg("-x").arg(&dsc).arg(&src))?;
-    for (name, text) in PATCHES {
-        let file = build.join(name);
-        std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
-        run(Command::new("patch")
-            .args(["-p1", "--batch", "--forward", "-s", "-d"])
-            .arg(&src)
-            .arg("-i")
-            .arg(&file))
-        .with_context(|| format!("applying {name} to {SOURCE} {version}"))?;
-    }
+    apply_patches(&src, &build, PATCHES, &format!("{SOURCE} {version}"))?;
     let devices = src.join("configs/devices/i386-softmmu/default.mak");
     std::fs::write(&devices, DEVICES).with_context(|| format!("writing {}", devices.display()))?;
     let out = src.join("build");

@@ -475,6 +475,21 @@ mod tests {
         assert!(args.iter().any(|a| a.starts_with("microvm,acpi=on")));
     }
 
+    /// A 128 MiB, one-vCPU TCG guest of `kernel` on PCIe.
+    fn tcg_guest(kernel: &str) -> Machine {
+        Machine {
+            kernel: kernel.into(),
+            initrd: "/i".into(),
+            cmdline: String::new(),
+            memory_mib: 128,
+            cpus: 1,
+            accel: Accel::Tcg,
+            pcie: true,
+            extra: vec![],
+            tcg_tb_mib: None,
+        }
+    }
+
     #[test]
     fn own_qemu_is_the_installed_build_and_only_that() {
         let assets = std::env::temp_dir().join(format!("rt-qemu-test-{}", std::process::id()));
@@ -503,15 +518,8 @@ mod tests {
                 .collect()
         };
         let m = Machine {
-            kernel: "/k".into(),
-            initrd: "/i".into(),
-            cmdline: String::new(),
-            memory_mib: 128,
-            cpus: 1,
-            accel: Accel::Tcg,
-            pcie: true,
-            extra: vec![],
             tcg_tb_mib: Some(32),
+            ..tcg_guest("/k")
         };
         assert!(args(&m)
             .windows(2)
@@ -530,18 +538,8 @@ mod tests {
 
     #[test]
     fn only_rt_s_own_kernel_under_tcg_skips_the_apic_calibration() {
-        let own = Machine {
-            kernel: "/var/lib/rt/vm/kernel/rt-guest-1234abcd/boot/vmlinux-6.1.192-rt-1234abcd"
-                .into(),
-            initrd: "/i".into(),
-            cmdline: String::new(),
-            memory_mib: 128,
-            cpus: 1,
-            accel: Accel::Tcg,
-            pcie: true,
-            extra: vec![],
-            tcg_tb_mib: None,
-        };
+        let own =
+            tcg_guest("/var/lib/rt/vm/kernel/rt-guest-1234abcd/boot/vmlinux-6.1.192-rt-1234abcd");
         assert!(own
             .kernel_cmdline()
             .contains(&format!(" lapic_timer_khz={TCG_APIC_KHZ}")));
