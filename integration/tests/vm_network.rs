@@ -237,6 +237,11 @@ fn none_host_refusals_and_kills_leave_nothing() {
             "{flags:?}: {err}"
         );
         assert!(!root.dir.path().join(&id).exists(), "{flags:?}: state left");
+        assert_eq!(
+            rt_testsupport::cgroup_dirs_named(&id),
+            Vec::<std::path::PathBuf>::new(),
+            "{flags:?}: cgroups left"
+        );
         assert!(
             eventually(10, || processes_naming(root.dir.path()).is_empty()),
             "{flags:?}: processes left: {:?}",

@@ -22,6 +22,7 @@ mod stdio;
 pub mod supervisor;
 
 use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -342,7 +343,7 @@ impl Isolation for Vm {
         // destination has the source's id and so its host cgroup, and a
         // failed destination must not take the running source with it.
         let dir = dir_of(st).ok();
-        let own = |pid: Pid| dir.as_deref().is_none_or(|d| names_dir(pid, d));
+        let own = |pid: Pid| dir.as_deref().is_none_or(|d| !of_another_vm(pid, d));
         if let Err(e) = super::namespaces::kill_own_and_remove_cgroup(st, layout, own) {
             errors.push(crate::process::chain(&e));
         }
@@ -379,22 +380,28 @@ fn helper_pids(st: &State) -> Vec<Pid> {
         .unwrap_or_default()
 }
 
-/// Whether process `pid` belongs to the VM container whose state directory
-/// is `dir`: the supervisor and virtiofsd name it on their command lines,
-/// QEMU on its own or as its working directory (with socket paths too long
-/// for `sun_path` it gets bare names). A process gone counts as ours.
-fn names_dir(pid: Pid, dir: &Path) -> bool {
-    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-        return true;
+/// Whether process `pid` is another VM container's: the supervisor of a
+/// state directory other than `dir` (`rt vm-supervisor DIR`), or a child
+/// of one (its QEMU, its virtiofsd). Anything else in a container's host
+/// cgroup is its own, even a process caught between fork and exec.
+fn of_another_vm(pid: Pid, dir: &Path) -> bool {
+    let supervises_another = |p: Pid| {
+        std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|cmdline| {
+            let mut args = cmdline.split(|b| *b == 0);
+            args.by_ref().any(|a| a == b"vm-supervisor")
+                && args
+                    .next()
+                    .is_some_and(|d| Path::new(std::ffi::OsStr::from_bytes(d)) != dir)
+        })
     };
-    let dir = dir.as_os_str().as_encoded_bytes();
-    // The directory itself or a path below it (not `/x/id` in `/x/id2`).
-    let named = cmdline
-        .windows(dir.len() + 1)
-        .any(|w| w.starts_with(dir) && matches!(w[dir.len()], b'/' | 0));
-    named
-        || std::fs::read_link(format!("/proc/{pid}/cwd"))
-            .is_ok_and(|cwd| cwd.as_os_str().as_encoded_bytes() == dir)
+    supervises_another(pid) || parent_of(pid).is_some_and(supervises_another)
+}
+
+/// A process's parent, from `/proc/PID/stat`.
+fn parent_of(pid: Pid) -> Option<Pid> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let ppid = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?;
+    ppid.parse().ok().map(Pid::from_raw)
 }
 
 /// Whether `pid` is still a QEMU or virtiofsd (not a reused number).
@@ -639,24 +646,41 @@ fn tempfile_in(dir: &Path, bytes: &[u8]) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn a_process_belongs_to_the_container_whose_directory_it_names() {
-        let me = Pid::this();
-        let cmdline = std::fs::read(format!("/proc/{me}/cmdline")).unwrap();
-        let exe = String::from_utf8_lossy(cmdline.split(|b| *b == 0).next().unwrap()).into_owned();
-        let dir = Path::new(&exe).parent().unwrap();
-        assert!(names_dir(me, dir), "{exe} names {}", dir.display());
-        // A longer name that starts with the directory's is another one.
-        let file = Path::new(&exe)
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
-        let prefix = dir.join(&file[..file.len() - 1]);
-        assert!(!names_dir(me, &prefix));
-        assert!(!names_dir(me, Path::new("/nonexistent/state/dir")));
-        // The working directory counts too.
-        let cwd = std::env::current_dir().unwrap();
-        assert!(names_dir(me, &cwd));
+    fn only_another_vm_s_supervisor_and_its_children_are_not_a_container_s_own() {
+        use std::process::{Command, Stdio};
+        let dir = std::env::temp_dir().join(format!("rt-vm-own-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // A stand-in supervisor of another directory, with a child.
+        let mut other = Command::new("sh")
+            .args(["-c", "sleep 60 & wait", "vm-supervisor", "/run/rt/another"])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Its argv: sh -c SCRIPT vm-supervisor /run/rt/another.
+        let sup = Pid::from_raw(other.id() as i32);
+        let child = (0..100)
+            .find_map(|_| {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                let kids =
+                    std::fs::read_to_string(format!("/proc/{sup}/task/{sup}/children")).ok()?;
+                kids.split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+                    .map(Pid::from_raw)
+            })
+            .expect("the stand-in's child");
+        let verdicts = (
+            of_another_vm(sup, &dir),
+            of_another_vm(child, &dir),
+            of_another_vm(sup, Path::new("/run/rt/another")),
+            of_another_vm(Pid::this(), &dir),
+        );
+        let _ = other.kill();
+        let _ = other.wait();
+        let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(verdicts, (true, true, false, false));
     }
 
     use super::*;
