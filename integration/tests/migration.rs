@@ -394,18 +394,8 @@ fn a_source_that_fails_to_send_leaves_the_destination_clean() {
         .stderr(std::fs::File::create(&log2).unwrap())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break Some(st);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let (status, in_time) = wait_at_most(&mut child, 180);
+    let status = in_time.then_some(status);
     let err = std::fs::read_to_string(&log2).unwrap();
     let dest_procs = processes_naming(root2.dir.path());
     let dest_left: Vec<_> = std::fs::read_dir(root2.dir.path())
@@ -486,14 +476,20 @@ fn receiver(root: &Root, out: &Path, extra: &[&str]) -> (std::process::Child, St
 
 /// Waits for a receiver to exit (killing it after `secs`).
 fn receiver_status(mut child: std::process::Child, secs: u64) -> std::process::ExitStatus {
+    wait_at_most(&mut child, secs).0
+}
+
+/// `child`'s exit status within `secs` seconds (and true), or killed then
+/// (and false).
+fn wait_at_most(child: &mut std::process::Child, secs: u64) -> (std::process::ExitStatus, bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         if let Some(st) = child.try_wait().unwrap() {
-            return st;
+            return (st, true);
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            return child.wait().unwrap();
+            return (child.wait().unwrap(), false);
         }
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -170,20 +170,20 @@ pub(super) fn kill_own_and_remove_cgroup(
     let Some(rec) = &st.cgroup else { return Ok(()) };
     let cgroup = rt_cgroups::open(layout, rec.clone());
     // Without a pid namespace, the init's children outlive it: kill them too.
-    let mut others = Vec::new();
-    if let Ok(pids) = cgroup.pids() {
-        let (pids, not_own): (Vec<Pid>, Vec<Pid>) = pids.into_iter().partition(|p| own(*p));
-        others = not_own;
-        for pid in &pids {
-            let _ = nix::sys::signal::kill(*pid, Signal::SIGKILL);
-        }
-        // A frozen process dies only once thawed.
-        if cgroup.frozen() {
-            let _ = cgroup.freeze(false);
-        }
-        for pid in pids {
-            wait_exit(pid);
-        }
+    let (pids, others): (Vec<Pid>, Vec<Pid>) = cgroup
+        .pids()
+        .unwrap_or_default()
+        .into_iter()
+        .partition(|p| own(*p));
+    for pid in &pids {
+        let _ = nix::sys::signal::kill(*pid, Signal::SIGKILL);
+    }
+    // A frozen process dies only once thawed.
+    if cgroup.frozen() {
+        let _ = cgroup.freeze(false);
+    }
+    for pid in pids {
+        wait_exit(pid);
     }
     // (One that has exited since, or is a zombie, holds nothing.)
     if others
