@@ -11,6 +11,7 @@
 //! supervisor routes to the agent over virtio-serial.
 
 pub mod checkpoint;
+mod console;
 mod create;
 mod memory;
 pub mod net;

@@ -294,7 +294,7 @@ impl Vm {
         let console = dir.join(files::CONSOLE);
         let failed = |why: String| VmError::Boot {
             why,
-            console: console_tail(&console),
+            console: super::console::tail(&console),
         };
         let agent = super::socket_path(dir, files::AGENT_SOCKET)?;
         let path = &agent.path;
@@ -870,7 +870,7 @@ fn wait_for_socket(path: &Path, helper: &mut Child) -> Result<(), VmError> {
             let log = path.with_file_name(files::VIRTIOFSD_LOG);
             return Err(VmError::Helper(format!(
                 "virtiofsd exited ({st}): {}",
-                console_tail(&log)
+                super::console::tail(&log)
             )));
         }
         if Instant::now() > deadline {
@@ -881,12 +881,4 @@ fn wait_for_socket(path: &Path, helper: &mut Child) -> Result<(), VmError> {
         std::thread::sleep(Duration::from_millis(10));
     }
     Ok(())
-}
-
-/// The last lines of the guest's console, for a boot failure's message.
-pub(super) fn console_tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let tail = &lines[lines.len().saturating_sub(5)..];
-    tail.join(" | ")
 }
