@@ -36,10 +36,16 @@ pub const DEVICES: &str = include_str!("../../runtime/vm/qemu/devices.mak");
 
 /// Patches applied after Debian's (`patch -p1`), each explained in its
 /// own header.
-pub const PATCHES: &[(&str, &str)] = &[(
-    "microvm-only-madt.patch",
-    include_str!("../../runtime/vm/qemu/patches/microvm-only-madt.patch"),
-)];
+pub const PATCHES: &[(&str, &str)] = &[
+    (
+        "microvm-only-madt.patch",
+        include_str!("../../runtime/vm/qemu/patches/microvm-only-madt.patch"),
+    ),
+    (
+        "tcg-migration-dirty-tracking.patch",
+        include_str!("../../runtime/vm/qemu/patches/tcg-migration-dirty-tracking.patch"),
+    ),
+];
 
 /// `configure`'s options. `--firmwarepath` is Debian's, so the microvm
 /// machine finds its qboot firmware in qemu-system-data.

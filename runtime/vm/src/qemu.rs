@@ -81,6 +81,21 @@ pub fn program() -> PathBuf {
         .clone()
 }
 
+/// Whether `program` (QEMU `major.minor`) carries every guest write in a
+/// live migration under TCG. Before 9.0, QEMU's bitmap sync cleared dirty
+/// bits without re-arming TCG's TLB, so pages written through entries made
+/// before the sync were not sent again and the destination ran on stale
+/// memory; rt's own build carries the fix
+/// (runtime/vm/qemu/patches/tcg-migration-dirty-tracking.patch). KVM
+/// tracks writes itself and is not affected.
+pub fn tcg_migration_carries_every_write(program: &Path, (major, minor): (u64, u64)) -> bool {
+    let own = program
+        .parent()
+        .and_then(Path::file_name)
+        .is_some_and(|d| d.to_string_lossy().starts_with(OWN_QEMU_PREFIX));
+    own || (major, minor) >= (9, 0)
+}
+
 /// rt's own QEMU build in `assets`, if one is installed (the installer
 /// leaves one: it removes the builds of older sources and options).
 pub fn own_qemu(assets: &Path) -> Option<PathBuf> {
@@ -488,6 +503,20 @@ mod tests {
             extra: vec![],
             tcg_tb_mib: None,
         }
+    }
+
+    #[test]
+    fn only_rt_s_build_or_qemu_9_migrates_live_under_tcg() {
+        let own = Path::new("/var/lib/rt/vm/qemu/rt-qemu-eb8a97dd/qemu-system-x86_64");
+        let debian = Path::new("/usr/bin/qemu-system-x86_64");
+        assert!(tcg_migration_carries_every_write(own, (7, 2)));
+        assert!(!tcg_migration_carries_every_write(debian, (7, 2)));
+        assert!(!tcg_migration_carries_every_write(debian, (8, 2)));
+        assert!(tcg_migration_carries_every_write(debian, (9, 0)));
+        assert!(!tcg_migration_carries_every_write(
+            Path::new("qemu-system-x86_64"),
+            (7, 2)
+        ));
     }
 
     #[test]

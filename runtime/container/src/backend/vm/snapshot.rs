@@ -25,7 +25,7 @@ use std::time::{Duration, Instant, SystemTime};
 use rt_vm::channel::{Frame, GuestNet, Kind, Op, Reply, ToGuest, ToHost};
 use rt_vm::qmp::Qmp;
 
-use super::supervisor::{console_tail, lock, Answer, Config, Incoming, Router};
+use super::supervisor::{lock, Answer, Config, Incoming, Router};
 use super::{files, VmError};
 
 /// The files of a saved VM in its image directory.
@@ -170,6 +170,14 @@ fn migrate(r: &Router, uri: &str) -> Result<rt_vm::qmp::Migrated, VmError> {
     freeze(r)?;
     let sent = (|| -> Result<rt_vm::qmp::Migrated, VmError> {
         q.capabilities(&[("block", true)])?;
+        if !tracks_every_write(&mut q)? {
+            // Stop and copy: nothing is written while the memory is sent.
+            tracing::warn!(
+                qemu = %rt_vm::qemu::program().display(),
+                "this QEMU loses guest writes in a live migration under TCG: the VM is stopped for the whole copy"
+            );
+            q.execute("stop", None)?;
+        }
         // A local or LAN link: no bandwidth cap (QEMU's default is 128
         // MiB/s), and the downtime rt aims for.
         q.execute(
@@ -194,6 +202,22 @@ fn migrate(r: &Router, uri: &str) -> Result<rt_vm::qmp::Migrated, VmError> {
             Err(e)
         }
     }
+}
+
+/// Whether the running QEMU's live migration carries every guest write:
+/// under KVM always, under TCG with rt's own build or QEMU 9.0 and later
+/// ([`rt_vm::qemu::tcg_migration_carries_every_write`]).
+fn tracks_every_write(q: &mut Qmp) -> Result<bool, VmError> {
+    let kvm = q.execute("query-kvm", None)?;
+    if kvm["enabled"].as_bool() == Some(true) {
+        return Ok(true);
+    }
+    let v = q.execute("query-version", None)?;
+    let part = |k: &str| v["qemu"][k].as_u64().unwrap_or(0);
+    Ok(rt_vm::qemu::tcg_migration_carries_every_write(
+        &rt_vm::qemu::program(),
+        (part("major"), part("minor")),
+    ))
 }
 
 /// After a migration: resume the source (the destination failed), or let
@@ -253,7 +277,7 @@ pub(super) fn arrive(
     let console = dir.join(files::CONSOLE);
     let failed = |why: String| VmError::Boot {
         why,
-        console: console_tail(&console),
+        console: super::console::tail(&console),
     };
     let qmp_path = super::socket_path(dir, files::QMP_SOCKET)?;
     let loaded = Qmp::connect(&qmp_path.path, Duration::from_secs(10)).and_then(|mut q| {
