@@ -200,17 +200,32 @@ fn checkpoint_and_restore_continue_a_counter_in_another_root() {
             && root2.status(&id3) == "running"),
         "the foreground restore did not come up"
     );
-    root2.ok(&["kill", &id3, "TERM"]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(s) = fg.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "rt restore did not end");
-        std::thread::sleep(Duration::from_millis(50));
+    // TERM only once the restored counter has printed: a checkpoint taken
+    // between its increment and its echo would otherwise meet the trap
+    // before any line.
+    let (lines, seen) = std::sync::mpsc::channel();
+    let reader = {
+        let out = fg.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut text = String::new();
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = lines.send(());
+                text.push_str(&line);
+                text.push('\n');
+            }
+            text
+        })
     };
+    assert!(
+        seen.recv_timeout(Duration::from_secs(60)).is_ok(),
+        "the restored counter printed nothing"
+    );
+    root2.ok(&["kill", &id3, "TERM"]);
+    let (status, ended) = wait_at_most(&mut fg, 60);
+    assert!(ended, "rt restore did not end");
     let out = fg.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = reader.join().unwrap();
     assert_eq!(status.code(), Some(5), "{text}{}", stderr(&out));
     assert!(text.contains("term at"), "{text}");
     assert!(
