@@ -67,45 +67,45 @@ enum CgroupManager {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Create a container (its init waits for `start`).
-    Create(commands::create::Args),
+    Create(argv::Lazy<commands::create::Args>),
     /// Start a created container.
-    Start(commands::start::Args),
+    Start(argv::Lazy<commands::start::Args>),
     /// Create and start a container; wait for it unless --detach.
-    Run(commands::run::Args),
+    Run(argv::Lazy<commands::run::Args>),
     /// Print a container's state as JSON.
-    State(commands::state::Args),
+    State(argv::Lazy<commands::state::Args>),
     /// Send a signal to a container's init (or, with --all, every process).
-    Kill(commands::kill::Args),
+    Kill(argv::Lazy<commands::kill::Args>),
     /// Delete a container and everything rt made for it.
-    Delete(commands::delete::Args),
+    Delete(argv::Lazy<commands::delete::Args>),
     /// List containers.
     #[command(alias = "ls")]
-    List(commands::list::Args),
+    List(argv::Lazy<commands::list::Args>),
     /// Run a process in a running container.
-    Exec(commands::exec::Args),
+    Exec(argv::Lazy<commands::exec::Args>),
     /// Freeze every process of a container.
-    Pause(commands::pause::Args),
+    Pause(argv::Lazy<commands::pause::Args>),
     /// Thaw a paused container.
-    Resume(commands::pause::Args),
+    Resume(argv::Lazy<commands::pause::Args>),
     /// List a container's processes.
-    Ps(commands::ps::Args),
+    Ps(argv::Lazy<commands::ps::Args>),
     /// Resource statistics and OOM events of a container, as JSON lines.
-    Events(commands::events::Args),
+    Events(argv::Lazy<commands::events::Args>),
     /// Change a running container's resource limits.
-    Update(commands::update::Args),
+    Update(argv::Lazy<commands::update::Args>),
     /// Save a running container into an image directory (VM containers:
     /// the whole VM; see docs/migration.md).
-    Checkpoint(commands::checkpoint::Args),
+    Checkpoint(argv::Lazy<commands::checkpoint::Args>),
     /// Bring a checkpointed container back, running.
-    Restore(commands::restore::Args),
+    Restore(argv::Lazy<commands::restore::Args>),
     /// Live-migrate a running VM container to another state root or to
     /// `rt receive` over TCP.
-    Migrate(commands::migrate::Args),
+    Migrate(argv::Lazy<commands::migrate::Args>),
     /// Receive one live migration over TCP (the other end of `migrate
     /// --to tcp://…`).
-    Receive(commands::receive::Args),
+    Receive(argv::Lazy<commands::receive::Args>),
     /// Write a default config.json.
-    Spec(commands::spec::Args),
+    Spec(argv::Lazy<commands::spec::Args>),
     /// Print the runtime features JSON.
     Features,
     /// Manage images: import, pull, ls, inspect, rm, prune, unpack.
@@ -113,13 +113,13 @@ enum Command {
     Image(commands::image::Command),
     /// Keeps a bridged container's DHCP lease (started by create).
     #[command(hide = true)]
-    DhcpKeeper(commands::dhcp_keeper::Args),
+    DhcpKeeper(argv::Lazy<commands::dhcp_keeper::Args>),
     /// Stands for a VM container's init (started by create).
     #[command(hide = true)]
-    VmSupervisor(commands::vm::SupervisorArgs),
+    VmSupervisor(argv::Lazy<commands::vm::SupervisorArgs>),
     /// Stands for a process exec'd in a VM container (started by exec).
     #[command(hide = true)]
-    VmExec(commands::vm::ExecArgs),
+    VmExec(argv::Lazy<commands::vm::ExecArgs>),
 }
 
 /// Whether rt was invoked as `rt-vm` (a link beside `rt`), whose containers
@@ -252,28 +252,68 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         rt_sys::default_sigpipe();
     }
     match cli.command {
-        Command::Create(a) => commands::create::run(&global, a).map(|()| 0),
-        Command::Start(a) => commands::start::run(&global, a).map(|()| 0),
-        Command::Checkpoint(a) => commands::checkpoint::run(&global, a).map(|()| 0),
-        Command::Restore(a) => commands::restore::run(&global, a),
-        Command::Migrate(a) => commands::migrate::run(&global, a).map(|()| 0),
-        Command::Receive(a) => commands::receive::run(&global, a).map(|()| 0),
-        Command::Run(a) => commands::run::run(&global, a),
-        Command::State(a) => commands::state::run(&global, a).map(|()| 0),
-        Command::Kill(a) => commands::kill::run(&global, a).map(|()| 0),
-        Command::Delete(a) => commands::delete::run(&global, a).map(|()| 0),
-        Command::List(a) => commands::list::run(&global, a).map(|()| 0),
-        Command::Exec(a) => commands::exec::run(&global, a),
-        Command::Pause(a) => commands::pause::pause(&global, a).map(|()| 0),
-        Command::Resume(a) => commands::pause::resume(&global, a).map(|()| 0),
-        Command::Ps(a) => commands::ps::run(&global, a).map(|()| 0),
-        Command::Update(a) => commands::update::run(&global, a).map(|()| 0),
-        Command::Events(a) => commands::events::run(&global, a),
-        Command::Spec(a) => commands::spec::run(a).map(|()| 0),
+        Command::Create(a) => commands::create::run(&global, a.0).map(|()| 0),
+        Command::Start(a) => commands::start::run(&global, a.0).map(|()| 0),
+        Command::Checkpoint(a) => commands::checkpoint::run(&global, a.0).map(|()| 0),
+        Command::Restore(a) => commands::restore::run(&global, a.0),
+        Command::Migrate(a) => commands::migrate::run(&global, a.0).map(|()| 0),
+        Command::Receive(a) => commands::receive::run(&global, a.0).map(|()| 0),
+        Command::Run(a) => commands::run::run(&global, a.0),
+        Command::State(a) => commands::state::run(&global, a.0).map(|()| 0),
+        Command::Kill(a) => commands::kill::run(&global, a.0).map(|()| 0),
+        Command::Delete(a) => commands::delete::run(&global, a.0).map(|()| 0),
+        Command::List(a) => commands::list::run(&global, a.0).map(|()| 0),
+        Command::Exec(a) => commands::exec::run(&global, a.0),
+        Command::Pause(a) => commands::pause::pause(&global, a.0).map(|()| 0),
+        Command::Resume(a) => commands::pause::resume(&global, a.0).map(|()| 0),
+        Command::Ps(a) => commands::ps::run(&global, a.0).map(|()| 0),
+        Command::Update(a) => commands::update::run(&global, a.0).map(|()| 0),
+        Command::Events(a) => commands::events::run(&global, a.0),
+        Command::Spec(a) => commands::spec::run(a.0).map(|()| 0),
         Command::Features => commands::features::run().map(|()| 0),
         Command::Image(c) => commands::image::run(&global, c).map(|()| 0),
-        Command::DhcpKeeper(a) => commands::dhcp_keeper::run(a).map(|()| 0),
-        Command::VmSupervisor(a) => commands::vm::supervisor(a),
-        Command::VmExec(a) => commands::vm::exec(a),
+        Command::DhcpKeeper(a) => commands::dhcp_keeper::run(a.0).map(|()| 0),
+        Command::VmSupervisor(a) => commands::vm::supervisor(a.0),
+        Command::VmExec(a) => commands::vm::exec(a.0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("rt").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn subcommands_parse_with_their_arguments_built_on_entry() {
+        let cli = parse(&["--root", "/r", "kill", "--all", "c1", "TERM"]).unwrap();
+        assert!(matches!(cli.command, Command::Kill(_)));
+        let cli = parse(&["run", "--bundle", "/b", "--detach", "c2"]).unwrap();
+        assert!(matches!(cli.command, Command::Run(_)));
+        let e = parse(&["kill", "--bogus", "c1"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::UnknownArgument);
+        // The top-level command carries no subcommand's arguments until
+        // clap enters it.
+        let top = Cli::command();
+        let create = top.find_subcommand("create").unwrap();
+        assert_eq!(create.get_arguments().count(), 0);
+    }
+
+    #[test]
+    fn a_subcommand_s_help_keeps_its_own_description() {
+        for (sub, about) in [
+            ("create", "Create a container"),
+            ("run", "Create and start a container"),
+            ("exec", "Run a process in a running container"),
+        ] {
+            let e = parse(&[sub, "--help"]).unwrap_err();
+            assert_eq!(e.kind(), clap::error::ErrorKind::DisplayHelp);
+            let text = e.to_string();
+            assert!(text.starts_with(about), "{sub}: {text}");
+            assert!(text.contains("--bundle") || sub == "exec", "{sub}: {text}");
+        }
     }
 }

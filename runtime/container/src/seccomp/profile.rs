@@ -525,7 +525,7 @@ mod tests {
             for n in ALLOWED.iter().chain(names.iter()) {
                 let known = tables
                     .iter()
-                    .any(|t| !super::super::arch::numbers(*t, n).is_empty());
+                    .any(|t| super::super::arch::numbers(*t, n).next().is_some());
                 assert!(known || newer.contains(n), "{n} is no syscall");
             }
         }
