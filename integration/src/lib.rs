@@ -5,6 +5,7 @@
 pub mod containerd;
 pub mod guest_kernel;
 pub mod guest_qemu;
+pub mod helpers;
 pub mod image;
 pub mod net;
 pub mod podman;

@@ -385,20 +385,6 @@ fn live_migration_to_another_root_keeps_the_counter_running() {
     moved_and_counting(&root, &root2, &id, &log1, &report);
 }
 
-/// Builds integration/helpers/memstress.c (static) into `dir`.
-fn build_memstress(dir: &Path) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("helpers/memstress.c");
-    let out = dir.join("memstress");
-    let status = std::process::Command::new("cc")
-        .args(["-O1", "-static", "-no-pie", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .status()
-        .expect("cc runs");
-    assert!(status.success(), "building {}", src.display());
-    out
-}
-
 /// Lines of `text` that start with `prefix`.
 fn lines_with<'a>(text: &'a str, prefix: &'a str) -> impl Iterator<Item = &'a str> {
     text.lines().filter(move |l| l.starts_with(prefix))
@@ -419,7 +405,7 @@ fn live_migration_carries_every_guest_write() {
     const HOPS: usize = 10;
     need_root!();
     let helper = tempfile::tempdir().unwrap();
-    let memstress = build_memstress(helper.path());
+    let memstress = rt_integration::helpers::build("memstress", helper.path());
     let roots = [Root::new(), Root::new()];
     let mut b = counter_bundle();
     b.edit(|c| {

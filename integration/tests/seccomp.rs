@@ -1,9 +1,6 @@
 //! seccomp beyond the basics in isolation.rs: the x86 and x32 ABIs of an
 //! x86_64 host, filter flags, and the default profile `rt spec` writes.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
 use rt_testsupport::{root_or_skip, unique_id, Bundle, Root};
 use serde_json::{json, Value};
 
@@ -15,26 +12,11 @@ macro_rules! need_root {
     };
 }
 
-/// Builds integration/helpers/abi.c, which calls the kernel through the
-/// i386 (`int $0x80`) and x32 ABIs, into `dir`.
-fn build_abi_helper(dir: &Path) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("helpers/abi.c");
-    let out = dir.join("abi");
-    let status = Command::new("cc")
-        .args(["-O1", "-static", "-no-pie", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .status()
-        .expect("cc runs");
-    assert!(status.success(), "building {}", src.display());
-    out
-}
-
 /// Runs `script` in a container with the ABI helper at /abi/abi, a tmpfs on
 /// /tmp and `edit` applied; returns (exit code, stdout + stderr).
 fn run_abi(script: &str, edit: impl FnOnce(&mut Value)) -> (i32, String) {
     let helper_dir = tempfile::tempdir().unwrap();
-    build_abi_helper(helper_dir.path());
+    rt_integration::helpers::build("abi", helper_dir.path());
     let root = Root::new();
     let mut b = Bundle::new(&["sh", "-c", script]);
     b.edit(|c| {
