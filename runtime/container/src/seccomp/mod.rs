@@ -1,13 +1,15 @@
-//! `linux.seccomp` compiled to BPF with seccompiler.
+//! `linux.seccomp` compiled to BPF.
 //!
-//! seccompiler gives each filter one match action, while an OCI profile gives
-//! each rule its own. rt therefore loads a small stack of filters: one "default"
-//! filter (a syscall matching any rule is allowed, anything else gets
-//! `defaultAction`) plus one filter per distinct non-allow rule action (a match
-//! gets that action, anything else is allowed). The kernel runs every filter and
-//! keeps the most restrictive answer, which is exactly the profile's meaning.
-//! Every filter is compiled once per ABI the profile lists (x86_64 always,
-//! x86 and x32 when named) behind a gate that kills unlisted ABIs; see arch.rs.
+//! [`compile`] makes one program (program.rs): a dispatch on the ABI, then
+//! a binary search on the syscall number, every action and argument
+//! comparison of the profile in it, loaded once. A profile whose program
+//! would not fit classic BPF's jumps falls back to [`compile_stack`]:
+//! seccompiler gives each filter one match action, so that is a small stack
+//! of filters, one "default" filter (a syscall matching any rule is
+//! allowed, anything else gets `defaultAction`) plus one per distinct
+//! non-allow action, each compiled once per ABI the profile lists behind a
+//! gate that kills unlisted ABIs (arch.rs); the kernel keeps the most
+//! restrictive answer, which is the profile's meaning.
 //!
 //! `SCMP_ACT_NOTIFY` (with `listenerPath`): seccompiler has no notify
 //! action, so its rules are compiled as a trace with a `data` value no rule
