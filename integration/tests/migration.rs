@@ -349,6 +349,27 @@ fn bad_images_and_unsupported_checkpoints_are_refused_and_leave_nothing() {
     assert!(help.status.success());
 }
 
+/// `rt migrate --to TO ID` from `from`: its stdout (its report, then the
+/// destination workload's output, its supervisor having migrate's stdio)
+/// into `out`, its stderr into `err`.
+fn migrate_to(
+    from: &Root,
+    to: &Root,
+    id: &str,
+    out: std::fs::File,
+    err: std::fs::File,
+) -> std::process::ExitStatus {
+    from.cmd()
+        .args(["migrate", "--to"])
+        .arg(to.dir.path())
+        .arg(id)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .status()
+        .unwrap()
+}
+
 #[test]
 fn live_migration_to_another_root_keeps_the_counter_running() {
     need_root!();
@@ -359,16 +380,13 @@ fn live_migration_to_another_root_keeps_the_counter_running() {
     let log2 = files.path().join("dest.log");
     let out2 = std::fs::File::create(&log2).unwrap();
     let report = files.path().join("report.json");
-    let st = root
-        .cmd()
-        .args(["migrate", "--to"])
-        .arg(root2.dir.path())
-        .arg(&id)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&report).unwrap())
-        .stderr(out2)
-        .status()
-        .unwrap();
+    let st = migrate_to(
+        &root,
+        &root2,
+        &id,
+        std::fs::File::create(&report).unwrap(),
+        out2,
+    );
     // migrate's stdout holds its report, and the workload's output from
     // the destination on (its supervisor has migrate's stdio).
     let report_text = std::fs::read_to_string(&report).unwrap();
@@ -438,16 +456,13 @@ fn live_migration_carries_every_guest_write() {
         // The destination's workload writes to migrate's stdout.
         let log = files.path().join(format!("{hop}.log"));
         let err = files.path().join(format!("{hop}.err"));
-        let st = from
-            .cmd()
-            .args(["migrate", "--to"])
-            .arg(to.dir.path())
-            .arg(&id)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(std::fs::File::create(&err).unwrap())
-            .status()
-            .unwrap();
+        let st = migrate_to(
+            from,
+            to,
+            &id,
+            std::fs::File::create(&log).unwrap(),
+            std::fs::File::create(&err).unwrap(),
+        );
         if !st.success() {
             failure = Some(format!("migration {hop}: {}", read(&err)));
         } else if !went_on(&log) {
@@ -911,16 +926,13 @@ fn live_migration_keeps_answering_a_client_on_the_callers_network() {
         })
     };
     let report = files.path().join("report");
-    let st = root
-        .cmd()
-        .args(["migrate", "--to"])
-        .arg(root2.dir.path())
-        .arg(&id)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&report).unwrap())
-        .stderr(std::fs::File::create(files.path().join("err")).unwrap())
-        .status()
-        .unwrap();
+    let st = migrate_to(
+        &root,
+        &root2,
+        &id,
+        std::fs::File::create(&report).unwrap(),
+        std::fs::File::create(files.path().join("err")).unwrap(),
+    );
     assert!(
         st.success(),
         "{}",
