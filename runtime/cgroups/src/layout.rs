@@ -35,7 +35,8 @@ impl Layout {
     /// Reads the layout of the calling process's mount namespace.
     pub fn detect() -> Result<Layout> {
         let path = PathBuf::from("/proc/self/mountinfo");
-        let text = crate::read(&path)?;
+        let text =
+            rt_sys::read_proc(&path).map_err(|source| crate::Error::Read { path, source })?;
         Self::parse(&text)
     }
 

@@ -27,6 +27,7 @@
 use core::arch::{asm, global_asm};
 use core::cell::UnsafeCell;
 use core::ptr::{read_volatile, write_volatile};
+use core::sync::atomic::{AtomicBool, Ordering};
 
 // The entry point. At entry %rsp points at argc (16-byte aligned) and %rdx
 // holds the dynamic loader's finaliser (zero for a static binary); both are
@@ -46,6 +47,12 @@ global_asm!(
     "jmp _start",
     early = sym early,
 );
+
+/// Set when [`early`] found the binary on a read-only mount (the overlay it
+/// re-executed through, or a read-only install), for
+/// [`crate::sealed::reexec_protected`]. A plain static in .bss: an atomic
+/// store is a `mov`, fine before the C library starts.
+pub static PROTECTED: AtomicBool = AtomicBool::new(false);
 
 const PATH_MAX: usize = 4096;
 const MAX_ENV: usize = 2048;
@@ -228,11 +235,16 @@ unsafe fn reexec(argv: *const *const u8, envp: *const *const u8, nenv: usize, ha
         )
     };
     close(fd);
-    if seals >= 0 || rc != 0 {
+    if rc != 0 {
         return;
     }
     // SAFETY: fstatfs succeeded (rc == 0), so the kernel filled it.
-    if unsafe { st.assume_init_ref() }[10] & libc::ST_RDONLY as i64 != 0 {
+    if seals >= 0 || unsafe { st.assume_init_ref() }[10] & libc::ST_RDONLY as i64 != 0 {
+        // Any seal means a memfd, which main checks for F_SEAL_WRITE; a
+        // read-only mount holds as it is: main need not look again.
+        if seals < 0 {
+            PROTECTED.store(true, Ordering::Relaxed);
+        }
         return;
     }
     // 2. The binary's path, split at its last slash.

@@ -51,8 +51,14 @@ fn on_readonly_mount(file: &File) -> bool {
 /// Re-executes the running binary from a protected file, unless it already
 /// runs from one. Returns only if that is already the case.
 pub fn reexec_protected() -> anyhow::Result<()> {
+    use std::sync::atomic::Ordering;
+    // Known already: the entry point or an earlier call looked.
+    if crate::early::PROTECTED.load(Ordering::Relaxed) {
+        return Ok(());
+    }
     let exe = File::open("/proc/self/exe").context("opening /proc/self/exe")?;
     if is_sealed(&exe) || on_readonly_mount(&exe) {
+        crate::early::PROTECTED.store(true, Ordering::Relaxed);
         return Ok(());
     }
     // The binary's own path, for what needs the file itself (the VM

@@ -60,7 +60,7 @@ pub fn drop_unknown_capabilities(process: &mut serde_json::Value) {
 
 /// The kernel's highest capability number.
 fn last_cap() -> u8 {
-    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+    rt_sys::read_proc("/proc/sys/kernel/cap_last_cap")
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(u8::MAX)

@@ -168,7 +168,7 @@ impl State {
 
 /// The state letter and start time of `pid`, from `/proc/<pid>/stat`.
 pub fn proc_stat(pid: Pid) -> Option<(char, u64)> {
-    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let text = rt_sys::read_proc(format!("/proc/{pid}/stat")).ok()?;
     let after = text.rsplit_once(')')?.1;
     let mut fields = after.split_whitespace();
     let state = fields.next()?.chars().next()?;

@@ -26,9 +26,38 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// Reads a file of /proc or /sys whole, in as few reads as its size allows.
+///
+/// `fs::read_to_string` sizes its buffer from the file's size, which such
+/// files report as 0, and so starts with a 32-byte read and doubles: eight
+/// reads for /proc/self/mountinfo. This starts at 4 KiB, and skips the stat.
+pub fn read_proc(path: impl AsRef<std::path::Path>) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut f = fs::File::open(path)?;
+    let mut buf = Vec::with_capacity(4096);
+    loop {
+        if buf.len() == buf.capacity() {
+            buf.reserve(buf.capacity());
+        }
+        let len = buf.len();
+        let cap = buf.capacity();
+        buf.resize(cap, 0);
+        match f.read(&mut buf[len..]) {
+            Ok(0) => {
+                buf.truncate(len);
+                break;
+            }
+            Ok(n) => buf.truncate(len + n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => buf.truncate(len),
+            Err(e) => return Err(e),
+        }
+    }
+    String::from_utf8(buf).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
 /// Number of threads of the calling process, from /proc/self/stat.
 pub fn thread_count() -> Result<usize> {
-    let stat = fs::read_to_string("/proc/self/stat").map_err(Error::ProcStat)?;
+    let stat = read_proc("/proc/self/stat").map_err(Error::ProcStat)?;
     // Field 20 (num_threads); the comm field (2) may contain spaces, so count after ')'.
     let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     Ok(after
@@ -753,5 +782,24 @@ mod tests {
             matches!(hole, Err(Error::Syscall("process_madvise", Errno::ENOMEM))),
             "{hole:?}"
         );
+    }
+
+    #[test]
+    fn read_proc_reads_whole_files_of_any_size() {
+        // A file reporting size 0, and regular files across the 4 KiB start.
+        assert_eq!(
+            read_proc("/proc/self/cmdline").unwrap().as_bytes(),
+            std::fs::read("/proc/self/cmdline").unwrap()
+        );
+        let dir = std::env::temp_dir().join(format!("rt-read-proc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for len in [0, 1, 4095, 4096, 4097, 20_000] {
+            let text: String = (0..len).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+            let file = dir.join(len.to_string());
+            std::fs::write(&file, &text).unwrap();
+            assert_eq!(read_proc(&file).unwrap(), text, "{len} bytes");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(read_proc(dir.join("missing")).is_err());
     }
 }

@@ -50,22 +50,25 @@ pub fn create_defaults(
     userns: bool,
     spec_devices: &[LinuxDevice],
 ) -> Result<()> {
-    for (path, major, minor) in DEFAULTS {
-        if spec_devices.iter().any(|d| d.path() == Path::new(path)) {
-            continue;
+    without_umask(|| {
+        let mut parent = None;
+        for (path, major, minor) in DEFAULTS {
+            if spec_devices.iter().any(|d| d.path() == Path::new(path)) {
+                continue;
+            }
+            let n = Node {
+                path: Path::new(path),
+                kind: SFlag::S_IFCHR,
+                major,
+                minor,
+                mode: 0o666,
+                uid: None,
+                gid: None,
+            };
+            parent = Some(node(root, userns, &n, parent)?);
         }
-        node(
-            root,
-            userns,
-            Path::new(path),
-            SFlag::S_IFCHR,
-            major,
-            minor,
-            0o666,
-            None,
-            None,
-        )?;
-    }
+        Ok::<_, Error>(())
+    })?;
     let links: [(&str, &str); 5] = [
         ("/proc/self/fd", "/dev/fd"),
         ("/proc/self/fd/0", "/dev/stdin"),
@@ -101,102 +104,127 @@ pub fn create_defaults(
 
 /// The devices listed in `linux.devices`.
 pub fn create(root: BorrowedFd<'_>, userns: bool, devices: &[LinuxDevice]) -> Result<()> {
-    for d in devices {
-        let kind = match d.typ() {
-            LinuxDeviceType::C | LinuxDeviceType::U => SFlag::S_IFCHR,
-            LinuxDeviceType::B => SFlag::S_IFBLK,
-            LinuxDeviceType::P => SFlag::S_IFIFO,
-            other => {
-                return Err(Error::Type {
-                    path: d.path().clone(),
-                    kind: other,
-                })
-            }
-        };
-        let mode = d.file_mode().unwrap_or(0o666);
-        node(
-            root,
-            userns,
-            d.path(),
-            kind,
-            d.major() as u64,
-            d.minor() as u64,
-            mode,
-            d.uid(),
-            d.gid(),
-        )?;
+    if devices.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    without_umask(|| {
+        let mut parent = None;
+        for d in devices {
+            let kind = match d.typ() {
+                LinuxDeviceType::C | LinuxDeviceType::U => SFlag::S_IFCHR,
+                LinuxDeviceType::B => SFlag::S_IFBLK,
+                LinuxDeviceType::P => SFlag::S_IFIFO,
+                other => {
+                    return Err(Error::Type {
+                        path: d.path().clone(),
+                        kind: other,
+                    })
+                }
+            };
+            let n = Node {
+                path: d.path(),
+                kind,
+                major: d.major() as u64,
+                minor: d.minor() as u64,
+                mode: d.file_mode().unwrap_or(0o666),
+                uid: d.uid(),
+                gid: d.gid(),
+            };
+            parent = Some(node(root, userns, &n, parent)?);
+        }
+        Ok(())
+    })
 }
 
-#[allow(clippy::too_many_arguments)]
-fn node(
-    root: BorrowedFd<'_>,
-    userns: bool,
-    path: &Path,
+/// One device node to make.
+struct Node<'a> {
+    path: &'a Path,
     kind: SFlag,
     major: u64,
     minor: u64,
     mode: u32,
     uid: Option<u32>,
     gid: Option<u32>,
-) -> Result<()> {
+}
+
+/// The directory a node goes in, opened once for the nodes that share it
+/// (all of the defaults are in /dev).
+struct Parent<'a> {
+    path: &'a Path,
+    fd: std::os::fd::OwnedFd,
+}
+
+impl<'a> Parent<'a> {
+    fn of(root: BorrowedFd<'_>, path: &'a Path, cached: Option<Parent<'a>>) -> Result<Parent<'a>> {
+        let dir = path.parent().unwrap_or(Path::new("/"));
+        match cached {
+            Some(p) if p.path == dir => Ok(p),
+            _ => Ok(Parent {
+                path: dir,
+                fd: paths::create(root, dir, false)?,
+            }),
+        }
+    }
+}
+
+fn node<'a>(
+    root: BorrowedFd<'_>,
+    userns: bool,
+    n: &Node<'a>,
+    parent: Option<Parent<'a>>,
+) -> Result<Parent<'a>> {
+    let path = n.path;
     let fail = |source| Error::Node {
         path: path.to_path_buf(),
         source,
     };
-    let parent = paths::create(root, path.parent().unwrap_or(Path::new("/")), false)?;
+    let parent = Parent::of(root, path, parent)?;
     let name = path.file_name().unwrap_or_default();
     if userns {
         // Bind the host's node over an empty file.
         let target = paths::create(root, path, true)?;
-        return mount(
+        mount(
             Some(path),
             &paths::proc_fd(target.as_fd()),
             None::<&str>,
             MsFlags::MS_BIND,
             None::<&str>,
         )
-        .map_err(fail);
+        .map_err(fail)?;
+        return Ok(parent);
     }
-    let _ = nix::unistd::unlinkat(
-        Some(parent.as_raw_fd()),
-        name,
-        nix::unistd::UnlinkatFlags::NoRemoveDir,
-    );
-    let perm = Mode::from_bits_truncate(mode & 0o7777);
-    mknodat(
-        Some(parent.as_raw_fd()),
-        name,
-        kind,
-        perm,
-        makedev(major, minor),
-    )
-    .map_err(fail)?;
-    // mknod is subject to the umask: set the mode exactly.
-    nix::sys::stat::fchmodat(
-        Some(parent.as_raw_fd()),
-        name,
-        perm,
-        nix::sys::stat::FchmodatFlags::NoFollowSymlink,
-    )
-    .or_else(|e| {
-        if e == Errno::EOPNOTSUPP {
-            Ok(())
-        } else {
-            Err(e)
+    let dir = Some(parent.fd.as_raw_fd());
+    // The caller cleared the umask: the mode is exactly the spec's.
+    let perm = Mode::from_bits_truncate(n.mode & 0o7777);
+    let make = || mknodat(dir, name, n.kind, perm, makedev(n.major, n.minor));
+    match make() {
+        // Whatever the rootfs has there is replaced.
+        Err(Errno::EEXIST) => {
+            nix::unistd::unlinkat(dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir)
+                .map_err(fail)?;
+            make()
         }
-    })
+        r => r,
+    }
     .map_err(fail)?;
-    if uid.is_some() || gid.is_some() {
+    if n.uid.is_some() || n.gid.is_some() {
         fchownat(
-            Some(parent.as_raw_fd()),
+            dir,
             name,
-            uid.map(Uid::from_raw),
-            gid.map(Gid::from_raw),
+            n.uid.map(Uid::from_raw),
+            n.gid.map(Gid::from_raw),
             nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
         )
         .map_err(fail)?;
     }
-    Ok(())
+    Ok(parent)
+}
+
+/// Runs `f` with the umask cleared, so that mknod gives nodes their exact
+/// mode (instead of a chmod of each afterwards); the umask is restored.
+fn without_umask<T>(f: impl FnOnce() -> T) -> T {
+    let old = nix::sys::stat::umask(Mode::empty());
+    let r = f();
+    nix::sys::stat::umask(old);
+    r
 }

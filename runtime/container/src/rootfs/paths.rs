@@ -77,21 +77,45 @@ enum Step {
 }
 
 fn create_once(root: BorrowedFd<'_>, rel: &Path, file: bool, orig: &Path) -> Result<Step> {
-    if let Ok(fd) = open(root, rel) {
-        return Ok(Step::Done(fd));
-    }
+    let mut missing = match open(root, rel) {
+        Ok(fd) => return Ok(Step::Done(fd)),
+        Err(Error::Resolve { source, .. }) => source,
+        Err(e) => return Err(e),
+    };
     let parts: Vec<&std::ffi::OsStr> = rel.iter().collect();
-    let mut prefix = PathBuf::new();
-    let mut parent: Option<OwnedFd> = None;
     let resolve_err = |source| Error::Resolve {
         path: orig.to_path_buf(),
         source,
     };
-    for (i, part) in parts.iter().enumerate() {
+    // The deepest prefix that exists, looked for from the end: a mount point
+    // mostly lacks only its last component (under a fresh /dev, say).
+    // `missing` is what opening one component more gave.
+    let mut start = parts.len().saturating_sub(1);
+    let mut parent: Option<OwnedFd> = None;
+    while start > 0 {
+        let prefix: PathBuf = parts[..start].iter().collect();
+        match rt_sys::openat2(root, &prefix, OFlag::O_PATH, resolve_flags()) {
+            Ok(fd) => {
+                parent = Some(fd);
+                break;
+            }
+            Err(e) => {
+                missing = e;
+                start -= 1;
+            }
+        }
+    }
+    let mut prefix: PathBuf = parts[..start].iter().collect();
+    for (i, part) in parts.iter().enumerate().skip(start) {
         let last = i + 1 == parts.len();
         let dir_prefix = prefix.clone();
         prefix.push(part);
-        match rt_sys::openat2(root, &prefix, OFlag::O_PATH, resolve_flags()) {
+        let opened = if i == start {
+            Err(missing)
+        } else {
+            rt_sys::openat2(root, &prefix, OFlag::O_PATH, resolve_flags())
+        };
+        match opened {
             Ok(fd) => {
                 parent = Some(fd);
                 continue;
@@ -180,6 +204,31 @@ mod tests {
             .join("made")
             .is_dir());
         assert!(root.join("escape").is_dir());
+        std::fs::remove_dir_all(&tmp).unwrap();
+    }
+
+    #[test]
+    fn creates_whatever_part_of_a_path_is_missing() {
+        let tmp = std::env::temp_dir().join(format!("rt-paths-missing-{}", std::process::id()));
+        let root = tmp.join("root");
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        // A symlink to a missing directory, in the middle of the path.
+        symlink("/a/later", root.join("a/b/link")).unwrap();
+        let rootfd = std::fs::File::open(&root).unwrap();
+        for (path, made) in [
+            ("/a/b/c", "a/b/c"),
+            ("/a/b/d/e/f", "a/b/d/e/f"),
+            ("/x/y", "x/y"),
+            ("/a/b/../g", "a/g"),
+            ("/a/b/link/z", "a/later/z"),
+        ] {
+            create(rootfd.as_fd(), Path::new(path), false).unwrap();
+            assert!(root.join(made).is_dir(), "{path}");
+            // And again, now that it exists.
+            create(rootfd.as_fd(), Path::new(path), false).unwrap();
+        }
+        std::fs::write(root.join("a/file"), "").unwrap();
+        assert!(create(rootfd.as_fd(), Path::new("/a/file/under"), false).is_err());
         std::fs::remove_dir_all(&tmp).unwrap();
     }
 }
