@@ -114,6 +114,18 @@ pub struct Record {
 pub trait Manager: std::fmt::Debug {
     /// Creates the cgroup directories, recording each one it made.
     fn create(&mut self) -> Result<()>;
+    /// For a parent that makes the cgroup while its child, cloned straight
+    /// into it, sets up what needs no cgroup: the part of [`Manager::create`]
+    /// needed before the clone (the cgroup2 directory [`Manager::birth_dir`]
+    /// opens). [`Manager::create_rest`] then makes the rest. The default
+    /// makes everything here.
+    fn create_first(&mut self) -> Result<()> {
+        self.create()
+    }
+    /// What [`Manager::create_first`] left: the v1 hierarchies.
+    fn create_rest(&mut self) -> Result<()> {
+        Ok(())
+    }
     /// Called by the (single-threaded) process to be placed: moves it into the
     /// cgroup v1 hierarchies itself, writing `0` to `tasks` (a thread moving
     /// itself needs no global lock), and returns the cgroup2 directory, if
@@ -443,6 +455,44 @@ pub(crate) fn attach_device_filter(dir: &Path, rules: &[devices::Rule]) -> Resul
     })
 }
 
+/// Writes values to one control file, each with its own write(2), through
+/// a descriptor opened at the first.
+pub(crate) struct Writer {
+    path: PathBuf,
+    file: Option<std::fs::File>,
+}
+
+impl Writer {
+    pub(crate) fn new(path: PathBuf) -> Writer {
+        Writer { path, file: None }
+    }
+
+    pub(crate) fn write(&mut self, value: &str) -> Result<()> {
+        use std::io::Write;
+        let err = |path: &Path, source| Error::Write {
+            path: path.to_path_buf(),
+            value: value.to_string(),
+            source,
+        };
+        let file = match &mut self.file {
+            Some(f) => f,
+            None => {
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&self.path)
+                    .map_err(|e| err(&self.path, e))?;
+                self.file.insert(f)
+            }
+        };
+        // A control file takes a value in one write: a short one is an error.
+        match file.write(value.as_bytes()) {
+            Ok(n) if n == value.len() => Ok(()),
+            Ok(_) => Err(err(&self.path, std::io::ErrorKind::WriteZero.into())),
+            Err(e) => Err(err(&self.path, e)),
+        }
+    }
+}
+
 pub(crate) fn write(path: &Path, value: &str) -> Result<()> {
     std::fs::write(path, value).map_err(|source| Error::Write {
         path: path.to_path_buf(),
@@ -497,7 +547,7 @@ pub(crate) fn watch_file(file: &Path) -> Result<OwnedFd> {
 }
 
 pub(crate) fn read(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|source| Error::Read {
+    rt_sys::read_proc(path).map_err(|source| Error::Read {
         path: path.to_path_buf(),
         source,
     })

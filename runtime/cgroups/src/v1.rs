@@ -56,17 +56,15 @@ pub(crate) fn join(root: &Path, inner: &str) -> PathBuf {
     root.join(inner.trim_start_matches('/'))
 }
 
-/// A new cpuset cgroup starts with empty cpus and mems, and accepts no task until
-/// both are set: copy them down from the nearest parent that has them.
+/// A new cpuset cgroup starts with empty cpus and mems (unless its parent
+/// has cgroup.clone_children, which copies the parent's), and accepts no
+/// task until both are set: copy them down from the parent, made first.
 fn inherit_cpuset(root: &Path, created: &[PathBuf]) -> Result<()> {
     for dir in created.iter().filter(|d| d.starts_with(root)) {
         let parent = dir.parent().unwrap_or(root);
         for file in ["cpuset.cpus", "cpuset.mems"] {
-            let current = read(&dir.join(file))?;
-            if current.trim().is_empty() {
-                let value = read(&parent.join(file))?;
-                write(&dir.join(file), value.trim())?;
-            }
+            let value = read(&parent.join(file))?;
+            write(&dir.join(file), value.trim())?;
         }
     }
     Ok(())
@@ -74,17 +72,25 @@ fn inherit_cpuset(root: &Path, created: &[PathBuf]) -> Result<()> {
 
 impl Manager for V1 {
     fn create(&mut self) -> Result<()> {
-        let roots: Vec<(PathBuf, bool)> = self
-            .hierarchies
-            .iter()
-            .map(|h| (h.mount.clone(), h.has("cpuset")))
-            .chain(self.unified.clone().map(|u| (u, false)))
-            .collect();
-        for (root, is_cpuset) in roots {
+        self.create_first()?;
+        self.create_rest()
+    }
+
+    /// The cgroup2 directory (hugetlb and the like on a hybrid host), which
+    /// a child is cloned into.
+    fn create_first(&mut self) -> Result<()> {
+        if let Some(u) = &self.unified {
+            create_dirs(u, &self.record.path, &mut self.record.created)?;
+        }
+        Ok(())
+    }
+
+    fn create_rest(&mut self) -> Result<()> {
+        for h in &self.hierarchies {
             let before = self.record.created.len();
-            create_dirs(&root, &self.record.path, &mut self.record.created)?;
-            if is_cpuset {
-                inherit_cpuset(&root, &self.record.created[before..])?;
+            create_dirs(&h.mount, &self.record.path, &mut self.record.created)?;
+            if h.has("cpuset") {
+                inherit_cpuset(&h.mount, &self.record.created[before..])?;
             }
         }
         Ok(())
@@ -143,13 +149,13 @@ impl Manager for V1 {
         let dir = self
             .dir_of("devices")
             .ok_or(crate::Error::Unsupported("devices"))?;
+        // One rule per write(2), as the kernel parses them, through one
+        // descriptor per file.
+        let mut allow = crate::Writer::new(dir.join("devices.allow"));
+        let mut deny = crate::Writer::new(dir.join("devices.deny"));
         for r in rules {
-            let file = if r.allow {
-                "devices.allow"
-            } else {
-                "devices.deny"
-            };
-            write(&dir.join(file), &r.line())?;
+            let file = if r.allow { &mut allow } else { &mut deny };
+            file.write(&r.line())?;
         }
         Ok(())
     }

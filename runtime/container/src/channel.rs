@@ -85,6 +85,9 @@ pub enum ToParent {
 pub enum ToChild {
     /// The user namespace maps are written.
     MapsWritten,
+    /// The container's cgroup is made and limited: the init, cloned before
+    /// (see `Launch::cgroups_pending`), may enter it.
+    CgroupsReady,
     /// The prestart and createRuntime hooks succeeded.
     HooksDone,
 }

@@ -50,6 +50,69 @@ pub struct CreateRequest {
 
 /// A container opened for an operation: its locked directory, its state,
 /// the backend that made it and its live status.
+/// A container [`Runtime::create_fresh`] made: its process, and (still
+/// locked) what starting it needs.
+#[derive(Debug)]
+pub struct Fresh {
+    pub created: Created,
+    dir: ContainerDir,
+    st: State,
+    backend: Box<dyn Isolation>,
+    layout: rt_cgroups::Layout,
+}
+
+/// A container [`Runtime::start_fresh`] started, for
+/// [`Runtime::delete_started`].
+#[derive(Debug)]
+pub struct Started {
+    st: State,
+    backend: Box<dyn Isolation>,
+    layout: rt_cgroups::Layout,
+}
+
+/// The part of [`Fresh`] that [`Runtime::start_fresh`] takes.
+#[derive(Debug)]
+pub struct FreshState {
+    dir: ContainerDir,
+    st: State,
+    backend: Box<dyn Isolation>,
+    layout: rt_cgroups::Layout,
+}
+
+impl Fresh {
+    /// The process, and the rest for [`Runtime::start_fresh`].
+    pub fn split(self) -> (Created, FreshState) {
+        let Fresh {
+            created,
+            dir,
+            st,
+            backend,
+            layout,
+        } = self;
+        (
+            created,
+            FreshState {
+                dir,
+                st,
+                backend,
+                layout,
+            },
+        )
+    }
+}
+
+/// Releases the container's process, then runs the poststart hooks.
+fn start_opened(backend: &dyn Isolation, dir: &ContainerDir, st: &State) -> Result<()> {
+    backend.start(dir, st)?;
+    let json = serde_json::to_vec(&st.oci(Status::Running)).unwrap_or_default();
+    if let Err(e) = hooks::run(st.config.hooks().as_ref(), Kind::Poststart, &json) {
+        // The runtime-spec: a failing poststart hook is logged, the
+        // container keeps running.
+        tracing::warn!("{}", crate::process::chain(&e));
+    }
+    Ok(())
+}
+
 struct Opened {
     dir: ContainerDir,
     st: State,
@@ -96,6 +159,13 @@ impl Runtime {
 
     /// Creates a container; on any failure nothing is left behind.
     pub fn create(&self, req: &CreateRequest) -> Result<Created> {
+        self.create_fresh(req).map(|f| f.created)
+    }
+
+    /// Creates a container and keeps it locked, with what create knew, for
+    /// [`Runtime::start_fresh`] (`run`): starting it then reads neither its
+    /// state nor the host's cgroup layout again.
+    pub fn create_fresh(&self, req: &CreateRequest) -> Result<Fresh> {
         spec::validate_id(&req.id)?;
         let mut bundle = Bundle::load(&req.bundle)?;
         if !req.annotations.is_empty() {
@@ -118,12 +188,20 @@ impl Runtime {
             &layout,
             req,
         );
-        if let Err(e) = result {
-            let _ = self.teardown(backend.as_ref(), &state, &layout);
-            let _ = dir.remove();
-            return Err(e);
+        match result {
+            Ok(created) => Ok(Fresh {
+                created,
+                dir,
+                st: state,
+                backend,
+                layout,
+            }),
+            Err(e) => {
+                let _ = self.teardown(backend.as_ref(), &state, &layout);
+                let _ = dir.remove();
+                Err(e)
+            }
         }
-        result
     }
 
     /// The state directory and first state of a new container `id`
@@ -254,14 +332,44 @@ impl Runtime {
             Status::Stopped => return Err(Error::StartStopped),
             other => return Err(Error::StartNotCreated(other)),
         }
-        c.backend.start(&c.dir, &c.st)?;
-        let json = serde_json::to_vec(&c.st.oci(Status::Running)).unwrap_or_default();
-        if let Err(e) = hooks::run(c.st.config.hooks().as_ref(), Kind::Poststart, &json) {
-            // The runtime-spec: a failing poststart hook is logged, the
-            // container keeps running.
-            tracing::warn!("{}", crate::process::chain(&e));
-        }
-        Ok(())
+        start_opened(c.backend.as_ref(), &c.dir, &c.st)
+    }
+
+    /// [`Runtime::start`] of the container [`Runtime::create_fresh`] made,
+    /// still locked since: created, unless its init died meanwhile (which
+    /// the start reports). Unlocks it; gives back what
+    /// [`Runtime::delete_started`] needs.
+    pub fn start_fresh(&self, fresh: FreshState) -> Result<Started> {
+        let FreshState {
+            dir,
+            st,
+            backend,
+            layout,
+        } = fresh;
+        start_opened(backend.as_ref(), &dir, &st)?;
+        Ok(Started {
+            st,
+            backend,
+            layout,
+        })
+    }
+
+    /// `delete --force` of a container this process created and started
+    /// ([`Runtime::start_fresh`]), from the state it kept: nothing of a
+    /// container's state that delete uses changes after create. One that
+    /// is gone already (deleted meanwhile) is no error.
+    pub fn delete_started(&self, started: Started) -> Result<()> {
+        let Started {
+            st,
+            backend,
+            layout,
+        } = started;
+        let dir = match self.store.open(&st.id) {
+            Ok(d) => d,
+            Err(state::Error::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        self.remove_opened(dir, &st, backend.as_ref(), &layout)
     }
 
     /// Sends signal number `signal` to the container's process, or with `all`
@@ -295,7 +403,20 @@ impl Runtime {
             return Err(Error::NotStopped(id.to_string(), status));
         }
         let layout = rt_cgroups::Layout::detect()?;
-        let mut errors = self.teardown(backend.as_ref(), &st, &layout);
+        self.remove_opened(dir, &st, backend.as_ref(), &layout)
+    }
+
+    /// The end of a delete, the container's directory locked: its processes,
+    /// cgroup and network, the poststop hooks, its state.
+    fn remove_opened(
+        &self,
+        dir: ContainerDir,
+        st: &State,
+        backend: &dyn Isolation,
+        layout: &rt_cgroups::Layout,
+    ) -> Result<()> {
+        let id = &st.id;
+        let mut errors = self.teardown(backend, st, layout);
         let json = serde_json::to_vec(&st.oci(Status::Stopped)).unwrap_or_default();
         if let Err(e) = hooks::run(st.config.hooks().as_ref(), Kind::Poststop, &json) {
             tracing::warn!("{}", crate::process::chain(&e));

@@ -31,15 +31,18 @@ pub fn run(g: &Global, mut a: Args) -> anyhow::Result<i32> {
         .rootless(g.rootless);
     let id = a.flags.id.clone();
     a.flags.prepare_image(g)?;
-    let created = match rt.create(&a.flags.request(!a.detach)) {
-        Ok(c) => c,
+    // Created here and started at once: start and delete reuse what create
+    // read (the state, the host's cgroup layout).
+    let fresh = match rt.create_fresh(&a.flags.request(!a.detach)) {
+        Ok(f) => f,
         Err(e) => {
             a.flags.discard_image(g);
             return Err(e.into());
         }
     };
+    let (created, fresh) = fresh.split();
     if a.detach {
-        if let Err(e) = rt.start(&id) {
+        if let Err(e) = rt.start_fresh(fresh) {
             let _ = rt.delete(&id, true);
             return Err(e.into());
         }
@@ -50,18 +53,22 @@ pub fn run(g: &Global, mut a: Args) -> anyhow::Result<i32> {
     let waiter = match foreground::Waiter::new(created) {
         Ok(w) => w,
         Err(e) => {
+            drop(fresh);
             let _ = rt.delete(&id, true);
             return Err(e.into());
         }
     };
-    if let Err(e) = rt.start(&id) {
-        drop(waiter);
-        let _ = rt.delete(&id, true);
-        return Err(e.into());
-    }
+    let started = match rt.start_fresh(fresh) {
+        Ok(started) => started,
+        Err(e) => {
+            drop(waiter);
+            let _ = rt.delete(&id, true);
+            return Err(e.into());
+        }
+    };
     let status = waiter.wait();
     if !a.keep {
-        rt.delete(&id, true)?;
+        rt.delete_started(started)?;
     }
     Ok(status?)
 }

@@ -178,8 +178,9 @@ pub(super) fn kill_own_and_remove_cgroup(
     for pid in &pids {
         let _ = nix::sys::signal::kill(*pid, Signal::SIGKILL);
     }
-    // A frozen process dies only once thawed.
-    if cgroup.frozen() {
+    // A frozen process dies only once thawed (an empty cgroup is removed
+    // frozen or not).
+    if !(pids.is_empty() && others.is_empty()) && cgroup.frozen() {
         let _ = cgroup.freeze(false);
     }
     for pid in pids {

@@ -44,6 +44,8 @@ pub enum Error {
     RawSys(#[from] rt_sys::Error),
     #[error(transparent)]
     Network(#[from] rt_netns::Error),
+    #[error("entering the container's cgroups")]
+    Cgroups(#[from] rt_cgroups::Error),
     #[error("{0} without a mount namespace is not supported by rt")]
     NeedsMountNamespace(&'static str),
     #[error("setting hostname requires a new UTS namespace")]
@@ -96,7 +98,6 @@ fn init(launch: &Launch<'_>, chan: &ChildEnd, mut fifo: File) -> Result<Infallib
         .and_then(|p| p.to_str().and_then(|s| s.parse().ok()))
         .unwrap_or(0);
     nix::unistd::setsid().map_err(|e| Error::Sys("setsid", e))?;
-    launch.plan.unshare_cgroup()?;
     crate::network::init_side(spec)?;
 
     let ctx = rootfs::Context {
@@ -109,11 +110,26 @@ fn init(launch: &Launch<'_>, chan: &ChildEnd, mut fifo: File) -> Result<Infallib
         cgroup_unified: launch.cgroup_unified,
     };
     let mount_ns = launch.plan.has(CloneFlags::CLONE_NEWNS);
-    if mount_ns {
-        rootfs::prepare(&ctx)?;
+    let prepared = if mount_ns {
+        Some(rootfs::prepare(&ctx)?)
     } else if let Some(what) = rootfs::needs_mount_namespace(spec) {
         // Validated at create; the network's resolv.conf may add a mount.
         return Err(Error::NeedsMountNamespace(what));
+    } else {
+        None
+    };
+    // The mounts so far need no cgroup; the rest may show it (the cgroup
+    // mount) or be checked by its device rules (the nodes).
+    if launch.cgroups_pending {
+        match chan.recv()? {
+            ToChild::CgroupsReady => launch.cgroup.enter_v1()?,
+            other => return Err(Error::Unexpected(other)),
+        }
+    }
+    // In the container's cgroup now: it becomes the namespace's root.
+    launch.plan.unshare_cgroup()?;
+    if let Some(prepared) = prepared {
+        rootfs::finish_prepare(&ctx, prepared)?;
     }
     if hooks::any(hooks, Kind::Prestart) || hooks::any(hooks, Kind::CreateRuntime) {
         chan.send(&ToParent::RuntimeHooks)?;

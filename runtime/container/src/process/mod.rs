@@ -43,8 +43,13 @@ pub struct Launch<'a> {
     /// Host directories of the container's cgroup, named for the cgroup mount.
     pub cgroup_dirs: Vec<(String, PathBuf)>,
     pub cgroup_unified: bool,
-    /// The container's cgroups, already created: the stage enters them.
+    /// The container's cgroups, already created (the stage enters them) or,
+    /// with `cgroups_pending`, being made.
     pub cgroup: &'a dyn rt_cgroups::Manager,
+    /// The init was cloned before its cgroup was complete: the parent makes
+    /// and limits it while the init mounts what needs no cgroup, and sends
+    /// `CgroupsReady`, after which the init enters it.
+    pub cgroups_pending: bool,
     /// The parent was single-threaded when it forked the stage.
     pub one_thread: rt_sys::SingleThreaded,
 }

@@ -76,24 +76,26 @@ pub fn create(sandbox: Sandbox<'_>, state: &mut State) -> Result<Created> {
         source,
     })?;
 
-    // Directories and limits first, recorded before anything else can fail;
-    // the stage then moves itself in (see rt_cgroups::Manager::enter).
-    let created = cgroup.create();
-    if state.cgroup.is_some() {
-        state.cgroup = Some(cgroup.record());
+    let plan = namespaces::Plan::from_spec(linux);
+    // With a direct clone (below), the parent makes the cgroup while the
+    // init mounts its rootfs: only the cgroup2 directory the init is born in
+    // is made before it. The stage instead enters a finished cgroup.
+    let direct = plan.direct_clone();
+    // Directories first, recorded before anything else can fail.
+    let created = if direct.is_some() {
+        cgroup.create_first()
+    } else {
+        cgroup.create()
+    };
+    let before = state.cgroup.clone();
+    record_cgroup(state, &*cgroup);
+    if state.cgroup != before {
+        dir.save(state)?;
     }
-    dir.save(state)?;
     created?;
-    if let Some(r) = linux.resources() {
-        cgroup.set(r)?;
+    if direct.is_none() {
+        limit(&*cgroup, linux)?;
     }
-    let spec_rules = linux
-        .resources()
-        .as_ref()
-        .and_then(|r| r.devices().clone())
-        .unwrap_or_default();
-    let nodes = linux.devices().clone().unwrap_or_default();
-    cgroup.set_devices(&rt_cgroups::devices::rules(&spec_rules, &nodes))?;
     let record = cgroup.record();
     let (cgroup_dirs, cgroup_unified) = cgroup_mount_dirs(layout, &record.path);
     let one_thread = rt_sys::single_threaded().map_err(Error::Fork)?;
@@ -101,17 +103,18 @@ pub fn create(sandbox: Sandbox<'_>, state: &mut State) -> Result<Created> {
     let launch = Launch {
         id: &id,
         bundle,
-        plan: namespaces::Plan::from_spec(linux),
+        plan,
         no_pivot: opts.no_pivot,
         fifo,
         preserve_fds: opts.preserve_fds,
         cgroup_dirs,
         cgroup_unified,
         cgroup: &*cgroup,
+        cgroups_pending: direct.is_some(),
         one_thread,
     };
     let (chan, child_end) = channel::pair()?;
-    let first = match launch.plan.direct_clone() {
+    let first = match direct {
         // One process fewer: the init is cloned into its namespaces (and its
         // cgroup2 directory) here, and does the stage's part itself.
         Some(flags) => {
@@ -140,7 +143,8 @@ pub fn create(sandbox: Sandbox<'_>, state: &mut State) -> Result<Created> {
     };
     drop(child_end);
     let result = match first {
-        First::Init(pid) => record_init(dir, state, bundle, network, pid)
+        First::Init(pid) => finish_cgroup(state, &mut *cgroup, linux, &chan)
+            .and_then(|()| record_init(dir, state, bundle, network, pid))
             .and_then(|()| drive(dir, state, bundle, opts, network, &chan, None)),
         First::Stage(stage) => drive(dir, state, bundle, opts, network, &chan, Some(stage)),
     };
@@ -153,6 +157,48 @@ pub fn create(sandbox: Sandbox<'_>, state: &mut State) -> Result<Created> {
         }
     }
     result
+}
+
+/// Keeps in the state what the cgroup made, for teardown (the record only
+/// when the state has one: none for a container rt places in no cgroup).
+fn record_cgroup(state: &mut State, cgroup: &dyn rt_cgroups::Manager) {
+    if state.cgroup.is_some() {
+        state.cgroup = Some(cgroup.record());
+    }
+}
+
+/// The container's limits and device rules.
+fn limit(cgroup: &dyn rt_cgroups::Manager, linux: &oci_spec::runtime::Linux) -> Result<()> {
+    if let Some(r) = linux.resources() {
+        cgroup.set(r)?;
+    }
+    let spec_rules = linux
+        .resources()
+        .as_ref()
+        .and_then(|r| r.devices().clone())
+        .unwrap_or_default();
+    let nodes = linux.devices().clone().unwrap_or_default();
+    cgroup.set_devices(&rt_cgroups::devices::rules(&spec_rules, &nodes))?;
+    Ok(())
+}
+
+/// The cgroup's part after a direct clone, while the init mounts what needs
+/// no cgroup: the rest of its directories (recorded in the state that
+/// `record_init` saves next), its limits, then `CgroupsReady`.
+fn finish_cgroup(
+    state: &mut State,
+    cgroup: &mut dyn rt_cgroups::Manager,
+    linux: &oci_spec::runtime::Linux,
+    chan: &ParentEnd,
+) -> Result<()> {
+    let made = cgroup.create_rest();
+    record_cgroup(state, cgroup);
+    made?;
+    limit(cgroup, linux)?;
+    // An init that failed meanwhile is gone: its report, queued on the
+    // channel, is what `drive` returns.
+    let _ = chan.send(&ToChild::CgroupsReady);
+    Ok(())
 }
 
 /// The parent's first child.

@@ -49,13 +49,12 @@ pub fn run(launch: &Launch<'_>, chan: ChildEnd) -> ! {
 
 /// The init cloned by the parent straight into its new namespaces (see
 /// [`crate::namespaces::Plan::direct_clone`]): it does the stage's part for
-/// itself (closing what the parent holds, entering the v1 hierarchies — the
-/// parent cloned it into the cgroup2 directory — and opening the exec fifo),
-/// then becomes the init. Never returns.
+/// itself (closing what the parent holds and opening the exec fifo), then
+/// becomes the init, which enters the v1 hierarchies once the parent made
+/// them (the parent cloned it into the cgroup2 directory). Never returns.
 pub fn run_as_init(launch: &Launch<'_>, chan: ChildEnd) -> ! {
     let fifo = rt_sys::close_fds_except(3 + launch.preserve_fds, chan.as_fd())
         .map_err(Error::Fork)
-        .and_then(|()| Ok(launch.cgroup.enter_v1()?))
         .and_then(|()| open_fifo(launch));
     match fifo {
         Ok(fifo) => init::run(launch, &chan, fifo),

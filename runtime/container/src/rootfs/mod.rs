@@ -7,11 +7,12 @@ pub mod options;
 pub mod paths;
 
 use std::fs::File;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::stat::{mkdirat, Mode};
 use oci_spec::runtime::{Mount, Spec};
 
 /// Errors of rootfs setup.
@@ -92,8 +93,6 @@ pub fn detach_if_mounted(path: &Path) -> nix::Result<()> {
     }
 }
 
-/// Everything before pivot_root: propagation, the rootfs bind, the mounts,
-/// the devices.
 /// The first part of `spec` that needs a mount namespace of the container's
 /// own, if any. Without one (a spec that shares the caller's), every mount
 /// would land in the caller's tree, so rt makes none (as runc, it only
@@ -124,7 +123,19 @@ pub fn needs_mount_namespace(spec: &Spec) -> Option<&'static str> {
     }
 }
 
-pub fn prepare(ctx: &Context<'_>) -> Result<()> {
+/// The rootfs setup that [`prepare`] began and [`finish_prepare`] ends.
+#[derive(Debug)]
+pub struct Prepared {
+    root: File,
+    /// The index in the spec's mounts of the first one not made yet.
+    next: usize,
+}
+
+/// The first half of everything before pivot_root: propagation, the rootfs
+/// bind, and the spec's mounts up to the first `cgroup` one, which shows the
+/// container's own cgroup and so waits until that is made (the parent makes
+/// it meanwhile).
+pub fn prepare(ctx: &Context<'_>) -> Result<Prepared> {
     // Nothing we mount propagates back to the host.
     mount(
         None::<&str>,
@@ -148,7 +159,20 @@ pub fn prepare(ctx: &Context<'_>) -> Result<()> {
         source,
     })?;
     let mounts = ctx.spec.mounts().as_deref().unwrap_or_default();
-    for m in mounts {
+    let next = mounts.iter().position(is_cgroup).unwrap_or(mounts.len());
+    for m in &mounts[..next] {
+        mount_one(ctx, root.as_fd(), m)?;
+    }
+    Ok(Prepared { root, next })
+}
+
+/// The rest of [`prepare`], once the container's cgroup exists and the
+/// process is in it: the remaining mounts and the devices (whose cgroup
+/// rules are set by then).
+pub fn finish_prepare(ctx: &Context<'_>, prepared: Prepared) -> Result<()> {
+    let Prepared { root, next } = prepared;
+    let mounts = ctx.spec.mounts().as_deref().unwrap_or_default();
+    for m in &mounts[next..] {
         mount_one(ctx, root.as_fd(), m)?;
     }
     let dev_bound = mounts.iter().any(|m| {
@@ -172,6 +196,10 @@ pub fn prepare(ctx: &Context<'_>) -> Result<()> {
     Ok(())
 }
 
+fn is_cgroup(m: &Mount) -> bool {
+    matches!(m.typ().as_deref(), Some("cgroup" | "cgroup2"))
+}
+
 fn mount_one(ctx: &Context<'_>, root: std::os::fd::BorrowedFd<'_>, m: &Mount) -> Result<()> {
     let dest = m.destination();
     if !dest.is_absolute() {
@@ -184,7 +212,7 @@ fn mount_one(ctx: &Context<'_>, root: std::os::fd::BorrowedFd<'_>, m: &Mount) ->
         }
     })?;
     let fstype = m.typ().as_deref();
-    if fstype == Some("cgroup") || fstype == Some("cgroup2") {
+    if is_cgroup(m) {
         return mount_cgroup(ctx, root, m, &opts);
     }
     if matches!(fstype, Some("proc" | "sysfs")) {
@@ -393,12 +421,30 @@ fn mount_cgroup(
     )
     .map_err(|e| fail("tmpfs", e))?;
     drop(fd);
+    // The tmpfs just mounted is empty and nothing but this process sees it
+    // yet: its directories are made and named relative to its root, with no
+    // in-root resolution of each (two system calls per hierarchy, not nine).
+    let top = paths::open(root, dest)?;
+    let top_path = paths::proc_fd(top.as_fd());
     for (name, dir) in &ctx.cgroup_dirs {
-        let sub: PathBuf = dest.join(name);
-        let fd: OwnedFd = paths::create(root, &sub, false)?;
+        let made = mkdirat(
+            Some(top.as_raw_fd()),
+            name.as_str(),
+            Mode::from_bits_truncate(0o755),
+        );
+        match made {
+            Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+            Err(source) => {
+                return Err(paths::Error::Create {
+                    path: dest.join(name),
+                    source,
+                }
+                .into())
+            }
+        }
         mount(
             Some(dir.as_path()),
-            &paths::proc_fd(fd.as_fd()),
+            &top_path.join(name),
             None::<&str>,
             MsFlags::MS_BIND,
             None::<&str>,
@@ -414,7 +460,6 @@ fn mount_cgroup(
     if ro {
         attrs |= rt_sys::MOUNT_ATTR_RDONLY;
     }
-    let top = paths::open(root, dest)?;
     match rt_sys::mount_setattr_recursive(top.as_fd(), attrs, 0) {
         Ok(()) => return Ok(()),
         Err(rt_sys::Error::Syscall(_, nix::errno::Errno::ENOSYS)) => {}
