@@ -146,7 +146,27 @@ impl<S: Serialize, R: DeserializeOwned> Channel<S, R> {
     }
 
     pub fn recv_with_fd(&self) -> Result<(R, Option<OwnedFd>)> {
-        let mut buf = vec![0u8; 64 * 1024];
+        // The message's length first (MSG_PEEK | MSG_TRUNC gives a
+        // datagram's whole length), so that the buffer is the message's
+        // size: a fixed 64 KiB one, zeroed on every receive, was some
+        // fifteen page faults a message.
+        let mut probe = [0u8; 1];
+        let peeked = loop {
+            let mut iov = [IoSliceMut::new(&mut probe)];
+            match recvmsg::<()>(
+                self.fd.as_raw_fd(),
+                &mut iov,
+                None,
+                MsgFlags::MSG_PEEK | MsgFlags::MSG_TRUNC,
+            ) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                other => break other.map_err(Error::Recv)?.bytes,
+            }
+        };
+        if peeked == 0 {
+            return Err(Error::Closed);
+        }
+        let mut buf = vec![0u8; peeked];
         let mut cmsg = cmsg_space!([RawFd; 1]);
         let (len, fd) = {
             let mut iov = [IoSliceMut::new(&mut buf)];
@@ -208,5 +228,20 @@ mod tests {
         assert_eq!(child.recv().unwrap(), ToChild::HooksDone);
         drop(parent);
         assert!(matches!(child.recv(), Err(Error::Closed)));
+    }
+
+    #[test]
+    fn messages_of_any_size_arrive_whole() {
+        let (parent, child) = pair().unwrap();
+        for len in [0, 1, 4096, 100_000] {
+            let msg = ToParent::Failed("x".repeat(len));
+            child.send(&msg).unwrap();
+            assert_eq!(parent.recv().unwrap(), msg, "{len} bytes");
+        }
+        // One queued before the peer went is still read, then the end.
+        child.send(&ToParent::Ready).unwrap();
+        drop(child);
+        assert_eq!(parent.recv().unwrap(), ToParent::Ready);
+        assert!(matches!(parent.recv(), Err(Error::Closed)));
     }
 }
