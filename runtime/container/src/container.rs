@@ -55,14 +55,11 @@ pub struct CreateRequest {
 #[derive(Debug)]
 pub struct Fresh {
     pub created: Created,
-    dir: ContainerDir,
-    st: State,
-    backend: Box<dyn Isolation>,
-    layout: rt_cgroups::Layout,
+    state: FreshState,
 }
 
-/// A container [`Runtime::start_fresh`] started, for
-/// [`Runtime::delete_started`].
+/// What delete needs of a container this process created: its state and
+/// the host's cgroup layout, as create had them.
 #[derive(Debug)]
 pub struct Started {
     st: State,
@@ -70,34 +67,18 @@ pub struct Started {
     layout: rt_cgroups::Layout,
 }
 
-/// The part of [`Fresh`] that [`Runtime::start_fresh`] takes.
+/// The part of [`Fresh`] that [`Runtime::start_fresh`] takes: the locked
+/// directory, and what becomes [`Started`].
 #[derive(Debug)]
 pub struct FreshState {
     dir: ContainerDir,
-    st: State,
-    backend: Box<dyn Isolation>,
-    layout: rt_cgroups::Layout,
+    started: Started,
 }
 
 impl Fresh {
     /// The process, and the rest for [`Runtime::start_fresh`].
     pub fn split(self) -> (Created, FreshState) {
-        let Fresh {
-            created,
-            dir,
-            st,
-            backend,
-            layout,
-        } = self;
-        (
-            created,
-            FreshState {
-                dir,
-                st,
-                backend,
-                layout,
-            },
-        )
+        (self.created, self.state)
     }
 }
 
@@ -191,10 +172,14 @@ impl Runtime {
         match result {
             Ok(created) => Ok(Fresh {
                 created,
-                dir,
-                st: state,
-                backend,
-                layout,
+                state: FreshState {
+                    dir,
+                    started: Started {
+                        st: state,
+                        backend,
+                        layout,
+                    },
+                },
             }),
             Err(e) => {
                 let _ = self.teardown(backend.as_ref(), &state, &layout);
@@ -340,18 +325,9 @@ impl Runtime {
     /// the start reports). Unlocks it; gives back what
     /// [`Runtime::delete_started`] needs.
     pub fn start_fresh(&self, fresh: FreshState) -> Result<Started> {
-        let FreshState {
-            dir,
-            st,
-            backend,
-            layout,
-        } = fresh;
-        start_opened(backend.as_ref(), &dir, &st)?;
-        Ok(Started {
-            st,
-            backend,
-            layout,
-        })
+        let FreshState { dir, started } = fresh;
+        start_opened(started.backend.as_ref(), &dir, &started.st)?;
+        Ok(started)
     }
 
     /// `delete --force` of a container this process created and started

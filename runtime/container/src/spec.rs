@@ -66,6 +66,13 @@ fn last_cap() -> u8 {
         .unwrap_or(u8::MAX)
 }
 
+/// Whether capability `name` is one this build knows, numbered at most
+/// `last` (the kernel's highest).
+fn on_this_kernel(name: &str, last: u8) -> bool {
+    name.parse::<caps::Capability>()
+        .is_ok_and(|c| c.index() <= last)
+}
+
 /// Drops names that are unknown or numbered above `last`; returns them,
 /// sorted and unique.
 fn drop_capabilities_beyond(process: &mut serde_json::Value, last: u8) -> Vec<String> {
@@ -84,9 +91,7 @@ fn drop_capabilities_beyond(process: &mut serde_json::Value, last: u8) -> Vec<St
             let text = name.as_str().unwrap_or_default();
             let known = serde_json::from_value::<oci_spec::runtime::Capability>(name.clone())
                 .is_ok()
-                && text
-                    .parse::<caps::Capability>()
-                    .is_ok_and(|c| c.index() <= last);
+                && on_this_kernel(text, last);
             if !known {
                 dropped.insert(text.to_string());
             }
@@ -123,9 +128,7 @@ fn parse_typed(text: &[u8]) -> Option<Spec> {
         ];
         let beyond = sets.into_iter().flatten().flatten().any(|cap| {
             serde_json::to_string(cap)
-                .ok()
-                .and_then(|name| name.trim_matches('"').parse::<caps::Capability>().ok())
-                .is_none_or(|known| known.index() > last)
+                .is_ok_and(|name| !on_this_kernel(name.trim_matches('"'), last))
         });
         if beyond {
             return None;
