@@ -88,6 +88,26 @@ fn listed_abis_get_the_same_rules() {
     }
 }
 
+/// rt loads a profile before waiting for `start` only when the profile
+/// lets its last syscalls through: this one refuses `read` from descriptor
+/// 3 up, where the init's exec fifo is, so it is loaded at the exec as
+/// before, and the container runs (the init's read of the fifo would fail
+/// under it).
+#[test]
+fn a_profile_refusing_rts_last_reads_is_loaded_at_the_exec() {
+    need_root!();
+    let (code, out) = run_abi("grep '^Seccomp:' < /proc/self/status", |c| {
+        c["linux"]["seccomp"] = json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "architectures": ["SCMP_ARCH_X86_64"],
+            "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1,
+                "args": [{"index": 0, "value": 3, "op": "SCMP_CMP_GE"}]}]
+        });
+    });
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("Seccomp:\t2"), "{out}");
+}
+
 /// The flags the kernel has are applied, not refused.
 #[test]
 fn filter_flags_are_accepted() {

@@ -6,6 +6,7 @@
 pub mod bpf;
 pub mod mountapi;
 pub mod spawn;
+pub mod spread;
 
 use std::fs;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};

@@ -125,6 +125,10 @@ fn init(launch: &Launch<'_>, chan: &ChildEnd, mut fifo: File) -> Result<Infallib
             ToChild::CgroupsReady => launch.cgroup.enter_v1()?,
             other => return Err(Error::Unexpected(other)),
         }
+        // The parent's work we ran beside is done (and the cpuset joined).
+        if let Some(spread) = &launch.spread {
+            spread.restore()?;
+        }
     }
     // In the container's cgroup now: it becomes the namespace's root.
     launch.plan.unshare_cgroup()?;
@@ -181,6 +185,15 @@ fn init(launch: &Launch<'_>, chan: &ChildEnd, mut fifo: File) -> Result<Infallib
         chan.send_with_fd(&ToParent::SeccompListener, Some(fd.as_fd()))?;
     }
     chan.send(&ToParent::Ready)?;
+    // The profile now rather than just before the exec: its load (the
+    // kernel checks, converts and JIT-compiles the program) then overlaps
+    // the parent's last bookkeeping before `start`. Only when nothing but
+    // rt runs until the exec (startContainer hooks must not run under the
+    // container's filter) and the profile lets rt's last syscalls through.
+    // A failure is reported as one at the exec would be: after Ready.
+    if !hooks::any(hooks, Kind::StartContainer) {
+        prepared.load_early(chan.as_fd(), fifo.as_fd())?;
+    }
     let mut byte = [0u8; 1];
     fifo.read_exact(&mut byte)
         .map_err(io("waiting on exec fifo", &launch.fifo))?;

@@ -3,6 +3,7 @@
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 
+use nix::sched::CloneFlags;
 use nix::sys::stat::Mode;
 use nix::sys::wait::waitpid;
 use nix::unistd::{ForkResult, Pid};
@@ -81,6 +82,8 @@ pub fn create(sandbox: Sandbox<'_>, state: &mut State) -> Result<Created> {
     // init mounts its rootfs: only the cgroup2 directory the init is born in
     // is made before it. The stage instead enters a finished cgroup.
     let direct = plan.direct_clone();
+    let net_in_init =
+        network.is_none() && direct.is_some_and(|flags| flags.contains(CloneFlags::CLONE_NEWNET));
     // Directories first, recorded before anything else can fail.
     let created = if direct.is_some() {
         cgroup.create_first()
@@ -111,13 +114,18 @@ pub fn create(sandbox: Sandbox<'_>, state: &mut State) -> Result<Created> {
         cgroup_unified,
         cgroup: &*cgroup,
         cgroups_pending: direct.is_some(),
+        spread: direct.and_then(|_| rt_sys::spread::Spread::of_this_process()),
+        net_in_init,
         one_thread,
     };
     let (chan, child_end) = channel::pair()?;
     let first = match direct {
         // One process fewer: the init is cloned into its namespaces (and its
         // cgroup2 directory) here, and does the stage's part itself.
-        Some(flags) => {
+        Some(mut flags) => {
+            if net_in_init {
+                flags.remove(CloneFlags::CLONE_NEWNET);
+            }
             let birth = launch.cgroup.birth_dir()?;
             let forked = rt_sys::fork_into(
                 one_thread,
@@ -130,7 +138,12 @@ pub fn create(sandbox: Sandbox<'_>, state: &mut State) -> Result<Created> {
                     drop(birth);
                     stage::run_as_init(&launch, child_end)
                 }
-                ForkResult::Parent { child } => First::Init(child),
+                ForkResult::Parent { child } => {
+                    if let Some(spread) = &launch.spread {
+                        spread.away(child);
+                    }
+                    First::Init(child)
+                }
             }
         }
         None => match rt_sys::fork(one_thread).map_err(Error::Fork)? {

@@ -55,6 +55,7 @@ pub fn run(launch: &Launch<'_>, chan: ChildEnd) -> ! {
 pub fn run_as_init(launch: &Launch<'_>, chan: ChildEnd) -> ! {
     let fifo = rt_sys::close_fds_except(3 + launch.preserve_fds, chan.as_fd())
         .map_err(Error::Fork)
+        .and_then(|()| unshare_net(launch))
         .and_then(|()| open_fifo(launch));
     match fifo {
         Ok(fifo) => init::run(launch, &chan, fifo),
@@ -63,6 +64,17 @@ pub fn run_as_init(launch: &Launch<'_>, chan: ChildEnd) -> ! {
             rt_sys::exit_now(1)
         }
     }
+}
+
+/// The network namespace the parent left out of the clone
+/// ([`Launch::net_in_init`]), before anything else: the sysfs mount and the
+/// sysctls to come belong to it.
+fn unshare_net(launch: &Launch<'_>) -> Result<(), Error> {
+    if !launch.net_in_init {
+        return Ok(());
+    }
+    nix::sched::unshare(CloneFlags::CLONE_NEWNET)
+        .map_err(|e| namespaces::Error::Unshare(CloneFlags::CLONE_NEWNET, e).into())
 }
 
 /// The exec fifo, opened read-write so that opening never blocks (`start`

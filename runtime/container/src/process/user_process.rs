@@ -3,6 +3,7 @@
 //! user, no_new_privs — in runc's order — and finally execve.
 
 use std::ffi::CString;
+use std::os::fd::{AsRawFd, BorrowedFd};
 
 use oci_spec::runtime::{Linux, LinuxPersonalityDomain, Process};
 
@@ -122,6 +123,35 @@ impl Prepared {
     /// The seccomp listener descriptor, if the profile has notify rules.
     pub fn take_listener(&mut self) -> Option<std::os::fd::OwnedFd> {
         self.listener.take()
+    }
+
+    /// Loads the late seccomp filters now rather than at exec, if they let
+    /// through every syscall rt makes from here to the exec: `sendmsg` on
+    /// `chan` (Ready, or a failure), `read` of the exec fifo `fifo`, `write`
+    /// to stderr, `close`, memory for the exec's argument arrays, `execve`
+    /// and `exit_group`. Returns whether it did.
+    pub fn load_early(
+        &mut self,
+        chan: BorrowedFd<'_>,
+        fifo: BorrowedFd<'_>,
+    ) -> Result<bool, Error> {
+        let fd = |fd: BorrowedFd<'_>| Some(fd.as_raw_fd() as u64);
+        let calls = [
+            ("sendmsg", fd(chan)),
+            ("read", fd(fifo)),
+            ("write", Some(2)),
+            ("close", None),
+            ("brk", None),
+            ("mmap", None),
+            ("munmap", None),
+            ("execve", None),
+            ("exit_group", None),
+        ];
+        if self.late_filters.is_empty() || !self.late_filters.allows(&calls) {
+            return Ok(false);
+        }
+        std::mem::take(&mut self.late_filters).load()?;
+        Ok(true)
     }
 
     /// Loads the late seccomp filters and execs. Returns only on error.

@@ -19,6 +19,7 @@
 //! hand-off.
 
 mod arch;
+mod interp;
 pub mod listener;
 mod profile;
 mod program;
@@ -182,6 +183,9 @@ fn add_numbered(rules: &mut Rules, nr: i64, conditions: &[SeccompCondition]) -> 
     Ok(())
 }
 
+/// SECCOMP_RET_ALLOW.
+const RET_ALLOW: u32 = 0x7fff_0000;
+
 /// A compiled profile: the filters to load, in order, the one with the
 /// notify rules (loaded with a listener), and the seccomp(2) flags.
 #[derive(Debug, Default)]
@@ -214,6 +218,31 @@ impl Filters {
             notify: self.notify.take(),
             flags: self.flags,
         }
+    }
+
+    /// Whether the filters let each of `calls` through (every one answers
+    /// SECCOMP_RET_ALLOW): x86-64 syscalls by name, with the first argument
+    /// given (a descriptor) or not, every other argument tried as 0 and as
+    /// all ones. False for a notify filter, a name the table lacks or a
+    /// program the interpreter does not model: the answer must be certain.
+    pub fn allows(&self, calls: &[(&str, Option<u64>)]) -> bool {
+        if self.notify.is_some() {
+            return false;
+        }
+        calls.iter().all(|&(name, first)| {
+            let Some(nr) = arch::native(name).and_then(|n| u32::try_from(n).ok()) else {
+                return false;
+            };
+            [0, u64::MAX].into_iter().all(|rest| {
+                let mut args = [rest; 6];
+                if let Some(first) = first {
+                    args[0] = first;
+                }
+                self.programs
+                    .iter()
+                    .all(|p| interp::run(p, arch::AUDIT_ARCH_X86_64, nr, &args) == Some(RET_ALLOW))
+            })
+        })
     }
 
     /// How many BPF programs the profile became.
@@ -437,5 +466,40 @@ mod tests {
         ] {
             assert!(check(&profile(bad)).is_err(), "{bad}");
         }
+    }
+
+    /// `allows` answers for the one program and for the stack alike, and
+    /// only when it is sure.
+    #[test]
+    fn allows_only_what_every_filter_lets_through() {
+        let calls = [("read", Some(5)), ("execve", None), ("exit_group", None)];
+        let default = default_profile(&[]);
+        for f in [compile(&default).unwrap(), compile_stack(&default).unwrap()] {
+            assert!(f.allows(&calls));
+            assert!(!f.allows(&[("mount", None)]));
+            assert!(!f.allows(&[("no-such-call", None)]));
+        }
+        // read refused from descriptor 3 up: rt's fifo is there.
+        let p = profile(
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["read"],
+            "action":"SCMP_ACT_ERRNO","args":[{"index":0,"value":3,"op":"SCMP_CMP_GE"}]}]}"#,
+        );
+        for f in [compile(&p).unwrap(), compile_stack(&p).unwrap()] {
+            assert!(f.allows(&[("read", Some(0))]));
+            assert!(!f.allows(&[("read", Some(5))]));
+            assert!(!f.allows(&calls));
+        }
+        // A rule on a later argument: unknown values, so not allowed.
+        let p = profile(
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["read"],
+            "action":"SCMP_ACT_LOG","args":[{"index":2,"value":0,"op":"SCMP_CMP_EQ"}]}]}"#,
+        );
+        assert!(!compile(&p).unwrap().allows(&[("read", Some(5))]));
+        // A notify filter: never early.
+        let p = profile(
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","listenerPath":"/run/x.sock",
+            "syscalls":[{"names":["mkdir"],"action":"SCMP_ACT_NOTIFY"}]}"#,
+        );
+        assert!(!compile(&p).unwrap().allows(&[("read", Some(5))]));
     }
 }

@@ -24,20 +24,20 @@ use seccompiler::{sock_filter, BpfProgram, SeccompAction};
 use super::arch::{self, Abis, Table, AUDIT_ARCH_I386, AUDIT_ARCH_X86_64, X32_SYSCALL_BIT};
 
 // Classic BPF opcodes (linux/filter.h).
-const LD_W_ABS: u16 = 0x20;
-const ALU_AND_K: u16 = 0x54;
-const JA: u16 = 0x05;
-const JEQ_K: u16 = 0x15;
-const JGT_K: u16 = 0x25;
-const JGE_K: u16 = 0x35;
-const JSET_K: u16 = 0x45;
-const RET_K: u16 = 0x06;
-const LD_IMM: u16 = 0x00;
-const TAX: u16 = 0x07;
-const ALU_LSH_X: u16 = 0x6c;
-const NR: u32 = 0;
-const ARCH: u32 = 4;
-const ARGS: u32 = 16;
+pub(super) const LD_W_ABS: u16 = 0x20;
+pub(super) const ALU_AND_K: u16 = 0x54;
+pub(super) const JA: u16 = 0x05;
+pub(super) const JEQ_K: u16 = 0x15;
+pub(super) const JGT_K: u16 = 0x25;
+pub(super) const JGE_K: u16 = 0x35;
+pub(super) const JSET_K: u16 = 0x45;
+pub(super) const RET_K: u16 = 0x06;
+pub(super) const LD_IMM: u16 = 0x00;
+pub(super) const TAX: u16 = 0x07;
+pub(super) const ALU_LSH_X: u16 = 0x6c;
+pub(super) const NR: u32 = 0;
+pub(super) const ARCH: u32 = 4;
+pub(super) const ARGS: u32 = 16;
 
 pub(super) const RET_KILL_PROCESS: u32 = 0x8000_0000;
 
@@ -587,45 +587,8 @@ fn cmp(asm: &mut Asm, c: &Cmp, fail: Label) {
 mod tests {
     use super::*;
 
-    /// A classic-BPF interpreter for the instructions seccomp programs of
-    /// rt and seccompiler use, over one `seccomp_data`.
     fn run(prog: &[sock_filter], arch: u32, nr: u32, args: &[u64; 6]) -> u32 {
-        let word = |off: u32| -> u32 {
-            match off {
-                NR => nr,
-                ARCH => arch,
-                o if (ARGS..ARGS + 48).contains(&o) => {
-                    let i = ((o - ARGS) / 8) as usize;
-                    if (o - ARGS).is_multiple_of(8) {
-                        args[i] as u32
-                    } else {
-                        (args[i] >> 32) as u32
-                    }
-                }
-                o => panic!("load at {o}"),
-            }
-        };
-        let (mut a, mut x, mut pc) = (0u32, 0u32, 0usize);
-        loop {
-            let i = &prog[pc];
-            pc += 1;
-            let skip = |c: bool| usize::from(if c { i.jt } else { i.jf });
-            match i.code {
-                LD_W_ABS => a = word(i.k),
-                LD_IMM => a = i.k,
-                TAX => x = a,
-                // The kernel's shift by X: x86 takes the count mod 32.
-                ALU_LSH_X => a = a.wrapping_shl(x),
-                ALU_AND_K => a &= i.k,
-                JA => pc += i.k as usize,
-                JEQ_K => pc += skip(a == i.k),
-                JGT_K => pc += skip(a > i.k),
-                JGE_K => pc += skip(a >= i.k),
-                JSET_K => pc += skip(a & i.k != 0),
-                RET_K => return i.k,
-                c => panic!("opcode {c:#x} not modelled"),
-            }
-        }
+        super::super::interp::run(prog, arch, nr, args).expect("a program the interpreter models")
     }
 
     /// The kernel's answer for a stack of filters (loaded in order).
