@@ -5,6 +5,7 @@ mod commands;
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod early;
 mod logging;
+mod quick;
 mod sealed;
 mod signal;
 
@@ -155,7 +156,11 @@ fn main() {
     if matches!(argv::subcommand(&args), Some("create" | "run" | "exec")) {
         reexec_protected();
     }
-    let cli = Cli::parse_from(std::iter::once("rt".to_string()).chain(args));
+    // The common calls without clap (see quick.rs); clap for the rest.
+    let cli = match quick::parse(&args) {
+        Some(cli) => cli,
+        None => Cli::parse_from(std::iter::once("rt".to_string()).chain(args)),
+    };
     if matches!(
         cli.command,
         Command::Create(_) | Command::Run(_) | Command::Exec(_)
