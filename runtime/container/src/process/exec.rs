@@ -283,11 +283,13 @@ fn child_inner(launch: &ExecLaunch<'_>, chan: &ChildEnd) -> Result<user_process:
         let master = terminal::setup_in_container(size, p.user().uid(), p.user().gid())?;
         chan.send_with_fd(&ToParent::Terminal, Some(master.as_fd()))?;
     }
+    let filters = user_process::compile_seccomp(launch.linux)?;
     let mut prepared = user_process::prepare(
         p,
         launch.linux,
         launch.plan.in_user_ns(),
         launch.preserve_fds,
+        filters,
     )?;
     if let Some(fd) = prepared.take_listener() {
         chan.send_with_fd(&ToParent::SeccompListener, Some(fd.as_fd()))?;

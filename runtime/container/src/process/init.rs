@@ -118,6 +118,9 @@ fn init(launch: &Launch<'_>, chan: &ChildEnd, mut fifo: File) -> Result<Infallib
     } else {
         None
     };
+    // Compiled now: with a direct clone, while the parent still makes the
+    // cgroup.
+    let filters = user_process::compile_seccomp(linux)?;
     // The mounts so far need no cgroup; the rest may show it (the cgroup
     // mount) or be checked by its device rules (the nodes).
     if launch.cgroups_pending {
@@ -180,6 +183,7 @@ fn init(launch: &Launch<'_>, chan: &ChildEnd, mut fifo: File) -> Result<Infallib
         linux,
         launch.plan.in_user_ns(),
         launch.preserve_fds,
+        filters,
     )?;
     if let Some(fd) = prepared.take_listener() {
         chan.send_with_fd(&ToParent::SeccompListener, Some(fd.as_fd()))?;

@@ -46,6 +46,16 @@ impl Prepared {
     }
 }
 
+/// The process's seccomp profile compiled, for [`prepare`]: apart, so that
+/// the init compiles it while it waits for its cgroup (the compile is cold
+/// in a fresh child: 0.1–0.2 ms of first touches here).
+pub fn compile_seccomp(linux: &Linux) -> Result<seccomp::Filters, Error> {
+    Ok(match linux.seccomp() {
+        Some(s) => seccomp::compile(s)?,
+        None => seccomp::Filters::default(),
+    })
+}
+
 /// Sets up the calling process as `process` describes, up to (not including)
 /// the exec. `in_user_ns` tells whether setgroups may be refused. Every
 /// descriptor but stdio and the `preserve_fds` after them is made
@@ -56,6 +66,7 @@ pub fn prepare(
     linux: &Linux,
     in_user_ns: bool,
     preserve_fds: u32,
+    mut filters: seccomp::Filters,
 ) -> Result<Prepared, Error> {
     rt_sys::cloexec_from(3 + preserve_fds)?;
     identity::set_rlimits(process.rlimits().as_deref().unwrap_or_default())?;
@@ -81,10 +92,6 @@ pub fn prepare(
     let env = process.env().as_deref().unwrap_or_default();
     let first = args.first().map(String::as_str).unwrap_or_default();
     let exe = identity::lookup(first, identity::env_path(env))?;
-    let mut filters = match linux.seccomp() {
-        Some(s) => seccomp::compile(s)?,
-        None => seccomp::Filters::default(),
-    };
     let nnp = process.no_new_privileges().unwrap_or(false);
     let mut listener = None;
     if !nnp {
