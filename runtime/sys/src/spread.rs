@@ -41,6 +41,15 @@ impl Spread {
         Some(here)
     }
 
+    /// In the parent, once it is about to block: `child` may run on every
+    /// inherited CPU again, the parent's included (on a host whose other
+    /// CPUs are busy it would otherwise wait there while the parent's CPU
+    /// idles). Best effort; the child's own [`Spread::restore`] is what
+    /// holds.
+    pub fn release(&self, child: Pid) {
+        let _ = sched_setaffinity(child, &self.inherited);
+    }
+
     /// In the child: the inherited affinity again. EINVAL (none of the
     /// inherited CPUs is in the cpuset the child has joined since) leaves
     /// the cpuset's CPUs, which is where the kernel puts such a child
@@ -91,5 +100,28 @@ mod tests {
         assert!(cpus(&away).next().is_some());
         assert!(cpus(&away).all(|c| before.is_set(c).unwrap()));
         assert_eq!(back, before);
+    }
+
+    /// `release` gives a thread sent away the whole inherited set again.
+    #[test]
+    fn the_parent_releases_a_child_sent_away() {
+        let Some(spread) = Spread::of_this_process() else {
+            eprintln!("skipping: this process may run on one CPU only");
+            return;
+        };
+        let before = sched_getaffinity(Pid::from_raw(0)).unwrap();
+        let (tid_tx, tid_rx) = mpsc::channel();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let child = std::thread::spawn(move || {
+            tid_tx.send(nix::unistd::gettid()).unwrap();
+            go_rx.recv().unwrap();
+            sched_getaffinity(Pid::from_raw(0)).unwrap()
+        });
+        let tid = tid_rx.recv().unwrap();
+        spread.away(tid).expect("the thread sent away");
+        assert_ne!(sched_getaffinity(tid).unwrap(), before);
+        spread.release(tid);
+        go_tx.send(()).unwrap();
+        assert_eq!(child.join().unwrap(), before);
     }
 }

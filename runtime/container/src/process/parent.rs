@@ -155,8 +155,16 @@ pub fn create(sandbox: Sandbox<'_>, state: &mut State) -> Result<Created> {
         },
     };
     drop(child_end);
+    let spread = launch.spread;
     let result = match first {
         First::Init(pid) => finish_cgroup(state, &mut *cgroup, linux, &chan)
+            .inspect(|()| {
+                // About to block on the init's messages: it may use our
+                // CPU again.
+                if let Some(spread) = &spread {
+                    spread.release(pid);
+                }
+            })
             .and_then(|()| record_init(dir, state, bundle, network, pid))
             .and_then(|()| drive(dir, state, bundle, opts, network, &chan, None)),
         First::Stage(stage) => drive(dir, state, bundle, opts, network, &chan, Some(stage)),
