@@ -72,56 +72,70 @@ mod tests {
     use super::*;
     use std::sync::mpsc;
 
-    /// `away` and `restore` on a thread (affinity is per thread, and a
-    /// thread id names one as a pid does): away, it is off the caller's
-    /// CPU; restored, it has the caller's mask again.
-    #[test]
-    fn a_child_sent_away_gets_its_affinity_back() {
+    /// Affinity is per thread, and a thread id names one as a pid does: a
+    /// thread stands for the child. `parent` gets its id and does the
+    /// parent's part; then the thread runs `child` and returns its answer.
+    /// None when this process may run on one CPU only.
+    fn with_child<T: Send + 'static>(
+        child: impl FnOnce(Spread) -> T + Send + 'static,
+        parent: impl FnOnce(Spread, Pid),
+    ) -> Option<T> {
         let Some(spread) = Spread::of_this_process() else {
             eprintln!("skipping: this process may run on one CPU only");
-            return;
+            return None;
         };
-        let before = sched_getaffinity(Pid::from_raw(0)).unwrap();
         let (tid_tx, tid_rx) = mpsc::channel();
         let (go_tx, go_rx) = mpsc::channel::<()>();
-        let child = std::thread::spawn(move || {
+        let thread = std::thread::spawn(move || {
             tid_tx.send(nix::unistd::gettid()).unwrap();
             go_rx.recv().unwrap();
-            let away = sched_getaffinity(Pid::from_raw(0)).unwrap();
-            spread.restore().unwrap();
-            let back = sched_getaffinity(Pid::from_raw(0)).unwrap();
-            (away, back)
+            child(spread)
         });
-        let tid = tid_rx.recv().unwrap();
-        let here = spread.away(tid).expect("the thread sent away");
+        parent(spread, tid_rx.recv().unwrap());
         go_tx.send(()).unwrap();
-        let (away, back) = child.join().unwrap();
+        Some(thread.join().unwrap())
+    }
+
+    fn mine() -> CpuSet {
+        sched_getaffinity(Pid::from_raw(0)).unwrap()
+    }
+
+    /// Away, the child is off the parent's CPU; restored, it has the
+    /// inherited mask again.
+    #[test]
+    fn a_child_sent_away_gets_its_affinity_back() {
+        let before = mine();
+        let mut here = None;
+        let answer = with_child(
+            |spread| {
+                let away = mine();
+                spread.restore().unwrap();
+                (away, mine())
+            },
+            |spread, tid| here = spread.away(tid),
+        );
+        let Some((away, back)) = answer else { return };
+        let here = here.expect("the thread sent away");
         assert!(!away.is_set(here).unwrap(), "still allowed on CPU {here}");
         assert!(cpus(&away).next().is_some());
         assert!(cpus(&away).all(|c| before.is_set(c).unwrap()));
         assert_eq!(back, before);
     }
 
-    /// `release` gives a thread sent away the whole inherited set again.
+    /// `release` gives a child sent away the whole inherited set again.
     #[test]
     fn the_parent_releases_a_child_sent_away() {
-        let Some(spread) = Spread::of_this_process() else {
-            eprintln!("skipping: this process may run on one CPU only");
-            return;
-        };
-        let before = sched_getaffinity(Pid::from_raw(0)).unwrap();
-        let (tid_tx, tid_rx) = mpsc::channel();
-        let (go_tx, go_rx) = mpsc::channel::<()>();
-        let child = std::thread::spawn(move || {
-            tid_tx.send(nix::unistd::gettid()).unwrap();
-            go_rx.recv().unwrap();
-            sched_getaffinity(Pid::from_raw(0)).unwrap()
-        });
-        let tid = tid_rx.recv().unwrap();
-        spread.away(tid).expect("the thread sent away");
-        assert_ne!(sched_getaffinity(tid).unwrap(), before);
-        spread.release(tid);
-        go_tx.send(()).unwrap();
-        assert_eq!(child.join().unwrap(), before);
+        let before = mine();
+        let answer = with_child(
+            |_| mine(),
+            |spread, tid| {
+                spread.away(tid).expect("the thread sent away");
+                assert_ne!(sched_getaffinity(tid).unwrap(), before);
+                spread.release(tid);
+            },
+        );
+        if let Some(after) = answer {
+            assert_eq!(after, before);
+        }
     }
 }
