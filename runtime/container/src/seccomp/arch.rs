@@ -24,7 +24,7 @@ pub const AUDIT_ARCH_I386: u32 = 0x4000_0003;
 /// Set in the syscall number of every x32 call.
 pub const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 
-const RET_ALLOW: u32 = 0x7fff_0000;
+pub const RET_ALLOW: u32 = 0x7fff_0000;
 const RET_KILL_PROCESS: u32 = 0x8000_0000;
 
 // Classic BPF opcodes (linux/filter.h).
@@ -294,20 +294,8 @@ mod tests {
     /// Runs a classic-BPF seccomp program over (arch, nr): the subset of
     /// instructions gate() and seccompiler's head use.
     fn run(prog: &[sock_filter], arch: u32, nr: u32) -> u32 {
-        let mut acc = 0;
-        let mut pc = 0;
-        loop {
-            let i = &prog[pc];
-            pc += 1;
-            match i.code {
-                LD_W_ABS => acc = if i.k == ARCH_OFFSET { arch } else { nr },
-                JEQ_K => pc += usize::from(if acc == i.k { i.jt } else { i.jf }),
-                JSET_K => pc += usize::from(if acc & i.k != 0 { i.jt } else { i.jf }),
-                JA => pc += i.k as usize,
-                RET_K => return i.k,
-                c => panic!("opcode {c:#x} not modelled"),
-            }
-        }
+        super::super::interp::run(prog, arch, nr, &[0; 6])
+            .expect("a program the interpreter models")
     }
 
     #[test]

@@ -183,9 +183,6 @@ fn add_numbered(rules: &mut Rules, nr: i64, conditions: &[SeccompCondition]) -> 
     Ok(())
 }
 
-/// SECCOMP_RET_ALLOW.
-const RET_ALLOW: u32 = 0x7fff_0000;
-
 /// A compiled profile: the filters to load, in order, the one with the
 /// notify rules (loaded with a listener), and the seccomp(2) flags.
 #[derive(Debug, Default)]
@@ -238,9 +235,9 @@ impl Filters {
                 if let Some(first) = first {
                     args[0] = first;
                 }
-                self.programs
-                    .iter()
-                    .all(|p| interp::run(p, arch::AUDIT_ARCH_X86_64, nr, &args) == Some(RET_ALLOW))
+                self.programs.iter().all(|p| {
+                    interp::run(p, arch::AUDIT_ARCH_X86_64, nr, &args) == Some(arch::RET_ALLOW)
+                })
             })
         })
     }
