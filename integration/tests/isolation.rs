@@ -54,8 +54,9 @@ fn pid_uts_ipc_net_namespaces() {
         c["hostname"] = json!("box1")
     });
     assert_eq!(out, "1\nbox1\nlo ");
-    // A network entry: a namespace of its own (the init unshares it, see
-    // `Launch::net_in_init`), the one its sysfs shows.
+    // A network entry: a namespace of its own (made ahead by a helper and
+    // joined by the init, see `Launch::net_in_init`), the one its sysfs
+    // shows.
     let host_net = ns_link("self", "net");
     let out = run_ok("readlink /proc/self/ns/net", |_| {});
     assert_ne!(out.trim(), host_net);

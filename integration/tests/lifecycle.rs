@@ -113,6 +113,9 @@ fn delete_created_without_force_and_force_running() {
     root.ok(&["delete", &id]);
     let id2 = unique_id("delf");
     root.ok(&["run", "-d", "--bundle", b.path().to_str().unwrap(), &id2]);
+    // `run` saves the created status only once the init is released
+    // (`Options::starts_at_once`): saved it is, and reads as running.
+    assert_eq!(root.status(&id2), "running");
     let pid: Value = serde_json::from_str(&root.ok(&["state", &id2])).unwrap();
     let pid = pid["pid"].as_i64().unwrap();
     root.ok(&["delete", "--force", &id2]);
@@ -230,6 +233,62 @@ fn bad_input_leaves_nothing() {
         );
         assert!(!root.dir.path().join(&id).exists(), "case {i}: state left");
         assert!(cgroup_dirs_named(&id).is_empty(), "case {i}: cgroup left");
+    }
+    assert_eq!(std::fs::read_dir(root.dir.path()).unwrap().count(), 0);
+}
+
+/// The network namespace made ahead of a container's init (a helper task,
+/// started once config.json is read, see rt_sys::netns_helper) is gone
+/// with `rt` whether create succeeds or fails after it started: rt runs
+/// under a child subreaper, which would inherit the helper if rt left it
+/// running or unreaped.
+#[test]
+fn the_network_namespace_made_ahead_leaves_nothing() {
+    need_root!();
+    let root = Root::new();
+    let tools = tempfile::tempdir().unwrap();
+    let subreaper = rt_integration::helpers::build("subreaper", tools.path());
+    let run = |b: &Bundle, id: &str| {
+        rt_testsupport::output_via_files(
+            Command::new(&subreaper)
+                .arg(rt_testsupport::rt_bin())
+                .arg("--root")
+                .arg(root.dir.path())
+                .args(["run", "--bundle", b.path().to_str().unwrap(), id]),
+        )
+    };
+    // The default bundle has a network namespace of its own: the helper's.
+    let b = Bundle::new(&["sh", "-c", "readlink /proc/self/ns/net"]);
+    let out = run(&b, &unique_id("ahead"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let host = std::fs::read_link("/proc/self/ns/net").unwrap();
+    assert!(
+        text.starts_with("net:[") && text.trim() != host.to_string_lossy(),
+        "{text}"
+    );
+    // Failures after the helper started: a config the skim reads but the
+    // parse refuses, and a missing rootfs.
+    type Edit = fn(&mut Value);
+    let cases: [(Edit, &str); 2] = [
+        (|c| c["process"]["args"] = json!(5), "config.json"),
+        (
+            |c| c["root"]["path"] = json!("/nonexistent-rootfs"),
+            "does not exist",
+        ),
+    ];
+    for (i, (edit, want)) in cases.into_iter().enumerate() {
+        let mut b = Bundle::new(&["true"]);
+        b.edit(edit);
+        let out = run(&b, &unique_id("ahead"));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "case {i}: {text}");
+        assert!(text.contains(want), "case {i}: {text}");
     }
     assert_eq!(std::fs::read_dir(root.dir.path()).unwrap().count(), 0);
 }

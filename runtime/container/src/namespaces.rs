@@ -60,12 +60,17 @@ pub struct Plan {
 
 impl Plan {
     pub fn from_spec(linux: &Linux) -> Plan {
+        Self::from_namespaces(linux.namespaces().as_deref().unwrap_or_default())
+    }
+
+    /// The plan of a spec's `linux.namespaces`.
+    pub fn from_namespaces(namespaces: &[oci_spec::runtime::LinuxNamespace]) -> Plan {
         let mut plan = Plan {
             create: CloneFlags::empty(),
             new_user: false,
             join: Vec::new(),
         };
-        for ns in linux.namespaces().as_deref().unwrap_or_default() {
+        for ns in namespaces {
             let f = flag(ns.typ());
             match ns.path() {
                 Some(p) => plan.join.push((f, p.clone())),

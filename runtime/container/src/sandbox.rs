@@ -20,6 +20,10 @@ pub struct Options {
     pub preserve_fds: u32,
     /// `run` in the foreground keeps the pty master to relay it itself.
     pub keep_terminal: bool,
+    /// `run`: the container is started as soon as it is created, under the
+    /// same lock, so the `created` status is saved after the init is
+    /// released (off the path to the user's process) rather than before.
+    pub starts_at_once: bool,
 }
 
 /// What create and exec hand back: the process that stands for the
@@ -29,6 +33,9 @@ pub struct Options {
 pub struct Created {
     pub pid: Pid,
     pub terminal: Option<OwnedFd>,
+    /// The `created` status is not saved yet: create left it to start
+    /// ([`Options::starts_at_once`]).
+    pub unsaved: bool,
 }
 
 /// What a backend builds a container from.
@@ -41,6 +48,19 @@ pub struct Sandbox<'a> {
     pub layout: &'a rt_cgroups::Layout,
     /// The network to build once the sandbox's namespace exists.
     pub network: Option<&'a crate::network::Plan>,
+    /// What the backend started as soon as the bundle was read.
+    pub head_start: HeadStart,
+}
+
+/// Work a backend starts as soon as the bundle is read
+/// ([`crate::backend::Isolation::head_start`]), so that it overlaps the
+/// engine's own set-up (the state directory, the cgroup layout, the first
+/// state save) on another CPU.
+#[derive(Debug, Default)]
+pub struct HeadStart {
+    /// The container's new network namespace, being made by a helper (the
+    /// namespaces backend, when its init would otherwise make it).
+    pub netns: Option<rt_sys::netns_helper::NetnsHelper>,
 }
 
 /// How `exec` places its process (runc's `--ignore-paused`, `--cgroup`).

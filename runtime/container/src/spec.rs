@@ -58,12 +58,10 @@ pub fn drop_unknown_capabilities(process: &mut serde_json::Value) {
     }
 }
 
-/// The kernel's highest capability number.
+/// The kernel's highest capability number (every name this build knows,
+/// if the kernel will not say).
 fn last_cap() -> u8 {
-    rt_sys::read_proc("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(u8::MAX)
+    rt_sys::last_cap().unwrap_or(u8::MAX)
 }
 
 /// Whether capability `name` is one this build knows, numbered at most
@@ -158,9 +156,49 @@ fn parse_time_offsets(v: &serde_json::Value) -> Result<Vec<(String, i64, u32)>> 
     Ok(out)
 }
 
+/// What `create` reads of config.json before the full parse (see
+/// [`crate::backend::Isolation::head_start`]): the annotations and the
+/// namespaces. serde skips the rest without building it; a text this
+/// cannot read is left to the full parse to refuse.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct Skim {
+    #[serde(default)]
+    pub annotations: Option<std::collections::HashMap<String, String>>,
+    #[serde(default)]
+    pub linux: Option<SkimLinux>,
+}
+
+/// [`Skim`]'s part of `linux`.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct SkimLinux {
+    #[serde(default)]
+    pub namespaces: Option<Vec<oci_spec::runtime::LinuxNamespace>>,
+}
+
+impl Skim {
+    /// The skim of a config.json's text; None if it does not read as one.
+    pub fn of(text: &[u8]) -> Option<Skim> {
+        serde_json::from_slice(text).ok()
+    }
+
+    pub fn namespaces(&self) -> &[oci_spec::runtime::LinuxNamespace] {
+        self.linux
+            .as_ref()
+            .and_then(|l| l.namespaces.as_deref())
+            .unwrap_or_default()
+    }
+}
+
 impl Bundle {
     /// Reads `<dir>/config.json` once and validates it.
     pub fn load(dir: &Path) -> Result<Bundle> {
+        let (dir, text) = Self::read(dir)?;
+        Self::parse(dir, &text)
+    }
+
+    /// The bundle's absolute directory and the text of its config.json,
+    /// for [`Bundle::parse`].
+    pub fn read(dir: &Path) -> Result<(PathBuf, Vec<u8>)> {
         let dir = std::path::absolute(dir).map_err(|source| Error::Read {
             path: dir.to_path_buf(),
             source,
@@ -170,7 +208,7 @@ impl Bundle {
             path: path.clone(),
             source,
         })?;
-        Self::parse(dir, &text)
+        Ok((dir, text))
     }
 
     /// Parses and validates the text of `dir`'s config.json (what
@@ -397,6 +435,27 @@ mod tests {
     const BASE: &str = r#"{"ociVersion":"1.3.0","root":{"path":"rootfs"},
         "process":{"user":{"uid":0,"gid":0},"args":["sh"],"cwd":"/"},
         "linux":{"namespaces":[{"type":"mount"},{"type":"pid"}]}}"#;
+
+    #[test]
+    fn the_skim_reads_annotations_and_namespaces_only() {
+        let text = r#"{"ociVersion":"1.3.0","process":{"args":5},
+            "annotations":{"a":"b"},
+            "linux":{"namespaces":[{"type":"network"},{"type":"mount","path":"/x"}],
+                     "seccomp":{"defaultAction":"SCMP_ACT_ALLOW"}}}"#;
+        let skim = Skim::of(text.as_bytes()).expect("a skim");
+        assert_eq!(skim.annotations.unwrap()["a"], "b");
+        let ns = skim.linux.as_ref().unwrap().namespaces.as_ref().unwrap();
+        assert_eq!(ns.len(), 2);
+        assert_eq!(ns[0].typ(), LinuxNamespaceType::Network);
+        assert_eq!(ns[1].path().as_deref(), Some(Path::new("/x")));
+        // `process` is not the skim's to judge; the full parse refuses it.
+        assert!(Bundle::parse(PathBuf::from("/b"), text.as_bytes()).is_err());
+        // No linux: no namespaces.
+        assert!(Skim::of(b"{}").unwrap().namespaces().is_empty());
+        // Not a config: nothing.
+        assert!(Skim::of(b"{not json").is_none());
+        assert!(Skim::of(br#"{"linux":{"namespaces":[{"type":"bogus"}]}}"#).is_none());
+    }
 
     #[test]
     fn unknown_capabilities_are_dropped() {

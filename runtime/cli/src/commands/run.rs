@@ -33,7 +33,9 @@ pub fn run(g: &Global, mut a: Args) -> anyhow::Result<i32> {
     a.flags.prepare_image(g)?;
     // Created here and started at once: start and delete reuse what create
     // read (the state, the host's cgroup layout).
-    let fresh = match rt.create_fresh(&a.flags.request(!a.detach)) {
+    let mut req = a.flags.request(!a.detach);
+    req.options.starts_at_once = true;
+    let fresh = match rt.create_fresh(&req) {
         Ok(f) => f,
         Err(e) => {
             a.flags.discard_image(g);

@@ -21,7 +21,7 @@ use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxResources, Process};
 
 use crate::error::{Error, Result};
-use crate::sandbox::{Created, ExecHow, Options, Sandbox};
+use crate::sandbox::{Created, ExecHow, HeadStart, Options, Sandbox};
 use crate::state::{ContainerDir, State, Status};
 
 /// runc's `checkpoint` flags, as podman, conmon and containerd pass them.
@@ -72,6 +72,15 @@ pub const ANNOTATION: &str = "run.rt.isolation";
 pub trait Isolation: std::fmt::Debug {
     /// The name recorded in the state (`container`, `vm`).
     fn name(&self) -> &'static str;
+
+    /// Starts, as soon as config.json is read, work of `create` that can
+    /// run while the engine parses it, makes the state directory and reads
+    /// the cgroup layout. It sees only a skim of the config (annotations,
+    /// namespaces); `create` decides on the parsed spec whether to use it.
+    /// Best effort: whatever fails here is done in `create` as before.
+    fn head_start(&self, _skim: &crate::spec::Skim) -> HeadStart {
+        HeadStart::default()
+    }
 
     /// Builds the sandbox, and its network when `sandbox.network` is set;
     /// returns once the container's process waits for `start`.

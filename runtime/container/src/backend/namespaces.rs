@@ -12,7 +12,7 @@ use oci_spec::runtime::{LinuxResources, Process};
 use super::Isolation;
 use crate::error::{Error, Result};
 use crate::process::{exec, parent};
-use crate::sandbox::{Created, ExecHow, Options, Sandbox};
+use crate::sandbox::{Created, ExecHow, HeadStart, Options, Sandbox};
 use crate::state::{ContainerDir, State, Status};
 
 /// The namespaces backend.
@@ -22,6 +22,21 @@ pub struct Namespaces;
 impl Isolation for Namespaces {
     fn name(&self) -> &'static str {
         "container"
+    }
+
+    /// The container's new network namespace, when its init would make it
+    /// itself (see [`parent::net_in_init`]): a helper makes it meanwhile.
+    fn head_start(&self, skim: &crate::spec::Skim) -> HeadStart {
+        let netns = parent::net_in_init(skim.namespaces(), skim.annotations.as_ref(), None)
+            .then(|| match rt_sys::netns_helper::NetnsHelper::spawn() {
+                Ok(helper) => Some(helper),
+                Err(e) => {
+                    tracing::debug!("no network namespace helper ({e}); the init makes its own");
+                    None
+                }
+            })
+            .flatten();
+        HeadStart { netns }
     }
 
     fn create(&self, sandbox: Sandbox<'_>, state: &mut State) -> Result<Created> {

@@ -76,6 +76,7 @@ impl Runtime {
                 cgroup: cgroup.as_mut(),
                 layout: &layout,
                 network: network.as_ref(),
+                head_start: Default::default(),
             };
             let from = match &req.incoming {
                 Some(uri) => RestoreFrom::Incoming {

@@ -177,6 +177,7 @@ fn drive(
                 children.hand_over_seccomp(Some(seccomp), pid, state.clone())?;
             }
             return Ok(Created {
+                unsaved: false,
                 pid,
                 terminal: children.into_terminal(),
             });

@@ -61,6 +61,10 @@ pub struct Launch<'a> {
     /// when nothing of the parent's enters that namespace before the init
     /// reports (no rt network to attach).
     pub net_in_init: bool,
+    /// With `net_in_init`: the namespace a helper made meanwhile
+    /// ([`crate::sandbox::HeadStart`]), which the init joins instead of
+    /// making one.
+    pub netns: Option<std::os::fd::BorrowedFd<'a>>,
     /// The parent was single-threaded when it forked the stage.
     pub one_thread: rt_sys::SingleThreaded,
 }

@@ -66,6 +66,7 @@ pub fn create(sandbox: Sandbox<'_>, state: &mut State) -> Result<Created> {
         cgroup,
         layout,
         network,
+        head_start,
     } = sandbox;
     let spec = &bundle.spec;
     let process = spec.process().as_ref().expect("validated: process");
@@ -82,8 +83,21 @@ pub fn create(sandbox: Sandbox<'_>, state: &mut State) -> Result<Created> {
     // init mounts its rootfs: only the cgroup2 directory the init is born in
     // is made before it. The stage instead enters a finished cgroup.
     let direct = plan.direct_clone();
-    let net_in_init =
-        network.is_none() && direct.is_some_and(|flags| flags.contains(CloneFlags::CLONE_NEWNET));
+    let net_in_init = net_in_init(
+        linux.namespaces().as_deref().unwrap_or_default(),
+        spec.annotations().as_ref(),
+        network,
+    );
+    // The helper's namespace is the init's only when the init would have
+    // made its own; otherwise it goes (reaped) here. Reaped before the
+    // fork below either way: the process is alone in its memory again.
+    let netns = match head_start.netns.filter(|_| net_in_init) {
+        Some(helper) => helper.finish().unwrap_or_else(|e| {
+            tracing::debug!("network namespace helper: {e}; the init makes its own");
+            None
+        }),
+        None => None,
+    };
     // Directories first, recorded before anything else can fail.
     let created = if direct.is_some() {
         cgroup.create_first()
@@ -116,6 +130,7 @@ pub fn create(sandbox: Sandbox<'_>, state: &mut State) -> Result<Created> {
         cgroups_pending: direct.is_some(),
         spread: direct.and_then(|_| rt_sys::spread::Spread::of_this_process()),
         net_in_init,
+        netns: netns.as_ref().map(|fd| fd.as_fd()),
         one_thread,
     };
     let (chan, child_end) = channel::pair()?;
@@ -178,6 +193,29 @@ pub fn create(sandbox: Sandbox<'_>, state: &mut State) -> Result<Created> {
         }
     }
     result
+}
+
+/// Whether the init makes its own network namespace, after a direct clone
+/// without CLONE_NEWNET ([`super::Launch::net_in_init`]): the spec asks
+/// for a new one, the init is cloned straight into its namespaces, and no
+/// rt network (`network`, or in the annotations when there is no plan yet)
+/// is attached to it before the init reports.
+pub fn net_in_init(
+    namespaces: &[oci_spec::runtime::LinuxNamespace],
+    annotations: Option<&std::collections::HashMap<String, String>>,
+    network: Option<&Plan>,
+) -> bool {
+    let no_network = match network {
+        Some(_) => false,
+        None => matches!(
+            rt_netns::Config::from_annotations(annotations.unwrap_or(&Default::default())),
+            Ok(None)
+        ),
+    };
+    no_network
+        && namespaces::Plan::from_namespaces(namespaces)
+            .direct_clone()
+            .is_some_and(|flags| flags.contains(CloneFlags::CLONE_NEWNET))
 }
 
 /// Keeps in the state what the cgroup made, for teardown (the record only
@@ -310,8 +348,11 @@ fn drive(
         serde_json::to_value(state.oci(Status::Creating)).unwrap_or_default(),
     )?;
     state.stored_status = Status::Created;
-    dir.save(state)?;
+    if !opts.starts_at_once {
+        dir.save(state)?;
+    }
     Ok(Created {
+        unsaved: opts.starts_at_once,
         pid: Pid::from_raw(state.pid),
         terminal: children.into_terminal(),
     })
@@ -337,5 +378,46 @@ fn cgroup_mount_dirs(layout: &rt_cgroups::Layout, inner: &str) -> (Vec<(String, 
                 .collect(),
             false,
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType as T};
+    use std::collections::HashMap;
+
+    fn ns(list: &[(T, Option<&str>)]) -> Vec<LinuxNamespace> {
+        list.iter()
+            .map(|(t, p)| {
+                let b = LinuxNamespaceBuilder::default().typ(*t);
+                match p {
+                    Some(p) => b.path(*p).build().unwrap(),
+                    None => b.build().unwrap(),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_init_makes_its_network_namespace_only_when_nothing_else_must() {
+        let plain = ns(&[(T::Pid, None), (T::Mount, None), (T::Network, None)]);
+        assert!(net_in_init(&plain, None, None));
+        // No new network namespace.
+        assert!(!net_in_init(&plain[..2], None, None));
+        // A stage process (a user namespace; a namespace to join).
+        let user = ns(&[(T::User, None), (T::Network, None)]);
+        assert!(!net_in_init(&user, None, None));
+        let join = ns(&[(T::Ipc, Some("/proc/1/ns/ipc")), (T::Network, None)]);
+        assert!(!net_in_init(&join, None, None));
+        // An rt network to attach, in the annotations or planned.
+        let nat: HashMap<String, String> =
+            [("run.rt.network".to_string(), "nat".to_string())].into();
+        assert!(!net_in_init(&plain, Some(&nat), None));
+        let unknown: HashMap<String, String> =
+            [("run.rt.network.bogus".to_string(), "x".to_string())].into();
+        assert!(!net_in_init(&plain, Some(&unknown), None));
+        let other: HashMap<String, String> = [("a".to_string(), "b".to_string())].into();
+        assert!(net_in_init(&plain, Some(&other), None));
     }
 }

@@ -25,6 +25,8 @@ pub enum Error {
     Cgroups(#[from] rt_cgroups::Error),
     #[error("forking the container init")]
     Fork(#[source] rt_sys::Error),
+    #[error("joining the network namespace made for the container")]
+    JoinNet(#[source] nix::errno::Errno),
     #[error("opening exec fifo {path}")]
     Fifo {
         path: std::path::PathBuf,
@@ -53,9 +55,12 @@ pub fn run(launch: &Launch<'_>, chan: ChildEnd) -> ! {
 /// becomes the init, which enters the v1 hierarchies once the parent made
 /// them (the parent cloned it into the cgroup2 directory). Never returns.
 pub fn run_as_init(launch: &Launch<'_>, chan: ChildEnd) -> ! {
-    let fifo = rt_sys::close_fds_except(3 + launch.preserve_fds, chan.as_fd())
-        .map_err(Error::Fork)
-        .and_then(|()| unshare_net(launch))
+    // The network namespace first, while the descriptor of one made ahead
+    // is still open (the parent's, inherited; closed next).
+    let fifo = new_net(launch)
+        .and_then(|()| {
+            rt_sys::close_fds_except(3 + launch.preserve_fds, chan.as_fd()).map_err(Error::Fork)
+        })
         .and_then(|()| open_fifo(launch));
     match fifo {
         Ok(fifo) => init::run(launch, &chan, fifo),
@@ -68,10 +73,14 @@ pub fn run_as_init(launch: &Launch<'_>, chan: ChildEnd) -> ! {
 
 /// The network namespace the parent left out of the clone
 /// ([`Launch::net_in_init`]), before anything else: the sysfs mount and the
-/// sysctls to come belong to it.
-fn unshare_net(launch: &Launch<'_>) -> Result<(), Error> {
+/// sysctls to come belong to it. The one made ahead, if there is one; else
+/// a new one of our own.
+fn new_net(launch: &Launch<'_>) -> Result<(), Error> {
     if !launch.net_in_init {
         return Ok(());
+    }
+    if let Some(ns) = launch.netns {
+        return nix::sched::setns(ns, CloneFlags::CLONE_NEWNET).map_err(Error::JoinNet);
     }
     nix::sched::unshare(CloneFlags::CLONE_NEWNET)
         .map_err(|e| namespaces::Error::Unshare(CloneFlags::CLONE_NEWNET, e).into())

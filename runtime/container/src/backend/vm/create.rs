@@ -339,6 +339,7 @@ pub(super) fn launch(
         "VM container up"
     );
     Ok(Created {
+        unsaved: false,
         pid,
         terminal: master,
     })

@@ -609,6 +609,7 @@ fn relay(dir: &Path, op: &Op, terminal: bool, opts: &Options, tied: bool) -> Res
         return Err(Error::Vm(VmError::Guest(e)));
     }
     Ok(Created {
+        unsaved: false,
         pid,
         terminal: master,
     })
