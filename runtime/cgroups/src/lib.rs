@@ -126,6 +126,13 @@ pub trait Manager: std::fmt::Debug {
     fn create_rest(&mut self) -> Result<()> {
         Ok(())
     }
+    /// One piece of [`Manager::create_rest`] (a v1 hierarchy's directory),
+    /// for a parent with time to fill before its clone; true while pieces
+    /// are left. [`Manager::create_rest`] makes whatever is left. The
+    /// default has no pieces.
+    fn create_step(&mut self) -> Result<bool> {
+        Ok(false)
+    }
     /// Called by the (single-threaded) process to be placed: moves it into the
     /// cgroup v1 hierarchies itself, writing `0` to `tasks` (a thread moving
     /// itself needs no global lock), and returns the cgroup2 directory, if

@@ -15,6 +15,8 @@ pub(crate) struct V1 {
     hierarchies: Vec<Hierarchy>,
     unified: Option<PathBuf>,
     record: Record,
+    /// How many hierarchies' directories are made (`create_step`).
+    made: usize,
 }
 
 impl V1 {
@@ -27,7 +29,23 @@ impl V1 {
             hierarchies,
             unified,
             record,
+            made: 0,
         }
+    }
+
+    /// Makes the next hierarchy's directories (and a cpuset's cpus and
+    /// mems); false when none was left.
+    fn make_next(&mut self) -> Result<bool> {
+        let Some(h) = self.hierarchies.get(self.made) else {
+            return Ok(false);
+        };
+        let before = self.record.created.len();
+        create_dirs(&h.mount, &self.record.path, &mut self.record.created)?;
+        if h.has("cpuset") {
+            inherit_cpuset(&h.mount, &self.record.created[before..])?;
+        }
+        self.made += 1;
+        Ok(true)
     }
 
     fn roots(&self) -> impl Iterator<Item = &Path> {
@@ -86,14 +104,13 @@ impl Manager for V1 {
     }
 
     fn create_rest(&mut self) -> Result<()> {
-        for h in &self.hierarchies {
-            let before = self.record.created.len();
-            create_dirs(&h.mount, &self.record.path, &mut self.record.created)?;
-            if h.has("cpuset") {
-                inherit_cpuset(&h.mount, &self.record.created[before..])?;
-            }
-        }
+        while self.make_next()? {}
         Ok(())
+    }
+
+    fn create_step(&mut self) -> Result<bool> {
+        self.make_next()?;
+        Ok(self.made < self.hierarchies.len())
     }
 
     fn enter_v1(&self) -> Result<()> {
@@ -226,5 +243,51 @@ impl Manager for V1 {
             p.v2 = Some(crate::sub_dir(&dir, sub.for_controllers(&[]))?.0);
         }
         Ok(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v1_in(root: &Path) -> V1 {
+        let h = |name: &str| {
+            std::fs::create_dir(root.join(name)).unwrap();
+            Hierarchy {
+                mount: root.join(name),
+                controllers: vec![name.to_string()],
+            }
+        };
+        let record = Record {
+            path: "/x/y".into(),
+            created: Vec::new(),
+            systemd: None,
+        };
+        V1::new(vec![h("memory"), h("pids"), h("freezer")], None, record)
+    }
+
+    /// `create_step` makes one hierarchy's directories at a time, and
+    /// `create_rest` what the steps left, each recorded once.
+    #[test]
+    fn steps_then_the_rest_make_every_hierarchy_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut v1 = v1_in(tmp.path());
+        assert!(v1.create_step().unwrap(), "two hierarchies left");
+        assert!(tmp.path().join("memory/x/y").is_dir());
+        assert!(!tmp.path().join("pids/x").exists());
+        v1.create_rest().unwrap();
+        for h in ["memory", "pids", "freezer"] {
+            assert!(tmp.path().join(h).join("x/y").is_dir(), "{h}");
+        }
+        assert_eq!(v1.record.created.len(), 6);
+        // Nothing is left for another step.
+        assert!(!v1.create_step().unwrap());
+        assert_eq!(v1.record.created.len(), 6);
+
+        let tmp = tempfile::tempdir().unwrap();
+        let mut v1 = v1_in(tmp.path());
+        while v1.create_step().unwrap() {}
+        v1.create_rest().unwrap();
+        assert_eq!(v1.record.created.len(), 6);
     }
 }

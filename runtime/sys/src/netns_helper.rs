@@ -85,6 +85,12 @@ impl NetnsHelper {
         self.pid
     }
 
+    /// Whether the helper has left its result (it is done, or about to
+    /// exit): [`NetnsHelper::finish`] would not wait long.
+    pub fn done(&self) -> bool {
+        self.stack.slot().result.load(Ordering::Acquire) != UNSET
+    }
+
     /// Waits for the helper to finish (it usually has) and reaps it: the
     /// namespace it made, as a close-on-exec descriptor of ours, or None
     /// when it made none (its unshare or open failed, or it died): the
@@ -108,7 +114,7 @@ impl NetnsHelper {
         // Still at work: we are about to block, so it may have our CPU
         // too (on a host whose other CPUs are busy it would otherwise wait
         // while ours idles).
-        if self.stack.slot().result.load(Ordering::Acquire) == UNSET {
+        if !self.done() {
             if let Some(spread) = &self.spread {
                 spread.release(self.pid);
             }

@@ -89,15 +89,8 @@ pub fn create(sandbox: Sandbox<'_>, state: &mut State) -> Result<Created> {
         network,
     );
     // The helper's namespace is the init's only when the init would have
-    // made its own; otherwise it goes (reaped) here. Reaped before the
-    // fork below either way: the process is alone in its memory again.
-    let netns = match head_start.netns.filter(|_| net_in_init) {
-        Some(helper) => helper.finish().unwrap_or_else(|e| {
-            tracing::debug!("network namespace helper: {e}; the init makes its own");
-            None
-        }),
-        None => None,
-    };
+    // made its own; otherwise it goes (reaped) here.
+    let helper = head_start.netns.filter(|_| net_in_init);
     // Directories first, recorded before anything else can fail.
     let created = if direct.is_some() {
         cgroup.create_first()
@@ -113,6 +106,21 @@ pub fn create(sandbox: Sandbox<'_>, state: &mut State) -> Result<Created> {
     if direct.is_none() {
         limit(&*cgroup, linux)?;
     }
+    // While the helper still works, the cgroup directories the parent
+    // would make after the clone; then it is reaped, before the fork, so
+    // that the process is alone in its memory again.
+    if let (Some(helper), Some(_)) = (&helper, direct) {
+        let stepped = fill_wait(helper, &mut *cgroup);
+        record_cgroup(state, &*cgroup);
+        stepped?;
+    }
+    let netns = match helper {
+        Some(helper) => helper.finish().unwrap_or_else(|e| {
+            tracing::debug!("network namespace helper: {e}; the init makes its own");
+            None
+        }),
+        None => None,
+    };
     let record = cgroup.record();
     let (cgroup_dirs, cgroup_unified) = cgroup_mount_dirs(layout, &record.path);
     let one_thread = rt_sys::single_threaded().map_err(Error::Fork)?;
@@ -193,6 +201,16 @@ pub fn create(sandbox: Sandbox<'_>, state: &mut State) -> Result<Created> {
         }
     }
     result
+}
+
+/// Makes cgroup directories one at a time while `helper` has not finished
+/// (traced: the parent reached the helper's reaping 0.14 ms early).
+fn fill_wait(
+    helper: &rt_sys::netns_helper::NetnsHelper,
+    cgroup: &mut dyn rt_cgroups::Manager,
+) -> Result<()> {
+    while !helper.done() && cgroup.create_step()? {}
+    Ok(())
 }
 
 /// Whether the init makes its own network namespace, after a direct clone
