@@ -202,9 +202,10 @@ impl Runtime {
     /// skim of its text with the request's annotations added. Nothing when
     /// the skim fails: the parse will refuse the text.
     fn head_start(&self, text: &[u8], req: &CreateRequest) -> crate::sandbox::HeadStart {
-        // What a backend starts ahead today is a network namespace: a text
-        // that never names one needs no skim (about 50 µs of serde here).
-        if memchr::memmem::find(text, b"\"network\"").is_none() {
+        // What a backend starts ahead today is a network namespace, which a
+        // rootless rt cannot make, and a text that never names one needs
+        // no skim (about 50 µs of serde here).
+        if self.rootless || memchr::memmem::find(text, b"\"network\"").is_none() {
             return Default::default();
         }
         let Some(mut skim) = spec::Skim::of(text) else {
@@ -219,7 +220,7 @@ impl Runtime {
             req.isolation.as_deref(),
             req.isolation_by_name.as_deref(),
         ) {
-            Ok(backend) if !self.rootless => backend.head_start(&skim),
+            Ok(backend) => backend.head_start(&skim),
             _ => Default::default(),
         }
     }

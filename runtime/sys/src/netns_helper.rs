@@ -97,14 +97,17 @@ impl NetnsHelper {
     /// caller then makes its own, and meets the kernel's error itself.
     pub fn finish(mut self) -> Result<Option<OwnedFd>> {
         self.reap()?;
-        let result = self.stack.slot().result.load(Ordering::Acquire);
-        if result < 0 {
-            return Ok(None);
-        }
+        Ok(self.take_fd())
+    }
+
+    /// The descriptor the reaped helper left, taken once.
+    fn take_fd(&mut self) -> Option<OwnedFd> {
+        let result = self.stack.slot().result.swap(UNSET, Ordering::Acquire);
         // SAFETY: the helper opened this descriptor in the table we share
-        // and is gone (reaped above); nothing else of ours knows its number,
-        // so it is ours alone to own.
-        Ok(Some(unsafe { OwnedFd::from_raw_fd(result) }))
+        // and is gone (reaped before this is called); nothing else of ours
+        // knows its number, and the swap takes it out of the slot, so it
+        // is ours alone to own.
+        (result >= 0).then(|| unsafe { OwnedFd::from_raw_fd(result) })
     }
 
     fn reap(&mut self) -> Result<()> {
@@ -136,15 +139,11 @@ impl NetnsHelper {
 }
 
 impl Drop for NetnsHelper {
-    /// Not finished: reaps the helper and closes what it opened.
+    /// Reaps the helper if `finish` did not, and closes what it opened
+    /// and nobody took.
     fn drop(&mut self) {
-        if self.reaped || self.reap().is_err() {
-            return;
-        }
-        let result = self.stack.slot().result.load(Ordering::Acquire);
-        if result >= 0 {
-            // SAFETY: as in `finish`: the helper's descriptor, ours alone.
-            drop(unsafe { OwnedFd::from_raw_fd(result) });
+        if self.reap().is_ok() {
+            drop(self.take_fd());
         }
     }
 }
