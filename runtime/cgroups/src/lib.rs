@@ -152,6 +152,22 @@ pub trait Manager: std::fmt::Debug {
     /// The v1 half of [`Manager::enter`]: the calling process writes `0` to
     /// `tasks` in every v1 hierarchy (nothing on a v2 host).
     fn enter_v1(&self) -> Result<()>;
+    /// For a parent whose child enters the v1 hierarchies itself: every
+    /// hierarchy's `tasks` file, opened for writing, in order (none on a
+    /// v2 host). Opening is a path walk and a kernfs open per hierarchy,
+    /// which the parent then does while the child works; the kernel checks
+    /// a write against the opener's credentials, the parent's.
+    fn open_v1_tasks(&self) -> Result<Vec<std::fs::File>> {
+        Ok(Vec::new())
+    }
+    /// [`Manager::enter_v1`] through the files of
+    /// [`Manager::open_v1_tasks`]: `0` written to each (the writer moves
+    /// itself, so no global lock is taken); by path when they are not one
+    /// per hierarchy.
+    fn enter_v1_through(&self, tasks: Vec<std::fs::File>) -> Result<()> {
+        drop(tasks);
+        self.enter_v1()
+    }
     /// The container's cgroup2 directory, if the host has one.
     fn v2_dir(&self) -> Option<PathBuf>;
     /// For a parent that clones the process to be placed straight into its
@@ -292,7 +308,7 @@ pub struct Entered {
     pub last: Option<std::fs::File>,
 }
 
-fn open_write(path: &Path) -> Result<std::fs::File> {
+pub(crate) fn open_write(path: &Path) -> Result<std::fs::File> {
     std::fs::OpenOptions::new()
         .write(true)
         .open(path)
@@ -475,28 +491,37 @@ impl Writer {
     }
 
     pub(crate) fn write(&mut self, value: &str) -> Result<()> {
-        use std::io::Write;
-        let err = |path: &Path, source| Error::Write {
-            path: path.to_path_buf(),
-            value: value.to_string(),
-            source,
-        };
         let file = match &mut self.file {
             Some(f) => f,
             None => {
                 let f = std::fs::OpenOptions::new()
                     .write(true)
                     .open(&self.path)
-                    .map_err(|e| err(&self.path, e))?;
+                    .map_err(|source| Error::Write {
+                        path: self.path.clone(),
+                        value: value.to_string(),
+                        source,
+                    })?;
                 self.file.insert(f)
             }
         };
-        // A control file takes a value in one write: a short one is an error.
-        match file.write(value.as_bytes()) {
-            Ok(n) if n == value.len() => Ok(()),
-            Ok(_) => Err(err(&self.path, std::io::ErrorKind::WriteZero.into())),
-            Err(e) => Err(err(&self.path, e)),
-        }
+        write_once(file, &self.path, value)
+    }
+}
+
+/// Writes `value` to the open control file `file` (at `path`) in one
+/// write: a control file takes a value whole, so a short write is an error.
+pub(crate) fn write_once(file: &std::fs::File, path: &Path, value: &str) -> Result<()> {
+    use std::io::Write;
+    let err = |source| Error::Write {
+        path: path.to_path_buf(),
+        value: value.to_string(),
+        source,
+    };
+    match (&*file).write(value.as_bytes()) {
+        Ok(n) if n == value.len() => Ok(()),
+        Ok(_) => Err(err(std::io::ErrorKind::WriteZero.into())),
+        Err(e) => Err(err(e)),
     }
 }
 

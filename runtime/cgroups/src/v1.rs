@@ -120,6 +120,24 @@ impl Manager for V1 {
         Ok(())
     }
 
+    fn open_v1_tasks(&self) -> Result<Vec<std::fs::File>> {
+        self.hierarchies
+            .iter()
+            .map(|h| crate::open_write(&join(&h.mount, &self.record.path).join("tasks")))
+            .collect()
+    }
+
+    fn enter_v1_through(&self, tasks: Vec<std::fs::File>) -> Result<()> {
+        if tasks.len() != self.hierarchies.len() {
+            return self.enter_v1();
+        }
+        for (h, file) in self.hierarchies.iter().zip(&tasks) {
+            let path = join(&h.mount, &self.record.path).join("tasks");
+            crate::write_once(file, &path, "0")?;
+        }
+        Ok(())
+    }
+
     fn v2_dir(&self) -> Option<PathBuf> {
         self.unified.as_ref().map(|u| join(u, &self.record.path))
     }
@@ -289,5 +307,43 @@ mod tests {
         while v1.create_step().unwrap() {}
         v1.create_rest().unwrap();
         assert_eq!(v1.record.created.len(), 6);
+    }
+
+    /// The `tasks` files a parent opens are every hierarchy's, in order;
+    /// the child writes `0` through them, or by path when they are not one
+    /// per hierarchy.
+    #[test]
+    fn tasks_opened_for_the_child_are_written_through() {
+        use std::os::fd::AsRawFd;
+        let tmp = tempfile::tempdir().unwrap();
+        let mut v1 = v1_in(tmp.path());
+        v1.create().unwrap();
+        let tasks = |h: &str| tmp.path().join(h).join("x/y/tasks");
+        for h in ["memory", "pids", "freezer"] {
+            std::fs::write(tasks(h), "").unwrap();
+        }
+        let files = v1.open_v1_tasks().unwrap();
+        let named: Vec<PathBuf> = files
+            .iter()
+            .map(|f| std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd())).unwrap())
+            .collect();
+        let want: Vec<PathBuf> = ["memory", "pids", "freezer"].map(tasks).into();
+        assert_eq!(named, want);
+        v1.enter_v1_through(files).unwrap();
+        for h in ["memory", "pids", "freezer"] {
+            assert_eq!(std::fs::read_to_string(tasks(h)).unwrap(), "0", "{h}");
+            std::fs::write(tasks(h), "").unwrap();
+        }
+        // One file short: by path.
+        let mut files = v1.open_v1_tasks().unwrap();
+        files.pop();
+        v1.enter_v1_through(files).unwrap();
+        for h in ["memory", "pids", "freezer"] {
+            assert_eq!(std::fs::read_to_string(tasks(h)).unwrap(), "0", "{h}");
+        }
+        // A hierarchy without the file fails, naming it.
+        std::fs::remove_file(tasks("pids")).unwrap();
+        let err = v1.open_v1_tasks().unwrap_err().to_string();
+        assert!(err.contains(&tasks("pids").display().to_string()), "{err}");
     }
 }

@@ -60,6 +60,10 @@ pub fn send_over_unix_socket(
     .map_err(SocketSend::Send)
 }
 
+/// The most descriptors one message carries (the receiver's control
+/// buffer holds this many).
+pub const MAX_FDS: usize = 32;
+
 /// Messages from the stage and init processes to the parent.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub enum ToParent {
@@ -86,7 +90,9 @@ pub enum ToChild {
     /// The user namespace maps are written.
     MapsWritten,
     /// The container's cgroup is made and limited: the init, cloned before
-    /// (see `Launch::cgroups_pending`), may enter it.
+    /// (see `Launch::cgroups_pending`), may enter it. The v1 hierarchies'
+    /// `tasks` files, opened by the parent, ride along (none on a v2 host,
+    /// or when there are more than [`MAX_FDS`]: the init opens them).
     CgroupsReady,
     /// The prestart and createRuntime hooks succeeded.
     HooksDone,
@@ -128,9 +134,17 @@ impl<S: Serialize, R: DeserializeOwned> Channel<S, R> {
     }
 
     pub fn send_with_fd(&self, msg: &S, fd: Option<BorrowedFd<'_>>) -> Result<()> {
+        self.send_with_fds(msg, fd.as_slice())
+    }
+
+    /// Sends `msg` with `fds` riding along; at most [`MAX_FDS`] of them.
+    pub fn send_with_fds(&self, msg: &S, fds: &[BorrowedFd<'_>]) -> Result<()> {
+        if fds.len() > MAX_FDS {
+            return Err(Error::Send(nix::errno::Errno::E2BIG));
+        }
         let buf = serde_json::to_vec(msg).map_err(Error::Decode)?;
         let iov = [IoSlice::new(&buf)];
-        let fds: Vec<RawFd> = fd.iter().map(|f| f.as_raw_fd()).collect();
+        let fds: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
         let cmsgs: Vec<ControlMessage<'_>> = if fds.is_empty() {
             Vec::new()
         } else {
@@ -146,6 +160,13 @@ impl<S: Serialize, R: DeserializeOwned> Channel<S, R> {
     }
 
     pub fn recv_with_fd(&self) -> Result<(R, Option<OwnedFd>)> {
+        self.recv_with_fds()
+            .map(|(msg, fds)| (msg, fds.into_iter().next()))
+    }
+
+    /// Receives a message and the descriptors riding along with it, in the
+    /// order sent (close-on-exec).
+    pub fn recv_with_fds(&self) -> Result<(R, Vec<OwnedFd>)> {
         // The message's length first (MSG_PEEK | MSG_TRUNC gives a
         // datagram's whole length), so that the buffer is the message's
         // size: a fixed 64 KiB one, zeroed on every receive, was some
@@ -167,8 +188,8 @@ impl<S: Serialize, R: DeserializeOwned> Channel<S, R> {
             return Err(Error::Closed);
         }
         let mut buf = vec![0u8; peeked];
-        let mut cmsg = cmsg_space!([RawFd; 1]);
-        let (len, fd) = {
+        let mut cmsg = cmsg_space!([RawFd; MAX_FDS]);
+        let (len, fds) = {
             let mut iov = [IoSliceMut::new(&mut buf)];
             let msg = loop {
                 match recvmsg::<()>(
@@ -181,24 +202,23 @@ impl<S: Serialize, R: DeserializeOwned> Channel<S, R> {
                     other => break other.map_err(Error::Recv)?,
                 }
             };
-            let mut fd = None;
+            let mut fds = Vec::new();
             for c in msg.cmsgs().map_err(Error::Recv)? {
-                if let ControlMessageOwned::ScmRights(fds) = c {
-                    for raw in fds {
+                if let ControlMessageOwned::ScmRights(raws) = c {
+                    for raw in raws {
                         // SAFETY: the kernel installed this descriptor in our table
                         // for this message; nothing else owns it.
-                        let owned = unsafe { OwnedFd::from_raw_fd(raw) };
-                        fd.get_or_insert(owned);
+                        fds.push(unsafe { OwnedFd::from_raw_fd(raw) });
                     }
                 }
             }
-            (msg.bytes, fd)
+            (msg.bytes, fds)
         };
         if len == 0 {
             return Err(Error::Closed);
         }
         let msg = serde_json::from_slice(&buf[..len]).map_err(Error::Decode)?;
-        Ok((msg, fd))
+        Ok((msg, fds))
     }
 }
 
@@ -228,6 +248,52 @@ mod tests {
         assert_eq!(child.recv().unwrap(), ToChild::HooksDone);
         drop(parent);
         assert!(matches!(child.recv(), Err(Error::Closed)));
+    }
+
+    /// Descriptors arrive in the order sent, each naming what was sent;
+    /// more than the receiver could hold is refused at the sender.
+    #[test]
+    fn several_descriptors_arrive_in_order() {
+        use std::io::{Read, Seek, Write};
+        let (parent, child) = pair().unwrap();
+        let files: Vec<std::fs::File> = (0..MAX_FDS)
+            .map(|i| {
+                let mut f = tempfile_in_tmp();
+                write!(f, "{i}").unwrap();
+                f
+            })
+            .collect();
+        let fds: Vec<BorrowedFd<'_>> = files.iter().map(|f| f.as_fd()).collect();
+        parent.send_with_fds(&ToChild::CgroupsReady, &fds).unwrap();
+        let (m, got) = child.recv_with_fds().unwrap();
+        assert_eq!(m, ToChild::CgroupsReady);
+        assert_eq!(got.len(), MAX_FDS);
+        for (i, fd) in got.into_iter().enumerate() {
+            let mut f = std::fs::File::from(fd);
+            f.rewind().unwrap();
+            let mut s = String::new();
+            f.read_to_string(&mut s).unwrap();
+            assert_eq!(s, i.to_string());
+        }
+        let one_more: Vec<BorrowedFd<'_>> = fds.iter().chain(&fds[..1]).copied().collect();
+        assert!(matches!(
+            parent.send_with_fds(&ToChild::CgroupsReady, &one_more),
+            Err(Error::Send(nix::errno::Errno::E2BIG))
+        ));
+        // A message without descriptors: none.
+        parent.send(&ToChild::HooksDone).unwrap();
+        assert!(child.recv_with_fds().unwrap().1.is_empty());
+    }
+
+    /// An unnamed file of its own (O_TMPFILE in /tmp).
+    fn tempfile_in_tmp() -> std::fs::File {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_TMPFILE)
+            .open("/tmp")
+            .unwrap()
     }
 
     #[test]

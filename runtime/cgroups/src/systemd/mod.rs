@@ -218,6 +218,14 @@ impl Manager for Systemd {
         self.inner.enter_v1()
     }
 
+    fn open_v1_tasks(&self) -> Result<Vec<std::fs::File>> {
+        self.inner.open_v1_tasks()
+    }
+
+    fn enter_v1_through(&self, tasks: Vec<std::fs::File>) -> Result<()> {
+        self.inner.enter_v1_through(tasks)
+    }
+
     fn v2_dir(&self) -> Option<std::path::PathBuf> {
         self.inner.v2_dir()
     }

@@ -124,9 +124,11 @@ fn init(launch: &Launch<'_>, chan: &ChildEnd, mut fifo: File) -> Result<Infallib
     // The mounts so far need no cgroup; the rest may show it (the cgroup
     // mount) or be checked by its device rules (the nodes).
     if launch.cgroups_pending {
-        match chan.recv()? {
-            ToChild::CgroupsReady => launch.cgroup.enter_v1()?,
-            other => return Err(Error::Unexpected(other)),
+        match chan.recv_with_fds()? {
+            (ToChild::CgroupsReady, tasks) => launch
+                .cgroup
+                .enter_v1_through(tasks.into_iter().map(File::from).collect())?,
+            (other, _) => return Err(Error::Unexpected(other)),
         }
         // The parent's work we ran beside is done (and the cpuset joined).
         if let Some(spread) = &launch.spread {

@@ -261,7 +261,8 @@ fn limit(cgroup: &dyn rt_cgroups::Manager, linux: &oci_spec::runtime::Linux) -> 
 
 /// The cgroup's part after a direct clone, while the init mounts what needs
 /// no cgroup: the rest of its directories (recorded in the state that
-/// `record_init` saves next), its limits, then `CgroupsReady`.
+/// `record_init` saves next), its limits, then `CgroupsReady` with the v1
+/// `tasks` files the init enters through.
 fn finish_cgroup(
     state: &mut State,
     cgroup: &mut dyn rt_cgroups::Manager,
@@ -272,9 +273,18 @@ fn finish_cgroup(
     record_cgroup(state, cgroup);
     made?;
     limit(cgroup, linux)?;
+    // The init writes to them: it moves itself, which takes no global lock
+    // (a pid written here would), and opening them is our work, not its.
+    let tasks = cgroup.open_v1_tasks()?;
+    let fds: Vec<_> = tasks.iter().map(|f| f.as_fd()).collect();
+    let fds = if fds.len() <= channel::MAX_FDS {
+        &fds[..]
+    } else {
+        &[]
+    };
     // An init that failed meanwhile is gone: its report, queued on the
     // channel, is what `drive` returns.
-    let _ = chan.send(&ToChild::CgroupsReady);
+    let _ = chan.send_with_fds(&ToChild::CgroupsReady, fds);
     Ok(())
 }
 
