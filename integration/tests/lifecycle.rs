@@ -271,6 +271,37 @@ fn the_network_namespace_made_ahead_leaves_nothing() {
         text.starts_with("net:[") && text.trim() != host.to_string_lossy(),
         "{text}"
     );
+    // The helper was the one the entry point started on its guess, taken
+    // over by the engine; without a network namespace there is none.
+    let log = root.dir.path().with_extension("ahead.log");
+    for (net, want) in [(true, Some("early=true")), (false, None)] {
+        let mut b = Bundle::new(&["true"]);
+        if !net {
+            b.edit(|c| {
+                let ns = c["linux"]["namespaces"].as_array_mut().unwrap();
+                ns.retain(|n| n["type"] != "network");
+            });
+        }
+        let _ = std::fs::remove_file(&log);
+        root.ok(&[
+            "--debug",
+            "--log",
+            log.to_str().unwrap(),
+            "run",
+            "--bundle",
+            b.path().to_str().unwrap(),
+            &unique_id("ahead"),
+        ]);
+        let text = std::fs::read_to_string(&log).unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.contains("network namespace helper"));
+        match want {
+            Some(w) => assert!(line.is_some_and(|l| l.contains(w)), "{text}"),
+            None => assert!(line.is_none(), "{text}"),
+        }
+    }
+    let _ = std::fs::remove_file(&log);
     // Failures after the helper started: a config the skim reads but the
     // parse refuses, and a missing rootfs.
     type Edit = fn(&mut Value);
@@ -290,6 +321,27 @@ fn the_network_namespace_made_ahead_leaves_nothing() {
         assert_eq!(out.status.code(), Some(1), "case {i}: {text}");
         assert!(text.contains(want), "case {i}: {text}");
     }
+    // Failures before the engine looks at the config, when the entry point
+    // started the helper on its own guess (see runtime/cli/src/early/netns.rs):
+    // an id the engine refuses, and a flag clap refuses.
+    let b = Bundle::new(&["true"]);
+    let out = run(&b, "bad/id");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("container id"), "{text}");
+    let out = rt_testsupport::output_via_files(
+        Command::new(&subreaper)
+            .arg(rt_testsupport::rt_bin())
+            .arg("--root")
+            .arg(root.dir.path())
+            .args(["run", "--bundle", b.path().to_str().unwrap()])
+            .args(["--no-such-flag", &unique_id("ahead")]),
+    );
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("--no-such-flag"), "{text}");
     assert_eq!(std::fs::read_dir(root.dir.path()).unwrap().count(), 0);
 }
 

@@ -24,6 +24,8 @@
 //! `_start`. Bytes are therefore moved with volatile accesses, which the
 //! compiler cannot turn into such calls, and every index is checked by hand.
 
+mod netns;
+
 use core::arch::{asm, global_asm};
 use core::cell::UnsafeCell;
 use core::ptr::{read_volatile, write_volatile};
@@ -198,14 +200,26 @@ unsafe extern "C" fn early(sp: *const usize) {
         }
     }
     // SAFETY: the arguments are valid for each call; the buffers are ours.
-    unsafe { reexec(argv, envp, nenv, has_rt_exe) }
+    // Returning true, this is the image that does the work.
+    // A sealed copy is main's to check (it may still re-execute).
+    if unsafe { reexec(argv, envp, nenv, has_rt_exe) } && PROTECTED.load(Ordering::Relaxed) {
+        // SAFETY: argv holds argc C strings; we are the only task.
+        unsafe { netns::start_if_wanted(argc, argv) };
+    }
 }
 
-/// The part of [`early`] that opens, mounts and execs.
+/// The part of [`early`] that opens, mounts and execs. Returns true when
+/// the binary is protected already (this process will not re-execute),
+/// false when it could not re-execute (main will, its slower way).
 ///
 /// # Safety
 /// `argv` and `envp` are the process's; `nenv` counts `envp`'s entries.
-unsafe fn reexec(argv: *const *const u8, envp: *const *const u8, nenv: usize, has_rt_exe: bool) {
+unsafe fn reexec(
+    argv: *const *const u8,
+    envp: *const *const u8,
+    nenv: usize,
+    has_rt_exe: bool,
+) -> bool {
     const RO: usize =
         (libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV) as usize;
     let cloexec = (libc::O_RDONLY | libc::O_CLOEXEC) as usize;
@@ -215,7 +229,7 @@ unsafe fn reexec(argv: *const *const u8, envp: *const *const u8, nenv: usize, ha
     // SAFETY: a valid path and flags.
     let fd = unsafe { syscall(libc::SYS_open, [exe, cloexec, 0, 0, 0]) };
     if fd < 0 {
-        return;
+        return false;
     }
     // SAFETY: F_GET_SEALS takes no argument.
     let seals = unsafe {
@@ -236,7 +250,7 @@ unsafe fn reexec(argv: *const *const u8, envp: *const *const u8, nenv: usize, ha
     };
     close(fd);
     if rc != 0 {
-        return;
+        return false;
     }
     // SAFETY: fstatfs succeeded (rc == 0), so the kernel filled it.
     if seals >= 0 || unsafe { st.assume_init_ref() }[10] & libc::ST_RDONLY as i64 != 0 {
@@ -245,14 +259,14 @@ unsafe fn reexec(argv: *const *const u8, envp: *const *const u8, nenv: usize, ha
         if seals < 0 {
             PROTECTED.store(true, Ordering::Relaxed);
         }
-        return;
+        return true;
     }
     // 2. The binary's path, split at its last slash.
     let path = PATH.0.get() as *mut u8;
     // SAFETY: PATH has PATH_MAX + 1 bytes; readlink writes at most PATH_MAX.
     let n = unsafe { syscall(libc::SYS_readlink, [exe, path as usize, PATH_MAX, 0, 0]) };
     if n <= 0 || n as usize >= PATH_MAX {
-        return;
+        return false;
     }
     let n = n as usize;
     let mut slash = n;
@@ -261,19 +275,19 @@ unsafe fn reexec(argv: *const *const u8, envp: *const *const u8, nenv: usize, ha
         match unsafe { read_volatile(path.add(i)) } {
             b'/' => slash = i,
             // lowerdir's separator and escape: main's slower path copes.
-            b':' | b'\\' | b',' => return,
+            b':' | b'\\' | b',' => return false,
             _ => {}
         }
     }
     // SAFETY: PATH is zeroed past n (bss, written once), so path[n] is NUL.
     if slash == n || slash + 1 == n || unsafe { read_volatile(path) } != b'/' {
-        return;
+        return false;
     }
     // 3. The empty layer: a detached tmpfs.
     // SAFETY: a valid file system name and flags.
     let fs = unsafe { syscall(libc::SYS_fsopen, [c"tmpfs".as_ptr() as usize, 1, 0, 0, 0]) };
     if fs < 0 {
-        return;
+        return false;
     }
     // SAFETY: FSCONFIG_CMD_CREATE takes no key or value.
     let rc = unsafe { syscall(libc::SYS_fsconfig, [fs as usize, 6, 0, 0, 0]) };
@@ -285,13 +299,13 @@ unsafe fn reexec(argv: *const *const u8, envp: *const *const u8, nenv: usize, ha
     };
     close(fs);
     if empty < 0 {
-        return;
+        return false;
     }
     // SAFETY: the buffers are valid; every descriptor is closed on return.
     let root = unsafe { overlay(path, slash, empty as usize) };
     close(empty);
     if root < 0 {
-        return;
+        return false;
     }
     // 4. The binary in the overlay, and the exec.
     // SAFETY: path + slash + 1 is the NUL-terminated file name.
@@ -303,7 +317,7 @@ unsafe fn reexec(argv: *const *const u8, envp: *const *const u8, nenv: usize, ha
     };
     close(root);
     if file < 0 {
-        return;
+        return false;
     }
     // SAFETY: envp has nenv entries; the buffers are ours.
     let env = unsafe { environment(envp, nenv, has_rt_exe, path, n) };
@@ -325,6 +339,7 @@ unsafe fn reexec(argv: *const *const u8, envp: *const *const u8, nenv: usize, ha
         };
     }
     close(file);
+    false
 }
 
 /// The read-only overlay of `path[..slash]` over the detached `empty`

@@ -159,7 +159,12 @@ fn main() {
     // The common calls without clap (see quick.rs); clap for the rest.
     let cli = match quick::parse(&args) {
         Some(cli) => cli,
-        None => Cli::parse_from(std::iter::once("rt".to_string()).chain(args)),
+        None => {
+            Cli::try_parse_from(std::iter::once("rt".to_string()).chain(args)).unwrap_or_else(|e| {
+                discard_early_work();
+                e.exit()
+            })
+        }
     };
     if matches!(
         cli.command,
@@ -175,6 +180,7 @@ fn main() {
         Ok(f) => f,
         Err(e) => {
             eprintln!("rt: {e:#}");
+            discard_early_work();
             std::process::exit(1);
         }
     };
@@ -189,7 +195,15 @@ fn main() {
             1
         }
     };
+    discard_early_work();
     std::process::exit(code);
+}
+
+/// Reaps what the entry point started for a `run` or `create` that did not
+/// take it over (a network namespace helper: see early/netns.rs), so that
+/// no zombie of ours is left to whoever reaps after us.
+fn discard_early_work() {
+    rt_sys::netns_helper::discard_early();
 }
 
 /// Re-executes from a protected binary unless already running from one

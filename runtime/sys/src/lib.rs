@@ -78,8 +78,12 @@ pub fn thread_count() -> Result<usize> {
 #[derive(Debug, Clone, Copy)]
 pub struct SingleThreaded(std::marker::PhantomData<*const ()>);
 
-/// Checks that the process has exactly one thread.
+/// Checks that the process has exactly one thread. A network namespace
+/// helper started at the entry point and not taken over by now is reaped
+/// first ([`netns_helper::discard_early`]): it shares our memory, and the
+/// token is what every fork asks for.
 pub fn single_threaded() -> Result<SingleThreaded> {
+    netns_helper::discard_early();
     let threads = thread_count()?;
     if threads != 1 {
         return Err(Error::MultiThreaded(threads));

@@ -26,9 +26,15 @@
 //! so a caller's `waitpid(-1)` never does. [`NetnsHelper::finish`] reaps it
 //! (usually long gone by then) before the caller forks, so the caller is
 //! single-threaded and alone in its memory again when it does.
+//!
+//! [`spawn_early`] starts one before the C library has started (from rt's
+//! entry point, on a guess from argv and config.json), 0.3 ms ahead of
+//! where the engine knows it wants one; [`NetnsHelper::spawn`] then takes
+//! it over, and whatever does not is reaped by [`discard_early`], which
+//! [`crate::single_threaded`] calls before any fork.
 
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 
 use nix::errno::Errno;
 use nix::sys::wait::{waitpid, WaitPidFlag};
@@ -48,6 +54,8 @@ pub struct NetnsHelper {
     reaped: bool,
     /// The affinity the helper was kept within, off our CPU.
     spread: Option<crate::spread::Spread>,
+    /// Started by [`spawn_early`].
+    early: bool,
 }
 
 /// Where the helper leaves its result: a descriptor of the namespace, or
@@ -60,10 +68,111 @@ struct Slot {
 /// The helper wrote nothing (it died first).
 const UNSET: i32 = i32::MIN;
 
+/// The helper [`spawn_early`] started, until taken: its pid (0: none) and
+/// its stack mapping.
+static EARLY_PID: AtomicI32 = AtomicI32::new(0);
+static EARLY_STACK: AtomicUsize = AtomicUsize::new(0);
+
+/// Starts a helper before the C library has started, for
+/// [`NetnsHelper::spawn`] to take over (or [`discard_early`] to reap). Its
+/// own mapping, the raw clone and the affinity are raw system calls; a
+/// failure leaves nothing started.
+///
+/// # Safety
+/// The process has a single task, and the C library may not have started
+/// yet: nothing here uses it (no errno, no thread-local storage).
+#[cfg(target_arch = "x86_64")]
+pub unsafe fn spawn_early() {
+    if EARLY_PID.load(Ordering::Relaxed) != 0 {
+        return;
+    }
+    let base = raw(
+        libc::SYS_mmap,
+        [
+            0,
+            STACK_SIZE as i64,
+            (libc::PROT_READ | libc::PROT_WRITE) as i64,
+            (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK) as i64,
+            -1,
+            0,
+        ],
+    );
+    if (-4095..0).contains(&base) {
+        return;
+    }
+    let stack = Stack {
+        base: base as usize,
+        leaked: false,
+    };
+    stack.slot().result.store(UNSET, Ordering::Relaxed);
+    // SAFETY: the top of our fresh mapping is the helper's stack, the slot
+    // at its bottom; see `Stack::clone_helper`.
+    let pid = unsafe { rt_netns_helper_clone(stack.base + STACK_SIZE, stack.base) };
+    if pid <= 0 {
+        raw(libc::SYS_munmap, [base, STACK_SIZE as i64, 0, 0, 0, 0]);
+        std::mem::forget(stack);
+        return;
+    }
+    away_raw(pid as i32);
+    EARLY_STACK.store(stack.base, Ordering::Relaxed);
+    std::mem::forget(stack);
+    EARLY_PID.store(pid as i32, Ordering::Release);
+}
+
+/// Reaps the helper [`spawn_early`] started, if nothing took it, and closes
+/// its descriptor.
+pub fn discard_early() {
+    drop(NetnsHelper::take_early());
+}
+
+/// [`crate::spread::Spread::away`] in raw system calls: `pid` may run on
+/// any of our CPUs but the one we are on. Best effort.
+#[cfg(target_arch = "x86_64")]
+fn away_raw(pid: i32) {
+    const WORDS: usize = 16;
+    let mut cpu = 0u32;
+    if raw(
+        libc::SYS_getcpu,
+        [&mut cpu as *mut u32 as i64, 0, 0, 0, 0, 0],
+    ) != 0
+    {
+        return;
+    }
+    let mut mask = std::mem::MaybeUninit::<[u64; WORDS]>::uninit();
+    let p = mask.as_mut_ptr() as *mut u64;
+    let n = raw(
+        libc::SYS_sched_getaffinity,
+        [0, (WORDS * 8) as i64, p as i64, 0, 0, 0],
+    );
+    let words = if n > 0 { n as usize / 8 } else { 0 };
+    let (w, bit) = (cpu as usize / 64, cpu % 64);
+    if w >= words.min(WORDS) {
+        return;
+    }
+    // SAFETY: the kernel filled the first `words` words; w < words.
+    // Volatile, so that the compiler emits no memset or loop idiom of the
+    // C library's (which may not have started).
+    let any = unsafe {
+        let ours = p.add(w);
+        std::ptr::write_volatile(ours, std::ptr::read_volatile(ours) & !(1u64 << bit));
+        (0..words).any(|i| std::ptr::read_volatile(p.add(i)) != 0)
+    };
+    if any {
+        raw(
+            libc::SYS_sched_setaffinity,
+            [pid as i64, n, p as i64, 0, 0, 0],
+        );
+    }
+}
+
 impl NetnsHelper {
     /// Starts the helper, kept off the caller's CPU when there is another
-    /// (see [`crate::spread`]): the point is that both work at once.
+    /// (see [`crate::spread`]): the point is that both work at once. The
+    /// one [`spawn_early`] started, if it did.
     pub fn spawn() -> Result<NetnsHelper> {
+        if let Some(early) = Self::take_early() {
+            return Ok(early);
+        }
         let stack = Stack::new()?;
         let pid = stack.clone_helper()?;
         // Left to the scheduler, the helper is queued on our CPU and waits
@@ -77,12 +186,36 @@ impl NetnsHelper {
             stack,
             reaped: false,
             spread,
+            early: false,
         })
     }
 
     /// The helper's pid (for tests and logs).
     pub fn pid(&self) -> Pid {
         self.pid
+    }
+
+    /// The helper [`spawn_early`] started, taken once.
+    fn take_early() -> Option<NetnsHelper> {
+        let pid = EARLY_PID.swap(0, Ordering::Acquire);
+        if pid <= 0 {
+            return None;
+        }
+        Some(NetnsHelper {
+            pid: Pid::from_raw(pid),
+            stack: Stack {
+                base: EARLY_STACK.swap(0, Ordering::Relaxed),
+                leaked: false,
+            },
+            reaped: false,
+            spread: crate::spread::Spread::of_this_process(),
+            early: true,
+        })
+    }
+
+    /// Whether [`spawn_early`] started it (for logs and tests).
+    pub fn early(&self) -> bool {
+        self.early
     }
 
     /// Whether the helper has left its result (it is done, or about to
@@ -190,7 +323,23 @@ impl Stack {
     }
 
     /// Clones the helper onto this stack, the slot at its bottom.
-    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    #[cfg(target_arch = "x86_64")]
+    fn clone_helper(&self) -> Result<Pid> {
+        // SAFETY: as `spawn_early`'s: the top of our mapping (which outlives
+        // the helper: unmapped once it is reaped, or leaked) is its stack,
+        // the slot at its bottom. The trampoline's clone passes CLONE_VM and
+        // CLONE_FILES, and no CLONE_THREAD, CLONE_SETTLS or CLONE_*TID: the
+        // kernel writes nothing of ours, and the helper makes raw system
+        // calls only, sharing no state of the C library's with us.
+        let rc = unsafe { rt_netns_helper_clone(self.base + STACK_SIZE, self.base) };
+        if rc < 0 {
+            return Err(Error::Syscall("clone", Errno::from_raw(-rc as i32)));
+        }
+        Ok(Pid::from_raw(rc as i32))
+    }
+
+    /// Clones the helper onto this stack, the slot at its bottom.
+    #[cfg(target_arch = "aarch64")]
     fn clone_helper(&self) -> Result<Pid> {
         // SAFETY: the top of the mapping, 16-byte aligned (page-aligned
         // size), is the helper's initial stack; the mapping outlives the
@@ -242,36 +391,90 @@ extern "C" fn helper_main(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: `arg` is the stack mapping's base, a valid Slot that outlives
     // this task.
     let slot = unsafe { &*(arg as *const Slot) };
-    let mut result = raw(libc::SYS_unshare, libc::CLONE_NEWNET as i64, 0, 0) as i32;
+    let mut result = raw(
+        libc::SYS_unshare,
+        [libc::CLONE_NEWNET as i64, 0, 0, 0, 0, 0],
+    ) as i32;
     if result == 0 {
         const PATH: &[u8] = b"/proc/self/ns/net\0";
         result = raw(
             libc::SYS_openat,
-            libc::AT_FDCWD as i64,
-            PATH.as_ptr() as i64,
-            (libc::O_RDONLY | libc::O_CLOEXEC) as i64,
+            [
+                libc::AT_FDCWD as i64,
+                PATH.as_ptr() as i64,
+                (libc::O_RDONLY | libc::O_CLOEXEC) as i64,
+                0,
+                0,
+                0,
+            ],
         ) as i32;
     }
     slot.result.store(result, Ordering::Release);
     0
 }
 
-/// A system call of up to three arguments, without the C library: the
+// The helper's clone, without the C library's wrapper (which sets errno,
+// a thread-local, on failure: before the library starts, there is none):
+// `rt_netns_helper_clone(stack_top, slot)` returns the helper's pid or
+// -errno. The helper starts on `stack_top` (16-byte aligned, so aligned for
+// the call), runs `helper_main(slot)` and exits with its return value;
+// r12, saved for the caller, carries `slot` across the clone.
+#[cfg(target_arch = "x86_64")]
+std::arch::global_asm!(
+    ".globl rt_netns_helper_clone",
+    ".type rt_netns_helper_clone,@function",
+    "rt_netns_helper_clone:",
+    "push r12",
+    "mov r12, rsi",
+    "mov rsi, rdi",
+    "mov edi, {flags}",
+    "xor edx, edx",
+    "xor r10d, r10d",
+    "xor r8d, r8d",
+    "mov eax, {clone}",
+    "syscall",
+    "test rax, rax",
+    "jz 2f",
+    "pop r12",
+    "ret",
+    "2:",
+    "xor ebp, ebp",
+    "mov rdi, r12",
+    "call {main}",
+    "mov edi, eax",
+    "mov eax, {exit}",
+    "syscall",
+    "ud2",
+    flags = const libc::CLONE_VM | libc::CLONE_FILES,
+    clone = const libc::SYS_clone,
+    exit = const libc::SYS_exit,
+    main = sym helper_main,
+);
+
+#[cfg(target_arch = "x86_64")]
+extern "C" {
+    fn rt_netns_helper_clone(stack_top: usize, slot: usize) -> isize;
+}
+
+/// A system call of up to six arguments, without the C library: the
 /// result, or -errno.
 #[cfg(target_arch = "x86_64")]
-fn raw(nr: i64, a: i64, b: i64, c: i64) -> i64 {
+fn raw(nr: i64, a: [i64; 6]) -> i64 {
     let ret: i64;
     // SAFETY: the `syscall` instruction with the kernel's x86-64 calling
     // convention; it clobbers rcx and r11 only. The calls made with it
-    // (close, unshare, write and read of our own buffers) touch no memory
-    // but the buffers passed.
+    // (unshare, openat, mmap and munmap of our own mapping, the affinity
+    // calls with our own buffers) touch no memory but what they are given.
     unsafe {
         std::arch::asm!(
             "syscall",
             inlateout("rax") nr => ret,
-            in("rdi") a,
-            in("rsi") b,
-            in("rdx") c,
+            in("rdi") a[0],
+            in("rsi") a[1],
+            in("rdx") a[2],
+            in("r10") a[3],
+            in("r8") a[4],
+            in("r9") a[5],
             lateout("rcx") _,
             lateout("r11") _,
             options(nostack),
@@ -281,17 +484,20 @@ fn raw(nr: i64, a: i64, b: i64, c: i64) -> i64 {
 }
 
 #[cfg(target_arch = "aarch64")]
-fn raw(nr: i64, a: i64, b: i64, c: i64) -> i64 {
+fn raw(nr: i64, a: [i64; 6]) -> i64 {
     let ret: i64;
     // SAFETY: `svc 0` with the kernel's arm64 calling convention (number in
-    // x8, arguments and result in x0..x2); see the x86-64 twin.
+    // x8, arguments in x0..x5, result in x0); see the x86-64 twin.
     unsafe {
         std::arch::asm!(
             "svc 0",
             in("x8") nr,
-            inlateout("x0") a => ret,
-            in("x1") b,
-            in("x2") c,
+            inlateout("x0") a[0] => ret,
+            in("x1") a[1],
+            in("x2") a[2],
+            in("x3") a[3],
+            in("x4") a[4],
+            in("x5") a[5],
             options(nostack),
         );
     }
@@ -352,6 +558,29 @@ mod tests {
         // Let it finish its work, so that there is a descriptor to close.
         std::thread::sleep(std::time::Duration::from_millis(50));
         drop(helper);
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
+        assert_eq!(ns_descriptors(), before);
+
+        // Started at the entry point: taken over once, by the next spawn.
+        // SAFETY: nothing here needs the process to be single-task; the
+        // helper makes raw system calls only.
+        unsafe { spawn_early() };
+        let helper = NetnsHelper::spawn().unwrap();
+        assert!(helper.early());
+        assert!(!NetnsHelper::spawn().unwrap().early());
+        let fd = helper.finish().unwrap().expect("a namespace");
+        let fd_path = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
+        assert_ne!(fd_path, ours);
+        drop(fd);
+        // Not taken: discarded, reaped, its descriptor closed.
+        // SAFETY: as above.
+        unsafe { spawn_early() };
+        let pid = EARLY_PID.load(Ordering::Relaxed);
+        assert!(pid > 0);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        // (Err in a multi-threaded test harness; it discards first either way.)
+        let _ = crate::single_threaded();
+        assert_eq!(EARLY_PID.load(Ordering::Relaxed), 0);
         assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
         assert_eq!(ns_descriptors(), before);
     }

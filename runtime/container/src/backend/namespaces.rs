@@ -29,7 +29,14 @@ impl Isolation for Namespaces {
     fn head_start(&self, skim: &crate::spec::Skim) -> HeadStart {
         let netns = parent::net_in_init(skim.namespaces(), skim.annotations.as_ref(), None)
             .then(|| match rt_sys::netns_helper::NetnsHelper::spawn() {
-                Ok(helper) => Some(helper),
+                Ok(helper) => {
+                    tracing::debug!(
+                        pid = helper.pid().as_raw(),
+                        early = helper.early(),
+                        "network namespace helper"
+                    );
+                    Some(helper)
+                }
                 Err(e) => {
                     tracing::debug!("no network namespace helper ({e}); the init makes its own");
                     None
