@@ -201,7 +201,9 @@ unsafe fn read_config(bundle: *const u8) -> Option<usize> {
     if !super::push(path, cap, &mut len, b"config.json\0") {
         return None;
     }
-    let flags = (libc::O_RDONLY | libc::O_CLOEXEC) as usize;
+    // Non-blocking: a FIFO (or a terminal) there must not hold us up; for
+    // a regular file it changes nothing.
+    let flags = (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NONBLOCK) as usize;
     // SAFETY: a NUL-terminated path of ours.
     let fd = unsafe { syscall(libc::SYS_open, [path as usize, flags, 0, 0, 0]) };
     if fd < 0 {
@@ -478,6 +480,27 @@ mod tests {
         assert_eq!(bundle(&["rt", "run", "id", "-b"]), None);
         // After "--", nothing is a flag.
         assert_eq!(bundle(&["rt", "run", "--", "-b", "/b"]), Some(None));
+    }
+
+    /// The bundle's config.json is read whole; a FIFO in its place does not
+    /// block (no writer: read as empty), a missing one is None.
+    #[test]
+    fn config_json_is_read_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = std::ffi::CString::new(dir.path().to_str().unwrap()).unwrap();
+        // SAFETY: a C string. One test reads into CONFIG at a time.
+        assert_eq!(unsafe { read_config(c.as_ptr().cast()) }, None);
+        std::fs::write(dir.path().join("config.json"), "{\"x\": 1}").unwrap();
+        // SAFETY: as above.
+        assert_eq!(unsafe { read_config(c.as_ptr().cast()) }, Some(8));
+        std::fs::remove_file(dir.path().join("config.json")).unwrap();
+        nix::unistd::mkfifo(
+            &dir.path().join("config.json"),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        // SAFETY: as above.
+        assert_eq!(unsafe { read_config(c.as_ptr().cast()) }, Some(0));
     }
 
     #[test]
