@@ -561,6 +561,12 @@ mod tests {
         assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
         assert_eq!(ns_descriptors(), before);
 
+        #[cfg(target_arch = "x86_64")]
+        early(&ours, before);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn early(ours: &std::path::Path, before: usize) {
         // Started at the entry point: taken over once, by the next spawn.
         // SAFETY: nothing here needs the process to be single-task; the
         // helper makes raw system calls only.

@@ -118,9 +118,12 @@ fn init(launch: &Launch<'_>, chan: &ChildEnd, mut fifo: File) -> Result<Infallib
     } else {
         None
     };
-    // Compiled now: with a direct clone, while the parent still makes the
-    // cgroup.
-    let filters = user_process::compile_seccomp(linux)?;
+    // Compiled now, with a direct clone while the parent still makes the
+    // cgroup, unless the parent had time to before the clone.
+    let filters = match launch.seccomp.take() {
+        Some(filters) => filters,
+        None => user_process::compile_seccomp(linux)?,
+    };
     // The mounts so far need no cgroup; the rest may show it (the cgroup
     // mount) or be checked by its device rules (the nodes).
     if launch.cgroups_pending {

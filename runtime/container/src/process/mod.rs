@@ -67,6 +67,10 @@ pub struct Launch<'a> {
     pub netns: Option<std::os::fd::BorrowedFd<'a>>,
     /// The parent was single-threaded when it forked the stage.
     pub one_thread: rt_sys::SingleThreaded,
+    /// The process's seccomp profile, compiled by the parent while it
+    /// waited for the network namespace helper (the init takes it instead
+    /// of compiling it cold); None: the init compiles it.
+    pub seccomp: std::cell::RefCell<Option<crate::seccomp::Filters>>,
 }
 
 /// Formats an error with its sources, once, as `a: b: c`.

@@ -109,10 +109,18 @@ pub fn create(sandbox: Sandbox<'_>, state: &mut State) -> Result<Created> {
     // While the helper still works, the cgroup directories the parent
     // would make after the clone; then it is reaped, before the fork, so
     // that the process is alone in its memory again.
+    let mut seccomp = None;
     if let (Some(helper), Some(_)) = (&helper, direct) {
         let stepped = fill_wait(helper, &mut *cgroup);
         record_cgroup(state, &*cgroup);
         stepped?;
+        // Still waiting: the seccomp profile too, which the init would
+        // compile after the clone (cold there: its first touches of the
+        // compiler's code and a copy-on-write heap). A profile that does
+        // not compile is left to the init, which reports it as before.
+        if !helper.done() {
+            seccomp = super::user_process::compile_seccomp(linux).ok();
+        }
     }
     let netns = match helper {
         Some(helper) => helper.finish().unwrap_or_else(|e| {
@@ -140,6 +148,7 @@ pub fn create(sandbox: Sandbox<'_>, state: &mut State) -> Result<Created> {
         net_in_init,
         netns: netns.as_ref().map(|fd| fd.as_fd()),
         one_thread,
+        seccomp: std::cell::RefCell::new(seccomp),
     };
     let (chan, child_end) = channel::pair()?;
     let first = match direct {
