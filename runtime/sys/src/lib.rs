@@ -515,14 +515,30 @@ pub fn openat2_mode(
     mode: nix::sys::stat::Mode,
     resolve: nix::fcntl::ResolveFlag,
 ) -> std::result::Result<OwnedFd, Errno> {
-    let how = nix::fcntl::OpenHow::new()
-        .flags(flags | nix::fcntl::OFlag::O_CLOEXEC)
-        .mode(mode)
-        .resolve(resolve);
-    let fd = nix::fcntl::openat2(dir.as_raw_fd(), path, how)?;
+    use nix::fcntl::ResolveFlag;
+    // Scoped, a walk through ".." fails with EAGAIN when any rename or
+    // mount happened anywhere on the system meanwhile (the kernel cannot
+    // then tell that it stayed inside), and the kernel asks the caller to
+    // retry; a busy host (parallel containers mounting) meets it.
+    let scoped = resolve.intersects(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_BENEATH);
+    let mut retries = 0;
+    let fd = loop {
+        let how = nix::fcntl::OpenHow::new()
+            .flags(flags | nix::fcntl::OFlag::O_CLOEXEC)
+            .mode(mode)
+            .resolve(resolve);
+        match nix::fcntl::openat2(dir.as_raw_fd(), path, how) {
+            Err(Errno::EAGAIN) if scoped && retries < OPENAT2_RETRIES => retries += 1,
+            other => break other?,
+        }
+    };
     // SAFETY: openat2 returned a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
+
+/// How often [`openat2_mode`] retries a scoped walk the kernel could not
+/// vouch for (EAGAIN), as libpathrs and filepath-securejoin do.
+const OPENAT2_RETRIES: u32 = 128;
 
 /// fsetxattr(2): sets extended attribute `name` on the open file `fd`.
 pub fn fsetxattr(fd: BorrowedFd<'_>, name: &str, value: &[u8]) -> std::result::Result<(), Errno> {
@@ -756,6 +772,51 @@ mod tests {
     fn last_cap_is_the_kernels() {
         let text = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap").unwrap();
         assert_eq!(last_cap(), Some(text.trim().parse().unwrap()));
+    }
+
+    /// A scoped walk through ".." while renames happen elsewhere on the
+    /// system: the kernel's EAGAIN is retried, never returned (it was,
+    /// and failed a container's mount whose target went through "..").
+    #[test]
+    fn scoped_walks_survive_renames_elsewhere() {
+        use nix::fcntl::{OFlag, ResolveFlag};
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("a/b")).unwrap();
+        std::os::unix::fs::symlink("../..", root.path().join("a/b/up")).unwrap();
+        let dir = std::fs::File::open(root.path()).unwrap();
+        let churn = tempfile::tempdir().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let renamer = {
+            let stop = stop.clone();
+            let (x, y) = (churn.path().join("x"), churn.path().join("y"));
+            std::fs::create_dir(&x).unwrap();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::fs::rename(&x, &y).unwrap();
+                    std::fs::rename(&y, &x).unwrap();
+                }
+            })
+        };
+        let mut failed = Vec::new();
+        for _ in 0..5000 {
+            let r = openat2(
+                std::os::fd::AsFd::as_fd(&dir),
+                std::path::Path::new("a/b/up/a/../a/b"),
+                OFlag::O_PATH,
+                ResolveFlag::RESOLVE_IN_ROOT,
+            );
+            if let Err(e) = r {
+                failed.push(e);
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        renamer.join().unwrap();
+        assert!(
+            failed.is_empty(),
+            "{} walks failed: {:?}",
+            failed.len(),
+            failed[0]
+        );
     }
 
     #[test]
