@@ -432,6 +432,30 @@ mod tests {
         assert!(!wants(&json), "{json}");
     }
 
+    /// The scanner runs before the C library: it must never panic, on
+    /// any text. Every truncation of the namespaces array and of what
+    /// follows it, and every one of its bytes replaced by JSON's
+    /// punctuation, is answered.
+    #[test]
+    fn no_text_makes_the_guess_panic() {
+        let json = r#"{"annotations":{"a":"b"},"linux":{"namespaces":[{"type":"pid"},{"type":"network","path":""},{"type":"mount"}],"x":[1]}}"#;
+        let at = json.find("\"namespaces\"").unwrap();
+        for end in at..=json.len() {
+            wants(&json[..end]);
+        }
+        let bytes = json.as_bytes();
+        for i in at..bytes.len() {
+            for c in *b"\"\\:,{}[] x" {
+                let mut v = bytes.to_vec();
+                v[i] = c;
+                wants_netns(&Text {
+                    p: v.as_ptr(),
+                    len: v.len(),
+                });
+            }
+        }
+    }
+
     fn cstrings(args: &[&str]) -> (Vec<std::ffi::CString>, Vec<*const u8>) {
         let owned: Vec<_> = args
             .iter()
