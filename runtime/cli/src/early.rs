@@ -18,6 +18,10 @@
 //! the empty-directory layer, the sealed memfd, the errors. Returning is
 //! always safe, since `main` checks again; a wrong re-exec costs only time.
 //!
+//! In the process that goes on (the re-executed one, or one already on a
+//! read-only mount), a `run` or `create` may also start the network
+//! namespace helper here ([`netns`]).
+//!
 //! Nothing here may touch what the C library has not set up yet: no thread
 //! locals, no allocation, no panics, and no call to `memcpy`, `memset`,
 //! `memcmp` or `strlen`, which a static glibc resolves (IFUNC) only in
@@ -200,8 +204,10 @@ unsafe extern "C" fn early(sp: *const usize) {
         }
     }
     // SAFETY: the arguments are valid for each call; the buffers are ours.
-    // Returning true, this is the image that does the work.
-    // A sealed copy is main's to check (it may still re-execute).
+    // True: this process does not re-execute here. The network namespace
+    // helper starts only from a binary on a read-only mount (the overlay,
+    // or a read-only install): a sealed copy is main's to check, and main
+    // may still re-execute, which would leave the helper behind.
     if unsafe { reexec(argv, envp, nenv, has_rt_exe) } && PROTECTED.load(Ordering::Relaxed) {
         // SAFETY: argv holds argc C strings; we are the only task.
         unsafe { netns::start_if_wanted(argc, argv) };
