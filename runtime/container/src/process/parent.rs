@@ -106,29 +106,7 @@ pub fn create(sandbox: Sandbox<'_>, state: &mut State) -> Result<Created> {
     if direct.is_none() {
         limit(&*cgroup, linux)?;
     }
-    // While the helper still works, the cgroup directories the parent
-    // would make after the clone; then it is reaped, before the fork, so
-    // that the process is alone in its memory again.
-    let mut seccomp = None;
-    if let (Some(helper), Some(_)) = (&helper, direct) {
-        let stepped = fill_wait(helper, &mut *cgroup);
-        record_cgroup(state, &*cgroup);
-        stepped?;
-        // Still waiting: the seccomp profile too, which the init would
-        // compile after the clone (cold there: its first touches of the
-        // compiler's code and a copy-on-write heap). A profile that does
-        // not compile is left to the init, which reports it as before.
-        if !helper.done() {
-            seccomp = super::user_process::compile_seccomp(linux).ok();
-        }
-    }
-    let netns = match helper {
-        Some(helper) => helper.finish().unwrap_or_else(|e| {
-            tracing::debug!("network namespace helper: {e}; the init makes its own");
-            None
-        }),
-        None => None,
-    };
+    let (netns, seccomp) = await_helper(helper, direct.is_some(), state, &mut *cgroup, linux)?;
     let record = cgroup.record();
     let (cgroup_dirs, cgroup_unified) = cgroup_mount_dirs(layout, &record.path);
     let one_thread = rt_sys::single_threaded().map_err(Error::Fork)?;
@@ -210,6 +188,43 @@ pub fn create(sandbox: Sandbox<'_>, state: &mut State) -> Result<Created> {
         }
     }
     result
+}
+
+/// The network namespace helper's namespace, and the work done while it
+/// was made: while it still works (with a direct clone), the cgroup
+/// directories the parent would make after the clone, and then the seccomp
+/// profile, which the init would compile after the clone (cold there: its
+/// first touches of the compiler's code and a copy-on-write heap; a profile
+/// that does not compile is left to the init, which reports it as before).
+/// The helper is reaped before the fork, so that the process is alone in
+/// its memory again.
+fn await_helper(
+    helper: Option<rt_sys::netns_helper::NetnsHelper>,
+    direct: bool,
+    state: &mut State,
+    cgroup: &mut dyn rt_cgroups::Manager,
+    linux: &oci_spec::runtime::Linux,
+) -> Result<(
+    Option<std::os::fd::OwnedFd>,
+    Option<crate::seccomp::Filters>,
+)> {
+    let Some(helper) = helper else {
+        return Ok((None, None));
+    };
+    let mut seccomp = None;
+    if direct {
+        let stepped = fill_wait(&helper, cgroup);
+        record_cgroup(state, cgroup);
+        stepped?;
+        if !helper.done() {
+            seccomp = super::user_process::compile_seccomp(linux).ok();
+        }
+    }
+    let netns = helper.finish().unwrap_or_else(|e| {
+        tracing::debug!("network namespace helper: {e}; the init makes its own");
+        None
+    });
+    Ok((netns, seccomp))
 }
 
 /// Makes cgroup directories one at a time while `helper` has not finished
