@@ -30,7 +30,7 @@
 
 mod netns;
 
-use core::arch::{asm, global_asm};
+use core::arch::global_asm;
 use core::cell::UnsafeCell;
 use core::ptr::{read_volatile, write_volatile};
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -74,24 +74,23 @@ static LOWER: Buf<[u8; PATH_MAX + 64]> = Buf(UnsafeCell::new([0; PATH_MAX + 64])
 static RT_EXE: Buf<[u8; PATH_MAX + 8]> = Buf(UnsafeCell::new([0; PATH_MAX + 8]));
 static ENVP: Buf<[*const u8; MAX_ENV + 2]> = Buf(UnsafeCell::new([core::ptr::null(); MAX_ENV + 2]));
 
-/// A raw system call; negative returns are -errno.
+/// A raw system call ([`rt_sys::raw::syscall`]); negative returns are
+/// -errno.
 ///
 /// # Safety
 /// The arguments must be valid for system call `n`.
+#[inline(always)]
 unsafe fn syscall(n: i64, a: [usize; 5]) -> isize {
-    let ret: isize;
-    // SAFETY: the caller passes arguments valid for `n`; the syscall
-    // instruction clobbers only rcx and r11, declared here.
-    unsafe {
-        asm!(
-            "syscall",
-            inlateout("rax") n as isize => ret,
-            in("rdi") a[0], in("rsi") a[1], in("rdx") a[2], in("r10") a[3], in("r8") a[4],
-            lateout("rcx") _, lateout("r11") _,
-            options(nostack),
-        );
-    }
-    ret
+    let a = [
+        a[0] as i64,
+        a[1] as i64,
+        a[2] as i64,
+        a[3] as i64,
+        a[4] as i64,
+        0,
+    ];
+    // SAFETY: the caller passes arguments valid for `n`.
+    unsafe { rt_sys::raw::syscall(n, a) as isize }
 }
 
 fn close(fd: isize) {

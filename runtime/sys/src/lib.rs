@@ -6,6 +6,7 @@
 pub mod bpf;
 pub mod mountapi;
 pub mod netns_helper;
+pub mod raw;
 pub mod spawn;
 pub mod spread;
 

@@ -456,52 +456,14 @@ extern "C" {
     fn rt_netns_helper_clone(stack_top: usize, slot: usize) -> isize;
 }
 
-/// A system call of up to six arguments, without the C library: the
-/// result, or -errno.
-#[cfg(target_arch = "x86_64")]
+/// [`crate::raw::syscall`] for the calls made here (unshare, openat, mmap
+/// and munmap of our own mapping, the affinity calls with our own buffers),
+/// which touch no memory but what they are given.
+#[inline(always)]
 fn raw(nr: i64, a: [i64; 6]) -> i64 {
-    let ret: i64;
-    // SAFETY: the `syscall` instruction with the kernel's x86-64 calling
-    // convention; it clobbers rcx and r11 only. The calls made with it
-    // (unshare, openat, mmap and munmap of our own mapping, the affinity
-    // calls with our own buffers) touch no memory but what they are given.
-    unsafe {
-        std::arch::asm!(
-            "syscall",
-            inlateout("rax") nr => ret,
-            in("rdi") a[0],
-            in("rsi") a[1],
-            in("rdx") a[2],
-            in("r10") a[3],
-            in("r8") a[4],
-            in("r9") a[5],
-            lateout("rcx") _,
-            lateout("r11") _,
-            options(nostack),
-        );
-    }
-    ret
-}
-
-#[cfg(target_arch = "aarch64")]
-fn raw(nr: i64, a: [i64; 6]) -> i64 {
-    let ret: i64;
-    // SAFETY: `svc 0` with the kernel's arm64 calling convention (number in
-    // x8, arguments in x0..x5, result in x0); see the x86-64 twin.
-    unsafe {
-        std::arch::asm!(
-            "svc 0",
-            in("x8") nr,
-            inlateout("x0") a[0] => ret,
-            in("x1") a[1],
-            in("x2") a[2],
-            in("x3") a[3],
-            in("x4") a[4],
-            in("x5") a[5],
-            options(nostack),
-        );
-    }
-    ret
+    // SAFETY: as above: every call site passes arguments valid for `nr`,
+    // pointing only into its own buffers or mapping.
+    unsafe { crate::raw::syscall(nr, a) }
 }
 
 #[cfg(test)]
