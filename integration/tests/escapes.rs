@@ -25,13 +25,20 @@ fn sha(path: &Path) -> Vec<u8> {
 /// read-only overlay of its directory (or, as the fallback, a sealed memfd
 /// copy), so the write fails and the binary on disk is intact. Every path
 /// is attacked: the default (the overlay, mounted at rt's ELF entry point
-/// before glibc starts), the overlay as `main` mounts it (forced, as for
+/// before glibc starts, over /dev, or over a tmpfs when the binary is under
+/// /dev), the overlay as `main` mounts it (forced, as for
 /// every fallback), the memfd, and a read-only install (the binary on a
 /// read-only bind mount), from which rt runs as it is, without re-executing.
 #[test]
 fn cve_2019_5736_runtime_binary_cannot_be_overwritten() {
     need_root!();
-    for protection in ["default", "overlay", "memfd", "read-only install"] {
+    for protection in [
+        "default",
+        "default, under /dev",
+        "overlay",
+        "memfd",
+        "read-only install",
+    ] {
         attack_runtime_binary(protection);
     }
 }
@@ -50,7 +57,13 @@ impl Drop for Unmount {
 
 fn attack_runtime_binary(protection: &str) {
     // Attack a copy, so that a vulnerable rt does not break the other tests.
-    let dir = tempfile::tempdir().unwrap();
+    // Under /dev, the overlay's second layer cannot be /dev itself (the
+    // entry point's choice elsewhere): it is a tmpfs.
+    let dir = if protection.ends_with("under /dev") {
+        tempfile::tempdir_in("/dev/shm").unwrap()
+    } else {
+        tempfile::tempdir().unwrap()
+    };
     let rt_copy = dir.path().join("rt");
     std::fs::copy(rt_testsupport::rt_bin(), &rt_copy).unwrap();
     let before = sha(&rt_copy);

@@ -61,6 +61,9 @@ global_asm!(
 pub static PROTECTED: AtomicBool = AtomicBool::new(false);
 
 const PATH_MAX: usize = 4096;
+/// The overlay's (and its tmpfs layer's) mount attributes.
+const RO: usize =
+    (libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV) as usize;
 const MAX_ENV: usize = 2048;
 
 /// A buffer in .bss: zeroed by the kernel, so nothing has to clear it.
@@ -225,8 +228,6 @@ unsafe fn reexec(
     nenv: usize,
     has_rt_exe: bool,
 ) -> bool {
-    const RO: usize =
-        (libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV) as usize;
     let cloexec = (libc::O_RDONLY | libc::O_CLOEXEC) as usize;
     let exe = c"/proc/self/exe".as_ptr() as usize;
     // 1. Already protected? A sealed memfd or a read-only mount is main's
@@ -288,27 +289,19 @@ unsafe fn reexec(
     if slash == n || slash + 1 == n || unsafe { read_volatile(path) } != b'/' {
         return false;
     }
-    // 3. The empty layer: a detached tmpfs.
-    // SAFETY: a valid file system name and flags.
-    let fs = unsafe { syscall(libc::SYS_fsopen, [c"tmpfs".as_ptr() as usize, 1, 0, 0, 0]) };
-    if fs < 0 {
-        return false;
-    }
-    // SAFETY: FSCONFIG_CMD_CREATE takes no key or value.
-    let rc = unsafe { syscall(libc::SYS_fsconfig, [fs as usize, 6, 0, 0, 0]) };
-    let empty = if rc == 0 {
-        // SAFETY: fsmount takes integers only.
-        unsafe { syscall(libc::SYS_fsmount, [fs as usize, 1, RO, 0, 0]) }
+    // 3. The overlay. Its second layer is /dev when that cannot overlap
+    //    the binary's directory; else (or if that fails) a detached tmpfs.
+    // SAFETY: PATH holds the path, `slash` its last slash.
+    let mut root = if unsafe { dev_apart(path, slash) } {
+        // SAFETY: the buffers are valid; the layer is a C string.
+        unsafe { overlay(path, slash, Layer::Dev) }
     } else {
         -1
     };
-    close(fs);
-    if empty < 0 {
-        return false;
+    if root < 0 {
+        // SAFETY: the buffers are valid; every descriptor is closed here.
+        root = unsafe { overlay_on_tmpfs(path, slash) };
     }
-    // SAFETY: the buffers are valid; every descriptor is closed on return.
-    let root = unsafe { overlay(path, slash, empty as usize) };
-    close(empty);
     if root < 0 {
         return false;
     }
@@ -347,14 +340,85 @@ unsafe fn reexec(
     false
 }
 
-/// The read-only overlay of `path[..slash]` over the detached `empty`
-/// mount; its root's descriptor, or a negative errno.
+/// The overlay's second (lower, never seen) layer: overlayfs mounts
+/// read-only only with two layers, and the binary's directory is the top
+/// one, so the other's content is masked wherever it matters (the
+/// binary's name) and is reachable from nothing else (only
+/// `/proc/<pid>/exe` names a file in the overlay).
+#[derive(Clone, Copy)]
+enum Layer {
+    /// /dev, which is there already: no tmpfs to make, and none to
+    /// dissolve (an expedited RCU grace period each, when its descriptor
+    /// closes and when rt exits).
+    Dev,
+    /// A detached, empty, read-only tmpfs, by its descriptor.
+    Tmpfs(usize),
+}
+
+/// Whether /dev and the binary's directory `path[..slash]` are apart: the
+/// directory is not `/`, /dev or under it, so neither layer can be an
+/// ancestor of the other on a host whose /dev is not a mount of its own
+/// (overlayfs refuses overlapping layers, and says so in the kernel log).
 ///
 /// # Safety
 /// `path` is PATH, `slash` the index of its last slash.
-unsafe fn overlay(path: *const u8, slash: usize, empty: usize) -> isize {
-    const RO: usize =
-        (libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV) as usize;
+unsafe fn dev_apart(path: *const u8, slash: usize) -> bool {
+    const DEV: &[u8] = b"/dev";
+    if slash == 0 {
+        return false;
+    }
+    if slash < DEV.len() {
+        return true;
+    }
+    let mut i = 0;
+    while i < DEV.len() {
+        // SAFETY: i < 4 <= slash, within the path.
+        if unsafe { read_volatile(path.add(i)) } != DEV[i] {
+            return true;
+        }
+        i += 1;
+    }
+    // "/dev" itself or "/dev/...": not apart; "/devices" and the like are.
+    // SAFETY: DEV.len() <= slash, within the path.
+    let next = unsafe { read_volatile(path.add(DEV.len())) };
+    slash > DEV.len() && next != b'/'
+}
+
+/// [`overlay`] over a detached tmpfs made for it (closed here, once the
+/// overlay holds its own reference).
+///
+/// # Safety
+/// As [`overlay`].
+unsafe fn overlay_on_tmpfs(path: *const u8, slash: usize) -> isize {
+    // SAFETY: a valid file system name and flags.
+    let fs = unsafe { syscall(libc::SYS_fsopen, [c"tmpfs".as_ptr() as usize, 1, 0, 0, 0]) };
+    if fs < 0 {
+        return fs;
+    }
+    // SAFETY: FSCONFIG_CMD_CREATE takes no key or value.
+    let rc = unsafe { syscall(libc::SYS_fsconfig, [fs as usize, 6, 0, 0, 0]) };
+    let empty = if rc == 0 {
+        // SAFETY: fsmount takes integers only.
+        unsafe { syscall(libc::SYS_fsmount, [fs as usize, 1, RO, 0, 0]) }
+    } else {
+        rc
+    };
+    close(fs);
+    if empty < 0 {
+        return empty;
+    }
+    // SAFETY: as the caller guarantees; `empty` is our descriptor.
+    let root = unsafe { overlay(path, slash, Layer::Tmpfs(empty as usize)) };
+    close(empty);
+    root
+}
+
+/// The read-only overlay of `path[..slash]` over `layer`; its root's
+/// descriptor, or a negative errno.
+///
+/// # Safety
+/// `path` is PATH, `slash` the index of its last slash.
+unsafe fn overlay(path: *const u8, slash: usize, layer: Layer) -> isize {
     let lower = LOWER.0.get() as *mut u8;
     let cap = PATH_MAX + 63; // one byte left for the NUL (bss is zeroed)
     let mut len = 0;
@@ -366,8 +430,13 @@ unsafe fn overlay(path: *const u8, slash: usize, empty: usize) -> isize {
             return -1;
         }
     }
-    if !push(lower, cap, &mut len, b":/proc/self/fd/") || !push_decimal(lower, cap, &mut len, empty)
-    {
+    let pushed = match layer {
+        Layer::Dev => push(lower, cap, &mut len, b":/dev"),
+        Layer::Tmpfs(fd) => {
+            push(lower, cap, &mut len, b":/proc/self/fd/") && push_decimal(lower, cap, &mut len, fd)
+        }
+    };
+    if !pushed {
         return -1;
     }
     // SAFETY: len <= cap < the buffer's size.
@@ -428,4 +497,34 @@ unsafe fn environment(
     // RT_EXE's NUL is too (len < its size).
     unsafe { write_volatile(out.add(nenv), var as *const u8) };
     Some(out as *const *const u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// /dev is the overlay's second layer only where it cannot overlap the
+    /// binary's directory (overlayfs would refuse, and log it).
+    #[test]
+    fn dev_is_a_layer_only_apart_from_the_binary() {
+        let apart = |exe: &str| {
+            let slash = exe.rfind('/').unwrap();
+            let c = std::ffi::CString::new(exe).unwrap();
+            // SAFETY: a NUL-terminated path; `slash` is its last slash.
+            unsafe { dev_apart(c.as_ptr().cast(), slash) }
+        };
+        for exe in [
+            "/usr/bin/rt",
+            "/a/rt",
+            "/ab/rt",
+            "/tmp/x/rt",
+            "/devices/rt",
+            "/de/rt",
+        ] {
+            assert!(apart(exe), "{exe}");
+        }
+        for exe in ["/rt", "/dev/rt", "/dev/shm/rt", "/dev/shm/a/rt"] {
+            assert!(!apart(exe), "{exe}");
+        }
+    }
 }
