@@ -12,8 +12,8 @@
 //! the kernel (or the dynamic loader) left them.
 //!
 //! [`early`] handles the common case only: root (or CAP_SYS_ADMIN), a kernel
-//! that takes a detached tmpfs as the overlay's empty layer, and no
-//! `RT_SELF_PROTECTION`. Anything else (a failed syscall, an odd path, a full
+//! that mounts the overlay (over /dev, or over a detached tmpfs where /dev
+//! would overlap the binary's directory), and no `RT_SELF_PROTECTION`. Anything else (a failed syscall, an odd path, a full
 //! buffer) returns, and `main` does what it always did: the same overlay,
 //! the empty-directory layer, the sealed memfd, the errors. Returning is
 //! always safe, since `main` checks again; a wrong re-exec costs only time.
