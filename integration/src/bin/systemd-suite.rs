@@ -159,8 +159,9 @@ fn main() -> anyhow::Result<()> {
     eprintln!("systemd-suite: building rt and the tests");
     let debug_rt = rt_integration::suite::build_rt()?;
     // Stripped: a debug rt is ~180 MB, and where its read-only overlay
-    // cannot be made (Debian 12's 6.1 kernel refuses a detached layer) rt
-    // protects itself with a sealed copy per command, slow under TCG.
+    // cannot be made rt protects itself with a sealed copy per command,
+    // slow under TCG. (Debian 12's 6.1 kernel refuses a detached layer;
+    // the overlay's layers there are /dev or an empty directory.)
     let rt = work.join("rt");
     let status = Command::new("strip")
         .arg("-o")
