@@ -13,10 +13,11 @@
 //!
 //! [`early`] handles the common case only: root (or CAP_SYS_ADMIN), a kernel
 //! that mounts the overlay (over /dev, or over a detached tmpfs where /dev
-//! would overlap the binary's directory), and no `RT_SELF_PROTECTION`. Anything else (a failed syscall, an odd path, a full
-//! buffer) returns, and `main` does what it always did: the same overlay,
-//! the empty-directory layer, the sealed memfd, the errors. Returning is
-//! always safe, since `main` checks again; a wrong re-exec costs only time.
+//! would overlap the binary's directory), and no `RT_SELF_PROTECTION`.
+//! Anything else (a failed syscall, an odd path, a full buffer) returns,
+//! and `main` does what it always did: the same overlay, the
+//! empty-directory layer, the sealed memfd, the errors. Returning is always
+//! safe, since `main` checks again; a wrong re-exec costs only time.
 //!
 //! In the process that goes on (the re-executed one, or one already on a
 //! read-only mount), a `run` or `create` may also start the network
@@ -363,25 +364,11 @@ enum Layer {
 /// # Safety
 /// `path` is PATH, `slash` the index of its last slash.
 unsafe fn dev_apart(path: *const u8, slash: usize) -> bool {
-    const DEV: &[u8] = b"/dev";
-    if slash == 0 {
-        return false;
-    }
-    if slash < DEV.len() {
-        return true;
-    }
-    let mut i = 0;
-    while i < DEV.len() {
-        // SAFETY: i < 4 <= slash, within the path.
-        if unsafe { read_volatile(path.add(i)) } != DEV[i] {
-            return true;
-        }
-        i += 1;
-    }
-    // "/dev" itself or "/dev/...": not apart; "/devices" and the like are.
-    // SAFETY: DEV.len() <= slash, within the path.
-    let next = unsafe { read_volatile(path.add(DEV.len())) };
-    slash > DEV.len() && next != b'/'
+    // SAFETY: PATH is NUL-terminated; byte 4 is read only after "/dev"
+    // matched bytes 0..4, so it is within the string or its NUL.
+    let under_dev = unsafe { starts_with(path, b"/dev", false) }
+        && (slash == 4 || unsafe { at(path, 4) } == b'/');
+    slash != 0 && !under_dev
 }
 
 /// [`overlay`] over a detached tmpfs made for it (closed here, once the
