@@ -463,6 +463,34 @@ fn spec_and_features() {
     assert_eq!(f["linux"]["cgroup"]["systemd"], true);
 }
 
+/// rt started with a standard descriptor closed (here stdout) puts
+/// /dev/null in its place before it opens anything (as Rust's start-up did before rt's own
+/// `main` replaced it): the log file must not become descriptor 1 and
+/// receive `list`'s table.
+#[test]
+fn closed_standard_descriptors_are_not_reused() {
+    use std::os::unix::process::CommandExt;
+    let root = Root::new();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("rt.log");
+    let mut cmd = root.cmd();
+    cmd.args(["--log", log.to_str().unwrap(), "list"]);
+    // SAFETY: close(2) is async-signal-safe, as pre_exec requires.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::close(1);
+            Ok(())
+        })
+    };
+    let status = cmd.status().unwrap();
+    assert!(status.success(), "{status}");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        !text.contains("STATUS"),
+        "the table went to the log: {text}"
+    );
+}
+
 /// A caller that stops reading (`rt list | head -1`) ends rt's printing
 /// commands by SIGPIPE, as it ends runc, instead of a panic's message and
 /// backtrace (they panicked on the EPIPE before).
