@@ -9,9 +9,9 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use tracing::field::{Field, Visit};
-use tracing::{Event, Level, Subscriber};
-use tracing_subscriber::layer::{Context, SubscriberExt};
-use tracing_subscriber::Layer;
+use tracing::level_filters::LevelFilter;
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Event, Level, Metadata, Subscriber};
 
 struct Line {
     sink: Mutex<Box<dyn Write + Send>>,
@@ -39,8 +39,30 @@ impl Visit for Message {
     }
 }
 
-impl<S: Subscriber> Layer<S> for Line {
-    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+/// The subscriber itself: rt records no spans, so there is no span
+/// registry (tracing-subscriber's allocates its slab on every start, some
+/// thirty kilobytes of fresh heap), and the level filter is the subscriber's
+/// own hint, so that a disabled `debug!` costs a comparison rather than its
+/// callsite's registration.
+impl Subscriber for Line {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        *metadata.level() <= self.max
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        Some(LevelFilter::from_level(self.max))
+    }
+
+    // Spans are accepted and forgotten: one id for all, nothing recorded.
+    fn new_span(&self, _span: &Attributes<'_>) -> Id {
+        Id::from_u64(1)
+    }
+
+    fn record(&self, _span: &Id, _values: &Record<'_>) {}
+
+    fn record_follows_from(&self, _span: &Id, _follows: &Id) {}
+
+    fn event(&self, event: &Event<'_>) {
         let level = *event.metadata().level();
         if level > self.max {
             return;
@@ -60,6 +82,10 @@ impl<S: Subscriber> Layer<S> for Line {
             let _ = sink.flush();
         }
     }
+
+    fn enter(&self, _span: &Id) {}
+
+    fn exit(&self, _span: &Id) {}
 }
 
 /// Installs the logger. Returns whether log lines go to a file (errors are
@@ -89,12 +115,11 @@ pub fn init(log: Option<&Path>, json: bool, debug: bool) -> anyhow::Result<bool>
     } else {
         Level::WARN
     };
-    let layer = Line {
+    let subscriber = Line {
         sink: Mutex::new(sink),
         json,
         max,
     };
-    let subscriber = tracing_subscriber::registry().with(layer);
     tracing::subscriber::set_global_default(subscriber)?;
     Ok(to_file)
 }
