@@ -47,14 +47,18 @@ pub fn main(dir: &Path, op: &Path, terminal: bool) -> ! {
         }
     };
     match start(dir, op, terminal) {
-        Ok((conn, reader, pid)) => {
+        Ok((conn, reader, started)) => {
             let _ = supervisor::answer_on(
                 sync,
                 &Answer {
-                    guest_pid: Some(pid),
+                    guest_pid: Some(started.pid),
                     ..Answer::default()
                 },
             );
+            if let Some(status) = started.exited {
+                // Its output came before its exit, and has been written.
+                stdio::exit_as(status)
+            }
             relay(conn, reader, terminal)
         }
         Err(e) => {
@@ -70,7 +74,22 @@ pub fn main(dir: &Path, op: &Path, terminal: bool) -> ! {
     }
 }
 
-fn start(dir: &Path, op: &Path, terminal: bool) -> Result<(Arc<Conn>, UnixStream, i32), VmError> {
+/// The agent's answer to the exec request.
+#[derive(Debug, PartialEq, Eq)]
+struct Started {
+    /// The process's pid in the guest.
+    pid: i32,
+    /// Its wait status, when it ended before the reply came: the agent
+    /// sends the exit from the thread that watches the process, which can
+    /// overtake the reply of the thread that started it.
+    exited: Option<i32>,
+}
+
+fn start(
+    dir: &Path,
+    op: &Path,
+    terminal: bool,
+) -> Result<(Arc<Conn>, UnixStream, Started), VmError> {
     let text = std::fs::read(op).map_err(|source| VmError::Io {
         what: "reading",
         path: op.to_path_buf(),
@@ -89,17 +108,28 @@ fn start(dir: &Path, op: &Path, terminal: bool) -> Result<(Arc<Conn>, UnixStream
         next: AtomicU64::new(2),
     });
     conn.send_frame(&Frame::message(&ToGuest::Request { req: 1, op }))?;
+    let started = await_reply(&mut reader)?;
+    Ok((conn, reader, started))
+}
+
+/// Reads until the reply to request 1, writing out the process's output
+/// meanwhile and keeping its exit should that come first.
+fn await_reply(reader: &mut UnixStream) -> Result<Started, VmError> {
+    let mut exited = None;
     loop {
-        let f = Frame::read_from(&mut reader)?;
+        let f = Frame::read_from(reader)?;
         match f.kind {
-            Kind::Message => {
-                if let Ok(ToHost::Reply { req: 1, reply }) = f.parse() {
+            Kind::Message => match f.parse() {
+                Ok(ToHost::Reply { req: 1, reply }) => {
                     if let Some(e) = reply.error {
                         return Err(VmError::Guest(e));
                     }
-                    return Ok((conn, reader, reply.pid.unwrap_or(0)));
+                    let pid = reply.pid.unwrap_or(0);
+                    return Ok(Started { pid, exited });
                 }
-            }
+                Ok(ToHost::Exited { proc: 1, status }) => exited = Some(status),
+                _ => {}
+            },
             Kind::Data => stdio::write_out(channel::split(f.stream).1, &f.payload),
             Kind::Eof => {}
         }
@@ -143,5 +173,60 @@ fn relay(conn: Arc<Conn>, mut reader: UnixStream, terminal: bool) -> ! {
             // The supervisor (the VM) is gone: the process died with it.
             Err(_) => rt_sys::die_of(libc::SIGKILL),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rt_vm::channel::Reply;
+
+    /// The agent's exit report for a quick process can overtake its reply
+    /// to the exec request (they come from two threads); the relay then
+    /// waited for an exit that had already gone by, and `rt exec` (and
+    /// `podman exec`) hung for good once in a full test run.
+    #[test]
+    fn an_exit_before_the_reply_is_kept() {
+        let (mut ours, mut agent) = UnixStream::pair().unwrap();
+        let exited = Frame::message(&ToHost::Exited {
+            proc: 1,
+            status: 7 << 8,
+        });
+        exited.write_to(&mut agent).unwrap();
+        let reply = Frame::message(&ToHost::Reply {
+            req: 1,
+            reply: Reply {
+                pid: Some(42),
+                ..Reply::default()
+            },
+        });
+        reply.write_to(&mut agent).unwrap();
+        assert_eq!(
+            await_reply(&mut ours).unwrap(),
+            Started {
+                pid: 42,
+                exited: Some(7 << 8)
+            }
+        );
+    }
+
+    #[test]
+    fn a_reply_alone_leaves_the_process_running() {
+        let (mut ours, mut agent) = UnixStream::pair().unwrap();
+        let reply = Frame::message(&ToHost::Reply {
+            req: 1,
+            reply: Reply {
+                pid: Some(42),
+                ..Reply::default()
+            },
+        });
+        reply.write_to(&mut agent).unwrap();
+        assert_eq!(
+            await_reply(&mut ours).unwrap(),
+            Started {
+                pid: 42,
+                exited: None
+            }
+        );
     }
 }
