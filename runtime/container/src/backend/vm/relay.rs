@@ -181,6 +181,17 @@ mod tests {
     use super::*;
     use rt_vm::channel::Reply;
 
+    /// The agent's reply to request 1: process 42 started.
+    fn reply_with_pid_42() -> Frame {
+        Frame::message(&ToHost::Reply {
+            req: 1,
+            reply: Reply {
+                pid: Some(42),
+                ..Reply::default()
+            },
+        })
+    }
+
     /// The agent's exit report for a quick process can overtake its reply
     /// to the exec request (they come from two threads); the relay then
     /// waited for an exit that had already gone by, and `rt exec` (and
@@ -193,14 +204,7 @@ mod tests {
             status: 7 << 8,
         });
         exited.write_to(&mut agent).unwrap();
-        let reply = Frame::message(&ToHost::Reply {
-            req: 1,
-            reply: Reply {
-                pid: Some(42),
-                ..Reply::default()
-            },
-        });
-        reply.write_to(&mut agent).unwrap();
+        reply_with_pid_42().write_to(&mut agent).unwrap();
         assert_eq!(
             await_reply(&mut ours).unwrap(),
             Started {
@@ -213,14 +217,7 @@ mod tests {
     #[test]
     fn a_reply_alone_leaves_the_process_running() {
         let (mut ours, mut agent) = UnixStream::pair().unwrap();
-        let reply = Frame::message(&ToHost::Reply {
-            req: 1,
-            reply: Reply {
-                pid: Some(42),
-                ..Reply::default()
-            },
-        });
-        reply.write_to(&mut agent).unwrap();
+        reply_with_pid_42().write_to(&mut agent).unwrap();
         assert_eq!(
             await_reply(&mut ours).unwrap(),
             Started {
