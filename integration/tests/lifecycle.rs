@@ -464,9 +464,9 @@ fn spec_and_features() {
 }
 
 /// rt started with a standard descriptor closed (here stdout) puts
-/// /dev/null in its place before it opens anything (as Rust's start-up did before rt's own
-/// `main` replaced it): the log file must not become descriptor 1 and
-/// receive `list`'s table.
+/// /dev/null in its place before it opens anything, as Rust's start-up did
+/// before rt's own `main` replaced it: the log file must not become
+/// descriptor 1 and receive `list`'s table.
 #[test]
 fn closed_standard_descriptors_are_not_reused() {
     use std::os::unix::process::CommandExt;
