@@ -297,7 +297,108 @@ pub(super) fn compile(s: &LinuxSeccomp, abis: Abis, notify: u32) -> Option<BpfPr
     } else {
         asm.ret(RET_KILL_PROCESS);
     }
-    assemble(&asm.code, asm.labels)
+    let (shared, labels) = share_returns(&asm.code, asm.labels);
+    assemble(&shared, labels).or_else(|| assemble(&asm.code, asm.labels))
+}
+
+/// How far (in instructions) the earliest jump to a shared return may be
+/// left behind before [`share_returns`] places the returns: a conditional
+/// jump reaches 255 ahead, and a point to place them at (one that no
+/// instruction falls into) comes within a few instructions.
+const POOL_AFTER: usize = 192;
+
+/// Shares the return instructions that only jumps reach. Each such `ret k`
+/// is dropped, and the jumps to it go to one `ret k` of a pool, placed at
+/// the first point that nothing falls into once the earliest jump to the
+/// pool is [`POOL_AFTER`] instructions back (and at the end). The kernel
+/// turns each `ret` into two eBPF instructions and its JIT makes several
+/// passes over all of them: the default profile goes from 535 instructions
+/// (183 of them returns) to 362 (10), and its load from about 0.30 to 0.20
+/// ms here. A jump the pools put out of reach makes [`assemble`] fail, and
+/// the caller then assembles the code as it was.
+fn share_returns(code: &[Ins], mut labels: Label) -> (Vec<Ins>, Label) {
+    // The return value each label stands for, where the label sits right
+    // before a `ret` that nothing falls into (that `ret` is dropped).
+    let mut wants: Vec<Option<u32>> = vec![None; labels as usize];
+    let mut dropped = vec![false; code.len()];
+    // Whether the previous instruction falls into the next (the first
+    // instruction is where the program starts).
+    let mut falls = true;
+    let mut before: Vec<Label> = Vec::new();
+    for (j, ins) in code.iter().enumerate() {
+        match *ins {
+            Ins::Label(l) => {
+                before.push(l);
+                continue;
+            }
+            Ins::Stmt(RET_K, k) if !falls => {
+                for &l in &before {
+                    wants[l as usize] = Some(k);
+                }
+                dropped[j] = true;
+            }
+            Ins::Stmt(code, _) => falls = code != RET_K,
+            Ins::Jump(..) | Ins::Ja(_) => falls = false,
+        }
+        before.clear();
+    }
+    // The open pool: (value, its label, where its first jump is).
+    let mut pool: Vec<(u32, Label, usize)> = Vec::new();
+    let mut out = Vec::with_capacity(code.len());
+    let mut emitted = 0usize;
+    falls = true;
+    let flush = |out: &mut Vec<Ins>, pool: &mut Vec<(u32, Label, usize)>| -> usize {
+        for &(k, l, _) in pool.iter() {
+            out.push(Ins::Label(l));
+            out.push(Ins::Stmt(RET_K, k));
+        }
+        std::mem::take(pool).len()
+    };
+    let mut to = |l: Label, pool: &mut Vec<(u32, Label, usize)>, at: usize| -> Label {
+        let Some(k) = wants[l as usize] else {
+            return l;
+        };
+        if let Some(&(_, shared, _)) = pool.iter().find(|p| p.0 == k) {
+            return shared;
+        }
+        labels += 1;
+        pool.push((k, labels - 1, at));
+        labels - 1
+    };
+    for (j, ins) in code.iter().enumerate() {
+        if dropped[j] {
+            continue;
+        }
+        if let Ins::Label(l) = *ins {
+            if wants[l as usize].is_none() {
+                before.push(l);
+            }
+            continue;
+        }
+        // The pool goes before this instruction and its labels, where
+        // nothing falls into it, and before this instruction's own jumps
+        // join a pool.
+        let oldest = pool.iter().map(|p| p.2).min();
+        if !falls && oldest.is_some_and(|o| emitted - o >= POOL_AFTER) {
+            emitted += flush(&mut out, &mut pool);
+        }
+        out.extend(before.drain(..).map(Ins::Label));
+        let ins = match *ins {
+            Ins::Jump(op, k, t, f) => {
+                Ins::Jump(op, k, to(t, &mut pool, emitted), to(f, &mut pool, emitted))
+            }
+            Ins::Ja(l) => Ins::Ja(to(l, &mut pool, emitted)),
+            ref other => other.clone(),
+        };
+        falls = match ins {
+            Ins::Stmt(code, _) => code != RET_K,
+            _ => false,
+        };
+        out.push(ins);
+        emitted += 1;
+    }
+    flush(&mut out, &mut pool);
+    (out, labels)
 }
 
 /// A binary search with the number in A. The rules of [`rules_of`] (`nrs`
@@ -780,10 +881,67 @@ mod tests {
             size(&stack)
         );
         // A search node jumps straight to its upper half when it can, a
-        // block ends at a rule that always holds, and a window of 32
-        // numbers cut into many pieces is one bitmap test: 535 instructions
-        // (665 without the bitmaps, 1,073 when every node went through a JA
-        // and every block ended with an unreachable return).
-        assert!(size(&one) < 560, "{}", size(&one));
+        // block ends at a rule that always holds, a window of 32 numbers
+        // cut into many pieces is one bitmap test, and the returns are
+        // shared: 359 instructions, 7 of them returns (535 and 183 before
+        // the sharing, 665 without the bitmaps, 1,073 when every node went
+        // through a JA and every block ended with an unreachable return).
+        assert!(size(&one) < 380, "{}", size(&one));
+        let rets = one.programs[0].iter().filter(|i| i.code == RET_K).count();
+        assert!(rets < 12, "{rets} returns");
+    }
+
+    #[test]
+    fn shared_returns_are_pooled_within_reach() {
+        // Three returns that only jumps reach, then one that an
+        // instruction falls into: the three become a pool of two after the
+        // last jump, the fourth stays where it is.
+        let mut asm = Asm::default();
+        let l: Vec<Label> = (0..6).map(|_| asm.label()).collect();
+        asm.put(Ins::Stmt(LD_W_ABS, NR));
+        asm.put(Ins::Jump(JEQ_K, 1, l[0], l[1]));
+        asm.put(Ins::Label(l[0]));
+        asm.ret(7);
+        asm.put(Ins::Label(l[1]));
+        asm.put(Ins::Jump(JEQ_K, 2, l[2], l[3]));
+        asm.put(Ins::Label(l[2]));
+        asm.ret(7);
+        asm.put(Ins::Label(l[3]));
+        asm.put(Ins::Jump(JEQ_K, 3, l[4], l[5]));
+        asm.put(Ins::Label(l[4]));
+        asm.ret(9);
+        asm.put(Ins::Label(l[5]));
+        asm.put(Ins::Stmt(LD_W_ABS, ARGS));
+        asm.ret(8);
+        let (code, labels) = share_returns(&asm.code, asm.labels);
+        let prog = assemble(&code, labels).unwrap();
+        let rets: Vec<u32> = prog
+            .iter()
+            .filter(|i| i.code == RET_K)
+            .map(|i| i.k)
+            .collect();
+        assert_eq!(rets, [8, 7, 9]);
+        for (nr, want) in [(1, 7), (2, 7), (3, 9), (4, 8)] {
+            assert_eq!(run(&prog, AUDIT_ARCH_X86_64, nr, &[0; 6]), want, "nr {nr}");
+        }
+        // A pool is placed once its first jump is POOL_AFTER behind: with
+        // a long run of blocks, every conditional jump still reaches.
+        let mut asm = Asm::default();
+        asm.put(Ins::Stmt(LD_W_ABS, NR));
+        for nr in 0..600 {
+            let (hit, miss) = (asm.label(), asm.label());
+            asm.put(Ins::Jump(JEQ_K, nr, hit, miss));
+            asm.put(Ins::Label(hit));
+            asm.ret(nr % 3);
+            asm.put(Ins::Label(miss));
+        }
+        asm.ret(5);
+        let (code, labels) = share_returns(&asm.code, asm.labels);
+        let prog = assemble(&code, labels).expect("every jump within reach");
+        assert!(prog.len() < 620, "{}", prog.len());
+        for nr in [0, 1, 2, 299, 598, 599, 600, 1000] {
+            let want = if nr < 600 { nr % 3 } else { 5 };
+            assert_eq!(run(&prog, AUDIT_ARCH_X86_64, nr, &[0; 6]), want, "nr {nr}");
+        }
     }
 }
