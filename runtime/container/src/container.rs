@@ -306,7 +306,12 @@ impl Runtime {
                 networking: network::networking(self.store.root()),
             }
         });
-        state.config = bundle.spec.clone();
+        // Only a network changes the spec (`new_state` copied it): a
+        // second copy of a spec with a seccomp profile is some hundreds of
+        // allocations on the start path.
+        if network.is_some() {
+            state.config = bundle.spec.clone();
+        }
         let mut cgroup = match &state.cgroup {
             Some(rec) => rt_cgroups::open(layout, rec.clone()),
             None => rt_cgroups::disabled(),
