@@ -76,7 +76,12 @@ unsafe impl<T> Sync for Buf<T> {}
 static PATH: Buf<[u8; PATH_MAX + 1]> = Buf(UnsafeCell::new([0; PATH_MAX + 1]));
 static LOWER: Buf<[u8; PATH_MAX + 64]> = Buf(UnsafeCell::new([0; PATH_MAX + 64]));
 static RT_EXE: Buf<[u8; PATH_MAX + 8]> = Buf(UnsafeCell::new([0; PATH_MAX + 8]));
-static ENVP: Buf<[*const u8; MAX_ENV + 2]> = Buf(UnsafeCell::new([core::ptr::null(); MAX_ENV + 2]));
+static ENVP: Buf<[*const u8; MAX_ENV + 3]> = Buf(UnsafeCell::new([core::ptr::null(); MAX_ENV + 3]));
+static OVERLAY_VAR: Buf<[u8; 48]> = Buf(UnsafeCell::new([0; 48]));
+
+/// The variable that hands the overlay's mount descriptor to the
+/// re-executed process ([`adopt_overlay`]).
+const OVERLAY_FD: &[u8] = b"RT_OVERLAY_FD=";
 
 /// A raw system call ([`rt_sys::raw::syscall`]); negative returns are
 /// -errno.
@@ -189,6 +194,7 @@ unsafe extern "C" fn early(sp: *const usize) {
     // The environment: forced protection is main's, RT_EXE kept if set.
     let mut nenv = 0;
     let mut has_rt_exe = false;
+    let mut overlay_fd = None;
     loop {
         // SAFETY: envp is NULL-terminated; nenv has not passed the NULL.
         let e = unsafe { *envp.add(nenv) };
@@ -201,6 +207,11 @@ unsafe extern "C" fn early(sp: *const usize) {
         }
         // SAFETY: as above.
         has_rt_exe |= unsafe { starts_with(e, b"RT_EXE=", false) };
+        // SAFETY: as above.
+        if unsafe { starts_with(e, OVERLAY_FD, false) } {
+            // SAFETY: a C string that starts with the prefix just matched.
+            overlay_fd = unsafe { decimal(e, OVERLAY_FD.len()) };
+        }
         nenv += 1;
         if nenv > MAX_ENV {
             return;
@@ -211,7 +222,9 @@ unsafe extern "C" fn early(sp: *const usize) {
     // helper starts only from a binary on a read-only mount (the overlay,
     // or a read-only install): a sealed copy is main's to check, and main
     // may still re-execute, which would leave the helper behind.
-    if unsafe { reexec(argv, envp, nenv, has_rt_exe) } && PROTECTED.load(Ordering::Relaxed) {
+    if unsafe { reexec(argv, envp, nenv, has_rt_exe, overlay_fd) }
+        && PROTECTED.load(Ordering::Relaxed)
+    {
         // SAFETY: argv holds argc C strings; we are the only task.
         unsafe { netns::start_if_wanted(argc, argv) };
     }
@@ -220,6 +233,7 @@ unsafe extern "C" fn early(sp: *const usize) {
 /// The part of [`early`] that opens, mounts and execs. Returns true when
 /// the binary is protected already (this process will not re-execute),
 /// false when it could not re-execute (main will, its slower way).
+/// `overlay_fd` is RT_OVERLAY_FD's value, if set.
 ///
 /// # Safety
 /// `argv` and `envp` are the process's; `nenv` counts `envp`'s entries.
@@ -228,6 +242,7 @@ unsafe fn reexec(
     envp: *const *const u8,
     nenv: usize,
     has_rt_exe: bool,
+    overlay_fd: Option<usize>,
 ) -> bool {
     let cloexec = (libc::O_RDONLY | libc::O_CLOEXEC) as usize;
     let exe = c"/proc/self/exe".as_ptr() as usize;
@@ -255,12 +270,17 @@ unsafe fn reexec(
             [fd as usize, st.as_mut_ptr() as usize, 0, 0, 0],
         )
     };
+    // SAFETY: fstatfs succeeded (rc == 0), so the kernel filled it.
+    let rdonly = rc == 0 && unsafe { st.assume_init_ref() }[10] & libc::ST_RDONLY as i64 != 0;
+    if let (true, true, Some(overlay)) = (rdonly, seals < 0, overlay_fd) {
+        // SAFETY: fd is our open descriptor of the binary.
+        unsafe { adopt_overlay(fd as usize, overlay) };
+    }
     close(fd);
     if rc != 0 {
         return false;
     }
-    // SAFETY: fstatfs succeeded (rc == 0), so the kernel filled it.
-    if seals >= 0 || unsafe { st.assume_init_ref() }[10] & libc::ST_RDONLY as i64 != 0 {
+    if seals >= 0 || rdonly {
         // Any seal means a memfd, which main checks for F_SEAL_WRITE; a
         // read-only mount holds as it is: main need not look again.
         if seals < 0 {
@@ -314,12 +334,32 @@ unsafe fn reexec(
             [root as usize, path.add(slash + 1) as usize, cloexec, 0, 0],
         )
     };
-    close(root);
+    // The overlay's descriptor goes along, open, for the new process to
+    // close where it waits anyway ([`adopt_overlay`]).
+    // SAFETY: F_SETFD with flags 0 takes no pointer.
+    let pass = file >= 0
+        && unsafe {
+            syscall(
+                libc::SYS_fcntl,
+                [root as usize, libc::F_SETFD as usize, 0, 0, 0],
+            )
+        } == 0;
+    if !pass {
+        close(root);
+    }
     if file < 0 {
         return false;
     }
     // SAFETY: envp has nenv entries; the buffers are ours.
-    let env = unsafe { environment(envp, nenv, has_rt_exe, path, n) };
+    let env = unsafe {
+        environment(
+            envp,
+            nenv,
+            has_rt_exe,
+            (path, n),
+            pass.then_some(root as usize),
+        )
+    };
     if let Some(env) = env {
         let empty_path = c"".as_ptr() as usize;
         let flags = libc::AT_EMPTY_PATH as usize;
@@ -338,7 +378,83 @@ unsafe fn reexec(
         };
     }
     close(file);
+    if pass {
+        close(root);
+    }
     false
+}
+
+/// The decimal number after `skip` bytes of the C string `s` (at most nine
+/// digits, nothing else).
+///
+/// # Safety
+/// `s` must be a NUL-terminated string at least `skip` bytes long.
+unsafe fn decimal(s: *const u8, skip: usize) -> Option<usize> {
+    let mut n = 0usize;
+    let mut i = skip;
+    loop {
+        // SAFETY: every byte before i was a digit (non-NUL), so s[i] is
+        // within the string or its NUL.
+        match unsafe { at(s, i) } {
+            0 if i > skip => return Some(n),
+            b @ b'0'..=b'9' if i - skip < 9 => n = n * 10 + usize::from(b - b'0'),
+            _ => return None,
+        }
+        i += 1;
+    }
+}
+
+/// Takes over the overlay's mount descriptor that the re-executing process
+/// passed in RT_OVERLAY_FD, if `overlay` is on the very mount `exe` (our
+/// binary) is on: made close-on-exec and handed to
+/// [`rt_sys::deferred`], which closes it where the process waits anyway.
+/// Its close dissolves the detached mount, which waits out an expedited
+/// RCU grace period (0.04–0.07 ms here): done before the exec, that was on
+/// every container's start path. Anything else by that number is left
+/// alone.
+///
+/// # Safety
+/// `exe` must be an open descriptor.
+unsafe fn adopt_overlay(exe: usize, overlay: usize) {
+    let mount_id = |fd: usize| -> Option<u64> {
+        let mut st = core::mem::MaybeUninit::<libc::statx>::uninit();
+        // SAFETY: an empty path with AT_EMPTY_PATH names `fd`; st is a
+        // statx-sized buffer, which the kernel fills whole on success.
+        let rc = unsafe {
+            syscall(
+                libc::SYS_statx,
+                [
+                    fd,
+                    c"".as_ptr() as usize,
+                    libc::AT_EMPTY_PATH as usize,
+                    libc::STATX_MNT_ID as usize,
+                    st.as_mut_ptr() as usize,
+                ],
+            )
+        };
+        // SAFETY: filled, as above.
+        let st = (rc == 0).then(|| unsafe { st.assume_init() })?;
+        (st.stx_mask & libc::STATX_MNT_ID != 0).then_some(st.stx_mnt_id)
+    };
+    if !matches!((mount_id(exe), mount_id(overlay)), (Some(a), Some(b)) if a == b) {
+        return;
+    }
+    let cloexec = [
+        overlay,
+        libc::F_SETFD as usize,
+        libc::FD_CLOEXEC as usize,
+        0,
+        0,
+    ];
+    // SAFETY: F_SETFD takes an integer.
+    if unsafe { syscall(libc::SYS_fcntl, cloexec) } != 0 {
+        return;
+    }
+    use std::os::fd::FromRawFd;
+    // SAFETY: the descriptor is open (statx succeeded on it), and nothing
+    // else in this process knows its number: the new OwnedFd owns it.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(overlay as i32) };
+    rt_sys::deferred::defer_close(fd);
 }
 
 /// The overlay's second (lower, never seen) layer: overlayfs mounts
@@ -448,8 +564,8 @@ unsafe fn overlay(path: *const u8, slash: usize, layer: Layer) -> isize {
     rc
 }
 
-/// `envp` with `RT_EXE=<path>` added unless it has one: the binary's own
-/// path, which the VM backend packs into the guest.
+/// `envp` with `RT_EXE=<path>` added unless it has one, and
+/// `RT_OVERLAY_FD=<overlay>` when given (an inherited one left out).
 ///
 /// # Safety
 /// `envp` has `nenv` (at most MAX_ENV) entries; `path` has `n` bytes.
@@ -457,38 +573,110 @@ unsafe fn environment(
     envp: *const *const u8,
     nenv: usize,
     has_rt_exe: bool,
-    path: *const u8,
-    n: usize,
+    (path, n): (*const u8, usize),
+    overlay: Option<usize>,
 ) -> Option<*const *const u8> {
-    if has_rt_exe {
-        return Some(envp);
-    }
     let out = ENVP.0.get() as *mut *const u8;
+    let mut k = 0;
     for i in 0..nenv {
-        // SAFETY: i < nenv <= MAX_ENV, within both arrays.
-        unsafe { write_volatile(out.add(i), read_volatile(envp.add(i))) };
+        // SAFETY: i < nenv <= MAX_ENV, within envp; each entry is a C string.
+        let e = unsafe { read_volatile(envp.add(i)) };
+        // SAFETY: as above.
+        if unsafe { starts_with(e, OVERLAY_FD, false) } {
+            continue;
+        }
+        // SAFETY: k <= i < MAX_ENV, within ENVP.
+        unsafe { write_volatile(out.add(k), e) };
+        k += 1;
     }
-    let var = RT_EXE.0.get() as *mut u8;
-    let mut len = 0;
-    if !push(var, PATH_MAX + 7, &mut len, b"RT_EXE=") {
-        return None;
-    }
-    for i in 0..n {
-        // SAFETY: i < n, the path's length.
-        let b = unsafe { read_volatile(path.add(i)) };
-        if !push(var, PATH_MAX + 7, &mut len, &[b]) {
+    if !has_rt_exe {
+        let var = RT_EXE.0.get() as *mut u8;
+        let mut len = 0;
+        if !push(var, PATH_MAX + 7, &mut len, b"RT_EXE=") {
             return None;
         }
+        for i in 0..n {
+            // SAFETY: i < n, the path's length.
+            let b = unsafe { read_volatile(path.add(i)) };
+            if !push(var, PATH_MAX + 7, &mut len, &[b]) {
+                return None;
+            }
+        }
+        // SAFETY: k <= MAX_ENV; RT_EXE's NUL is the zeroed bss (len < its
+        // size, written once).
+        unsafe { write_volatile(out.add(k), var as *const u8) };
+        k += 1;
     }
-    // SAFETY: nenv + 1 < MAX_ENV + 2; the NULL after it is the zeroed bss;
-    // RT_EXE's NUL is too (len < its size).
-    unsafe { write_volatile(out.add(nenv), var as *const u8) };
+    if let Some(fd) = overlay {
+        let var = OVERLAY_VAR.0.get() as *mut u8;
+        let mut len = 0;
+        if !(push(var, 47, &mut len, OVERLAY_FD) && push_decimal(var, 47, &mut len, fd)) {
+            return None;
+        }
+        // SAFETY: k <= MAX_ENV + 1; the variable's NUL is the zeroed bss.
+        unsafe { write_volatile(out.add(k), var as *const u8) };
+        k += 1;
+    }
+    // SAFETY: k <= MAX_ENV + 2, within ENVP.
+    unsafe { write_volatile(out.add(k), core::ptr::null()) };
     Some(out as *const *const u8)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::{AsRawFd, OwnedFd};
+
+    #[test]
+    fn the_overlay_variable_holds_a_plain_number() {
+        let parse = |v: &str| {
+            let c = std::ffi::CString::new(v).unwrap();
+            // SAFETY: a C string that starts with the prefix.
+            unsafe { decimal(c.as_ptr().cast(), OVERLAY_FD.len()) }
+        };
+        assert_eq!(parse("RT_OVERLAY_FD=4"), Some(4));
+        assert_eq!(parse("RT_OVERLAY_FD=123456789"), Some(123_456_789));
+        for bad in [
+            "RT_OVERLAY_FD=",
+            "RT_OVERLAY_FD=4x",
+            "RT_OVERLAY_FD=-4",
+            "RT_OVERLAY_FD=1234567890",
+        ] {
+            assert_eq!(parse(bad), None, "{bad}");
+        }
+    }
+
+    /// A pipe's non-blocking read end says whether its write end is still
+    /// open anywhere (EAGAIN) or closed (end of file).
+    fn writer_open(r: &OwnedFd) -> bool {
+        match nix::unistd::read(r.as_raw_fd(), &mut [0u8; 1]) {
+            Err(nix::errno::Errno::EAGAIN) => true,
+            Ok(0) => false,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Only a descriptor on the binary's own mount is taken over (and
+    /// closed at `close_deferred`): an RT_OVERLAY_FD from the caller's
+    /// environment names anything else.
+    #[test]
+    fn only_a_descriptor_on_the_binarys_mount_is_adopted() {
+        let pipe = || nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK).unwrap();
+        let exe = std::fs::File::open("/proc/self/exe").unwrap();
+        let (r, w) = pipe();
+        // SAFETY: both descriptors are open.
+        unsafe { adopt_overlay(exe.as_raw_fd() as usize, w.as_raw_fd() as usize) };
+        rt_sys::deferred::close_deferred();
+        assert!(writer_open(&r), "a pipe is not on the binary's mount");
+        // Two pipes share pipefs's one mount: taken over, then closed.
+        let (other, _) = pipe();
+        let w = std::mem::ManuallyDrop::new(w);
+        // SAFETY: both descriptors are open; `w` is not closed by its owner.
+        unsafe { adopt_overlay(other.as_raw_fd() as usize, w.as_raw_fd() as usize) };
+        assert!(writer_open(&r));
+        rt_sys::deferred::close_deferred();
+        assert!(!writer_open(&r));
+    }
 
     /// /dev is the overlay's second layer only where it cannot overlap the
     /// binary's directory (overlayfs would refuse, and log it).

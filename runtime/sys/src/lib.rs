@@ -4,6 +4,7 @@
 //! stating why it holds. Callers get safe functions with typed errors.
 
 pub mod bpf;
+pub mod deferred;
 pub mod mountapi;
 pub mod netns_helper;
 pub mod raw;

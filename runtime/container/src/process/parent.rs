@@ -333,6 +333,9 @@ fn record_init(
     state.pid = pid.as_raw();
     state.start_time = state::proc_stat(pid).map_or(0, |(_, t)| t);
     dir.save(state)?;
+    // The init works on its own for a while now (its mounts, then its
+    // report): the time to pay for closing what rt's start left open.
+    rt_sys::deferred::close_deferred();
     if let Some(adj) = bundle
         .spec
         .process()
