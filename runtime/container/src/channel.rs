@@ -172,6 +172,21 @@ impl<S: Serialize, R: DeserializeOwned> Channel<S, R> {
         // size: a fixed 64 KiB one, zeroed on every receive, was some
         // fifteen page faults a message.
         let mut probe = [0u8; 1];
+        // A peer that closed its end with a message of ours unread leaves
+        // ECONNRESET pending here, and the kernel reports a pending error
+        // before the messages queued ahead of it (an init that failed,
+        // reported why and exited before reading `CgroupsReady`). Reading
+        // the error clears it: the next receive gets the queue, then end
+        // of file. Once per receive, since a peer closes once.
+        let mut reset_seen = false;
+        let mut retry = |e: nix::errno::Errno| match e {
+            nix::errno::Errno::EINTR => true,
+            nix::errno::Errno::ECONNRESET if !reset_seen => {
+                reset_seen = true;
+                true
+            }
+            _ => false,
+        };
         let peeked = loop {
             let mut iov = [IoSliceMut::new(&mut probe)];
             match recvmsg::<()>(
@@ -180,7 +195,7 @@ impl<S: Serialize, R: DeserializeOwned> Channel<S, R> {
                 None,
                 MsgFlags::MSG_PEEK | MsgFlags::MSG_TRUNC,
             ) {
-                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) if retry(e) => continue,
                 other => break other.map_err(Error::Recv)?.bytes,
             }
         };
@@ -198,7 +213,7 @@ impl<S: Serialize, R: DeserializeOwned> Channel<S, R> {
                     Some(&mut cmsg),
                     MsgFlags::MSG_CMSG_CLOEXEC,
                 ) {
-                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) if retry(e) => continue,
                     other => break other.map_err(Error::Recv)?,
                 }
             };
@@ -231,6 +246,24 @@ impl<S, R> AsFd for Channel<S, R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A peer that reports and closes with a message of ours unread: the
+    /// report still arrives (the kernel's pending ECONNRESET came first,
+    /// and a failed init's error was lost), then end of file.
+    #[test]
+    fn a_report_before_a_reset_is_received() {
+        let (parent, child) = pair().unwrap();
+        parent.send(&ToChild::CgroupsReady).unwrap();
+        child
+            .send(&ToParent::Failed("mount failed".into()))
+            .unwrap();
+        drop(child);
+        assert_eq!(
+            parent.recv().unwrap(),
+            ToParent::Failed("mount failed".into())
+        );
+        assert!(matches!(parent.recv(), Err(Error::Closed)));
+    }
 
     #[test]
     fn roundtrip_with_fd() {
