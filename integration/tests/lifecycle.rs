@@ -237,6 +237,37 @@ fn bad_input_leaves_nothing() {
     assert_eq!(std::fs::read_dir(root.dir.path()).unwrap().count(), 0);
 }
 
+/// `run` holds the container's network namespace (the one made ahead, see
+/// rt_sys::netns_helper) until it is done with the container: the
+/// kernel's teardown of the namespace then starts after rt's cleanup rather
+/// than taking a CPU from it when the container exits.
+#[test]
+fn run_holds_the_network_namespace_to_the_end() {
+    need_root!();
+    let root = Root::new();
+    let b = sh("readlink /proc/self/ns/net; sleep 1");
+    let mut child = Command::new(rt_testsupport::rt_bin())
+        .arg("--root")
+        .arg(root.dir.path())
+        .args(["run", "--bundle", b.path().to_str().unwrap()])
+        .arg(unique_id("hold"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    let ns = line.trim();
+    let held: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", child.id()))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .map(|l| l.to_string_lossy().into_owned())
+        .collect();
+    assert!(ns.starts_with("net:["), "{ns}");
+    assert!(held.iter().any(|l| l == ns), "{ns} not among {held:?}");
+    assert!(child.wait().unwrap().success());
+}
+
 /// The network namespace made ahead of a container's init (a helper task,
 /// started once config.json is read, see rt_sys::netns_helper) is gone
 /// with `rt` whether create succeeds or fails after it started: rt runs

@@ -42,7 +42,10 @@ pub fn run(g: &Global, mut a: Args) -> anyhow::Result<i32> {
             return Err(e.into());
         }
     };
-    let (created, fresh) = fresh.split();
+    let (mut created, fresh) = fresh.split();
+    // Held to the end: the namespace's teardown then starts once the
+    // container is deleted, not while this process wakes and cleans up.
+    let _netns = created.netns.take();
     if a.detach {
         if let Err(e) = rt.start_fresh(fresh) {
             let _ = rt.delete(&id, true);

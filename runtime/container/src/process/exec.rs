@@ -180,6 +180,7 @@ fn drive(
                 unsaved: false,
                 pid,
                 terminal: children.into_terminal(),
+                netns: None,
             });
         }
     }

@@ -187,7 +187,7 @@ pub fn create(sandbox: Sandbox<'_>, state: &mut State) -> Result<Created> {
             First::Init(pid) => supervise::abort(pid, None),
         }
     }
-    result
+    result.map(|created| Created { netns, ..created })
 }
 
 /// The network namespace helper's namespace, and the work done while it
@@ -410,6 +410,7 @@ fn drive(
         unsaved: opts.starts_at_once,
         pid: Pid::from_raw(state.pid),
         terminal: children.into_terminal(),
+        netns: None,
     })
 }
 

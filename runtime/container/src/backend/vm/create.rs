@@ -342,6 +342,7 @@ pub(super) fn launch(
         unsaved: false,
         pid,
         terminal: master,
+        netns: None,
     })
 }
 

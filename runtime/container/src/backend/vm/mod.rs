@@ -612,6 +612,7 @@ fn relay(dir: &Path, op: &Op, terminal: bool, opts: &Options, tied: bool) -> Res
         unsaved: false,
         pid,
         terminal: master,
+        netns: None,
     })
 }
 
