@@ -320,6 +320,52 @@ fn hooks_run_at_their_points() {
     }
 }
 
+/// A createContainer hook is exec'd with the runtime's bounding set, as
+/// runc runs it (before it drops the set); a startContainer hook and the
+/// container's process get the container's. Without such hooks the init
+/// drops the set early, while its cgroup is still being made.
+#[test]
+fn create_container_hooks_keep_the_full_bounding_set() {
+    need_root!();
+    let logdir = tempfile::tempdir().unwrap();
+    let log = logdir.path().join("log");
+    let bnd = "grep CapBnd /proc/self/status | cut -f2";
+    let ours = std::fs::read_to_string("/proc/self/status").unwrap();
+    let ours = ours
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let root = Root::new();
+    let mut b = Bundle::new(&[
+        "sh",
+        "-c",
+        &format!("echo process $({bnd}) >> /hooklog/log"),
+    ]);
+    b.edit(|c| {
+        c["mounts"].as_array_mut().unwrap().push(json!({"destination": "/hooklog", "type": "bind", "source": logdir.path(), "options": ["bind"]}));
+        c["process"]["capabilities"] = json!({"bounding": ["CAP_KILL"], "effective": ["CAP_KILL"], "permitted": ["CAP_KILL"]});
+        c["hooks"] = json!({
+            "createContainer": [{"path": "/bin/sh", "args": ["sh", "-c", format!("echo createContainer $({bnd}) >> {}", log.display())]}],
+            "startContainer": [{"path": "/bin/sh", "args": ["sh", "-c", format!("echo startContainer $({bnd}) >> /hooklog/log")]}],
+        });
+    });
+    root.ok(&[
+        "run",
+        "--bundle",
+        b.path().to_str().unwrap(),
+        &unique_id("bnd"),
+    ]);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        text,
+        format!(
+            "createContainer {ours}\nstartContainer 0000000000000020\nprocess 0000000000000020\n"
+        )
+    );
+}
+
 #[test]
 fn console_socket_gets_the_pty_master() {
     need_root!();

@@ -292,6 +292,7 @@ fn child_inner(launch: &ExecLaunch<'_>, chan: &ChildEnd) -> Result<user_process:
         launch.plan.in_user_ns(),
         launch.preserve_fds,
         filters,
+        false,
     )?;
     if let Some(fd) = prepared.take_listener() {
         chan.send_with_fd(&ToParent::SeccompListener, Some(fd.as_fd()))?;

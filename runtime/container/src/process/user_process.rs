@@ -56,8 +56,23 @@ pub fn compile_seccomp(linux: &Linux) -> Result<seccomp::Filters, Error> {
     })
 }
 
+/// Drops the capabilities `process` leaves out of its bounding set, ahead
+/// of [`prepare`] (which then skips it: `bounding_dropped`). The set only
+/// limits what later execs gain, so the caller keeps its own capabilities;
+/// whatever it execs between here and the user's process gets the
+/// container's set. Returns whether there was a set to drop to.
+pub fn drop_bounding(process: &Process) -> Result<bool, Error> {
+    match process.capabilities() {
+        Some(c) => identity::drop_bounding(c)
+            .map(|()| true)
+            .map_err(Into::into),
+        None => Ok(false),
+    }
+}
+
 /// Sets up the calling process as `process` describes, up to (not including)
-/// the exec. `in_user_ns` tells whether setgroups may be refused. Every
+/// the exec. `in_user_ns` tells whether setgroups may be refused;
+/// `bounding_dropped`, whether [`drop_bounding`] already ran. Every
 /// descriptor but stdio and the `preserve_fds` after them is made
 /// close-on-exec here, before any seccomp filter is loaded: no profile may
 /// make a syscall of rt's fail (close_range is missing from many).
@@ -67,6 +82,7 @@ pub fn prepare(
     in_user_ns: bool,
     preserve_fds: u32,
     mut filters: seccomp::Filters,
+    bounding_dropped: bool,
 ) -> Result<Prepared, Error> {
     rt_sys::cloexec_from(3 + preserve_fds)?;
     identity::set_rlimits(process.rlimits().as_deref().unwrap_or_default())?;
@@ -99,8 +115,8 @@ pub fn prepare(
         // while we still have it.
         listener = filters.load()?;
     }
-    if let Some(c) = process.capabilities() {
-        identity::drop_bounding(c)?;
+    if !bounding_dropped {
+        drop_bounding(process)?;
     }
     identity::switch_user(process, !in_user_ns || setgroups_allowed())?;
     identity::chdir(process.cwd())?;
