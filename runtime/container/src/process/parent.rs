@@ -168,15 +168,23 @@ pub fn create(sandbox: Sandbox<'_>, state: &mut State) -> Result<Created> {
     let spread = launch.spread;
     let result = match first {
         First::Init(pid) => finish_cgroup(state, &mut *cgroup, linux, &chan)
-            .inspect(|()| {
+            .inspect(|_| {
                 // About to block on the init's messages: it may use our
                 // CPU again.
                 if let Some(spread) = &spread {
                     spread.release(pid);
                 }
             })
-            .and_then(|()| record_init(dir, state, bundle, network, pid))
-            .and_then(|()| drive(dir, state, bundle, opts, network, &chan, None)),
+            .and_then(|tasks| {
+                record_init(dir, state, bundle, network, pid)?;
+                let created = drive(dir, state, bundle, opts, network, &chan, None);
+                // Ours were the last references to the tasks files until
+                // now: the init's closes only dropped one each, and their
+                // release (kernfs) comes here, while the init loads its
+                // profile, rather than in the init's path to its exec.
+                drop(tasks);
+                created
+            }),
         First::Stage(stage) => drive(dir, state, bundle, opts, network, &chan, Some(stage)),
     };
     if result.is_err() {
@@ -286,13 +294,14 @@ fn limit(cgroup: &dyn rt_cgroups::Manager, linux: &oci_spec::runtime::Linux) -> 
 /// The cgroup's part after a direct clone, while the init mounts what needs
 /// no cgroup: the rest of its directories (recorded in the state that
 /// `record_init` saves next), its limits, then `CgroupsReady` with the v1
-/// `tasks` files the init enters through.
+/// `tasks` files the init enters through, which it returns for the caller
+/// to keep open until the init is ready.
 fn finish_cgroup(
     state: &mut State,
     cgroup: &mut dyn rt_cgroups::Manager,
     linux: &oci_spec::runtime::Linux,
     chan: &ParentEnd,
-) -> Result<()> {
+) -> Result<Vec<std::fs::File>> {
     let made = cgroup.create_rest();
     record_cgroup(state, cgroup);
     made?;
@@ -309,7 +318,7 @@ fn finish_cgroup(
     // An init that failed meanwhile is gone: its report, queued on the
     // channel, is what `drive` returns.
     let _ = chan.send_with_fds(&ToChild::CgroupsReady, fds);
-    Ok(())
+    Ok(tasks)
 }
 
 /// The parent's first child.
