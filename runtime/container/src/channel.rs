@@ -96,6 +96,10 @@ pub enum ToChild {
     CgroupsReady,
     /// The prestart and createRuntime hooks succeeded.
     HooksDone,
+    /// The process's seccomp profile, compiled by the parent after
+    /// `CgroupsReady` (see `Launch::profile_from_parent`); None: it did not
+    /// compile, and the init compiles it to report why.
+    Profile(Option<crate::seccomp::Wire>),
 }
 
 /// One end of a typed channel: sends `S`, receives `R`.

@@ -87,6 +87,24 @@ fn hook_state(launch: &Launch<'_>, pid: i32) -> Vec<u8> {
     serde_json::to_vec(&st).unwrap_or_default()
 }
 
+/// The profile compiled before (`filters`), or the one the parent sends
+/// ([`Launch::profile_from_parent`]; compiled here if it did not compile
+/// there, for the error).
+fn profile(
+    filters: Option<crate::seccomp::Filters>,
+    chan: &ChildEnd,
+    linux: &oci_spec::runtime::Linux,
+) -> Result<crate::seccomp::Filters, Error> {
+    if let Some(f) = filters {
+        return Ok(f);
+    }
+    match chan.recv()? {
+        ToChild::Profile(Some(wire)) => Ok(wire.into()),
+        ToChild::Profile(None) => Ok(user_process::compile_seccomp(linux)?),
+        other => Err(Error::Unexpected(other)),
+    }
+}
+
 fn init(launch: &Launch<'_>, chan: &ChildEnd, mut fifo: File) -> Result<Infallible, Error> {
     let spec = &launch.bundle.spec;
     let process = spec.process().as_ref().expect("validated: process");
@@ -119,10 +137,12 @@ fn init(launch: &Launch<'_>, chan: &ChildEnd, mut fifo: File) -> Result<Infallib
         None
     };
     // Compiled now, with a direct clone while the parent still makes the
-    // cgroup, unless the parent had time to before the clone.
-    let filters = match launch.seccomp.take() {
-        Some(filters) => filters,
-        None => user_process::compile_seccomp(linux)?,
+    // cgroup, unless the parent had time to before the clone or compiles
+    // it after (`profile_from_parent`: received below).
+    let mut filters = match launch.seccomp.take() {
+        Some(filters) => Some(filters),
+        None if launch.profile_from_parent => None,
+        None => Some(user_process::compile_seccomp(linux)?),
     };
     // The bounding set now, while the parent still makes the cgroup (the
     // wait below absorbs its 30-odd prctls, 0.1 ms here), unless
@@ -152,6 +172,8 @@ fn init(launch: &Launch<'_>, chan: &ChildEnd, mut fifo: File) -> Result<Infallib
         rootfs::finish_prepare(&ctx, prepared)?;
     }
     if hooks::any(hooks, Kind::Prestart) || hooks::any(hooks, Kind::CreateRuntime) {
+        // The profile was sent ahead of the parent's answer to this.
+        filters = Some(profile(filters, chan, linux)?);
         chan.send(&ToParent::RuntimeHooks)?;
         match chan.recv()? {
             ToChild::HooksDone => {}
@@ -191,6 +213,7 @@ fn init(launch: &Launch<'_>, chan: &ChildEnd, mut fifo: File) -> Result<Infallib
         let master = terminal::setup_in_container(size, user.uid(), user.gid())?;
         chan.send_with_fd(&ToParent::Terminal, Some(master.as_fd()))?;
     }
+    let filters = profile(filters, chan, linux)?;
     let mut prepared = user_process::prepare(
         process,
         linux,

@@ -110,6 +110,8 @@ pub fn create(sandbox: Sandbox<'_>, state: &mut State) -> Result<Created> {
     let record = cgroup.record();
     let (cgroup_dirs, cgroup_unified) = cgroup_mount_dirs(layout, &record.path);
     let one_thread = rt_sys::single_threaded().map_err(Error::Fork)?;
+    let profile_from_parent =
+        direct.is_some() && seccomp.is_none() && network.is_none() && linux.seccomp().is_some();
     let id = state.id.clone();
     let launch = Launch {
         id: &id,
@@ -127,6 +129,7 @@ pub fn create(sandbox: Sandbox<'_>, state: &mut State) -> Result<Created> {
         netns: netns.as_ref().map(|fd| fd.as_fd()),
         one_thread,
         seccomp: std::cell::RefCell::new(seccomp),
+        profile_from_parent,
     };
     let (chan, child_end) = channel::pair()?;
     let first = match direct {
@@ -177,6 +180,9 @@ pub fn create(sandbox: Sandbox<'_>, state: &mut State) -> Result<Created> {
             })
             .and_then(|tasks| {
                 record_init(dir, state, bundle, network, pid)?;
+                if profile_from_parent {
+                    send_profile(linux, &chan);
+                }
                 let created = drive(dir, state, bundle, opts, network, &chan, None);
                 // Ours were the last references to the tasks files until
                 // now: the init's closes only dropped one each, and their
@@ -289,6 +295,18 @@ fn limit(cgroup: &dyn rt_cgroups::Manager, linux: &oci_spec::runtime::Linux) -> 
     let nodes = linux.devices().clone().unwrap_or_default();
     cgroup.set_devices(&rt_cgroups::devices::rules(&spec_rules, &nodes))?;
     Ok(())
+}
+
+/// Compiles the process's profile and sends it to the init
+/// ([`super::Launch::profile_from_parent`]); one that does not compile goes
+/// as None, for the init to compile and report as before.
+fn send_profile(linux: &oci_spec::runtime::Linux, chan: &ParentEnd) {
+    let wire = super::user_process::compile_seccomp(linux)
+        .ok()
+        .map(|f| crate::seccomp::Wire::from(&f));
+    // An init that failed meanwhile is gone: its report, queued on the
+    // channel, is what `drive` returns.
+    let _ = chan.send(&ToChild::Profile(wire));
 }
 
 /// The cgroup's part after a direct clone, while the init mounts what needs

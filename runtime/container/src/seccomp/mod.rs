@@ -37,8 +37,8 @@ use oci_spec::runtime::{
     LinuxSeccomp, LinuxSeccompAction, LinuxSeccompFilterFlag, LinuxSeccompOperator, LinuxSyscall,
 };
 use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
+    sock_filter, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition,
+    SeccompFilter, SeccompRule, TargetArch,
 };
 
 /// Errors of seccomp translation and loading.
@@ -190,6 +190,57 @@ pub struct Filters {
     programs: Vec<BpfProgram>,
     notify: Option<BpfProgram>,
     flags: u32,
+}
+
+/// [`Filters`] as a channel message carries them: each instruction packed
+/// into one number (code, jt, jf, k from the high bits down).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Wire {
+    programs: Vec<Vec<u64>>,
+    notify: Option<Vec<u64>>,
+    flags: u32,
+}
+
+fn pack(p: &BpfProgram) -> Vec<u64> {
+    p.iter()
+        .map(|i| {
+            (u64::from(i.code) << 48)
+                | (u64::from(i.jt) << 40)
+                | (u64::from(i.jf) << 32)
+                | u64::from(i.k)
+        })
+        .collect()
+}
+
+fn unpack(p: &[u64]) -> BpfProgram {
+    p.iter()
+        .map(|&w| sock_filter {
+            code: (w >> 48) as u16,
+            jt: (w >> 40) as u8,
+            jf: (w >> 32) as u8,
+            k: w as u32,
+        })
+        .collect()
+}
+
+impl From<&Filters> for Wire {
+    fn from(f: &Filters) -> Wire {
+        Wire {
+            programs: f.programs.iter().map(pack).collect(),
+            notify: f.notify.as_ref().map(pack),
+            flags: f.flags,
+        }
+    }
+}
+
+impl From<Wire> for Filters {
+    fn from(w: Wire) -> Filters {
+        Filters {
+            programs: w.programs.iter().map(|p| unpack(p)).collect(),
+            notify: w.notify.as_deref().map(unpack),
+            flags: w.flags,
+        }
+    }
 }
 
 impl Filters {
@@ -399,6 +450,29 @@ mod tests {
         assert_eq!(syscall_nr("mkdir"), Some(83));
         assert_eq!(syscall_nr("clone3"), Some(435));
         assert_eq!(syscall_nr("no_such_call"), None);
+    }
+
+    #[test]
+    fn filters_cross_the_channel_unchanged() {
+        let p = default_profile(&["CAP_KILL".into()]);
+        let f = compile(&p).unwrap();
+        let text = serde_json::to_vec(&Wire::from(&f)).unwrap();
+        let back = Filters::from(serde_json::from_slice::<Wire>(&text).unwrap());
+        let flat = |f: &Filters| -> Vec<(u16, u8, u8, u32)> {
+            f.programs
+                .iter()
+                .chain(&f.notify)
+                .flatten()
+                .map(|i| (i.code, i.jt, i.jf, i.k))
+                .collect()
+        };
+        assert!(!flat(&f).is_empty());
+        assert_eq!(flat(&back), flat(&f));
+        assert_eq!(
+            (back.programs.len(), back.flags),
+            (f.programs.len(), f.flags)
+        );
+        assert_eq!(back.notify.is_some(), f.notify.is_some());
     }
 
     fn profile(json: &str) -> LinuxSeccomp {
