@@ -179,10 +179,12 @@ pub fn create(sandbox: Sandbox<'_>, state: &mut State) -> Result<Created> {
                 }
             })
             .and_then(|tasks| {
-                record_init(dir, state, bundle, network, pid)?;
+                // First: the init needs it in about 1 ms, and record_init
+                // may wait on a grace period (the deferred close).
                 if profile_from_parent {
                     send_profile(linux, &chan);
                 }
+                record_init(dir, state, bundle, network, pid)?;
                 let created = drive(dir, state, bundle, opts, network, &chan, None);
                 // Ours were the last references to the tasks files until
                 // now: the init's closes only dropped one each, and their
