@@ -19,27 +19,89 @@ fn sha(path: &Path) -> Vec<u8> {
     sha2::Sha256::digest(std::fs::read(path).unwrap()).to_vec()
 }
 
+/// Every way rt protects its binary: the default (a private read-only
+/// mount of the file, made at rt's ELF entry point before glibc starts),
+/// the same mount as `main` makes it (forced), the fallbacks (the read-only
+/// overlay of the binary's directory, the sealed memfd), and a read-only
+/// install (the binary on a read-only bind mount), from which rt runs as it
+/// is, without re-executing.
+const PROTECTIONS: [&str; 5] = ["default", "bind", "overlay", "memfd", "read-only install"];
+
 /// CVE-2019-5736: a process in the container opens /proc/1/exe while the
 /// init is still rt (the container is created, not started), waits until rt
 /// is no longer running, and writes through the descriptor. rt runs from a
-/// read-only overlay of its directory (or, as the fallback, a sealed memfd
-/// copy), so the write fails and the binary on disk is intact. Every path
-/// is attacked: the default (the overlay, mounted at rt's ELF entry point
-/// before glibc starts, over /dev, or over a tmpfs when the binary is under
-/// /dev), the overlay as `main` mounts it (forced, as for
-/// every fallback), the memfd, and a read-only install (the binary on a
-/// read-only bind mount), from which rt runs as it is, without re-executing.
+/// file no one can write, so the write fails and the binary on disk is
+/// intact. Every protection is attacked.
 #[test]
 fn cve_2019_5736_runtime_binary_cannot_be_overwritten() {
     need_root!();
-    for protection in [
-        "default",
-        "default, under /dev",
-        "overlay",
-        "memfd",
-        "read-only install",
-    ] {
+    for protection in PROTECTIONS {
         attack_runtime_binary(protection);
+    }
+}
+
+/// The same attack by a stronger attacker: root with CAP_SYS_ADMIN in
+/// another mount namespace (a container with that capability and no user
+/// namespace) first tries to clear the read-only flag of the mount that the
+/// waiting init's `/proc/<pid>/exe` is on (mount_setattr), keeps that file
+/// open (O_PATH), and writes through it once rt is gone. A private
+/// read-only mount that were still attached to its anonymous mount
+/// namespace would let it (the flag cleared, then the write); rt's is
+/// dissolved by the exec that starts rt from it, and the overlay is
+/// read-only whatever its flags.
+#[test]
+fn cve_2019_5736_runtime_mount_cannot_be_made_writable() {
+    need_root!();
+    for protection in PROTECTIONS {
+        unwrap_runtime_mount(protection);
+    }
+}
+
+/// A copy of rt to attack (so that a vulnerable rt does not break the other
+/// tests), its checksum, and for a read-only install the mount that makes
+/// it one.
+struct Target {
+    // Dropped first: the mount, then the directory under it.
+    _unmount: Option<Unmount>,
+    _dir: tempfile::TempDir,
+    rt: std::path::PathBuf,
+    before: Vec<u8>,
+}
+
+impl Target {
+    fn new(protection: &str) -> Target {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = dir.path().join("rt");
+        std::fs::copy(rt_testsupport::rt_bin(), &rt).unwrap();
+        let before = sha(&rt);
+        let unmount = (protection == "read-only install").then(|| {
+            let st = std::process::Command::new("mount")
+                .args(["--bind", "-o", "ro"])
+                .arg(dir.path())
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(st.success(), "mount --bind -o ro: {st}");
+            Unmount(dir.path().to_path_buf())
+        });
+        Target {
+            _unmount: unmount,
+            _dir: dir,
+            rt,
+            before,
+        }
+    }
+
+    /// rt (the copy) with the protection forced, or not.
+    fn cmd(&self, protection: &str, root: &Root) -> std::process::Command {
+        let mut cmd = std::process::Command::new(&self.rt);
+        if matches!(protection, "bind" | "overlay" | "memfd") {
+            cmd.env("RT_SELF_PROTECTION", protection);
+        } else {
+            cmd.env_remove("RT_SELF_PROTECTION");
+        }
+        cmd.arg("--root").arg(root.dir.path());
+        cmd
     }
 }
 
@@ -56,38 +118,9 @@ impl Drop for Unmount {
 }
 
 fn attack_runtime_binary(protection: &str) {
-    // Attack a copy, so that a vulnerable rt does not break the other tests.
-    // Under /dev, the overlay's second layer cannot be /dev itself (the
-    // entry point's choice elsewhere): it is a tmpfs.
-    let dir = if protection.ends_with("under /dev") {
-        tempfile::tempdir_in("/dev/shm").unwrap()
-    } else {
-        tempfile::tempdir().unwrap()
-    };
-    let rt_copy = dir.path().join("rt");
-    std::fs::copy(rt_testsupport::rt_bin(), &rt_copy).unwrap();
-    let before = sha(&rt_copy);
-    let installed_read_only = protection == "read-only install";
-    let _unmount = installed_read_only.then(|| {
-        let st = std::process::Command::new("mount")
-            .args(["--bind", "-o", "ro"])
-            .arg(dir.path())
-            .arg(dir.path())
-            .status()
-            .unwrap();
-        assert!(st.success(), "mount --bind -o ro: {st}");
-        Unmount(dir.path().to_path_buf())
-    });
+    let target = Target::new(protection);
     let root = Root::new();
-    let rt = |args: &[&str]| {
-        let mut cmd = std::process::Command::new(&rt_copy);
-        if matches!(protection, "overlay" | "memfd") {
-            cmd.env("RT_SELF_PROTECTION", protection);
-        } else {
-            cmd.env_remove("RT_SELF_PROTECTION");
-        }
-        output_via_files(cmd.arg("--root").arg(root.dir.path()).args(args))
-    };
+    let rt = |args: &[&str]| output_via_files(target.cmd(protection, &root).args(args));
     let mut b = Bundle::new(&["sleep", "1000"]);
     b.edit(|c| {
         c["mounts"]
@@ -126,16 +159,113 @@ fn attack_runtime_binary(protection: &str) {
     assert!(eventually(15, || !cat("/tmp/result").is_empty()));
     let result = cat("/tmp/result");
     assert_eq!(
-        sha(&rt_copy),
-        before,
+        sha(&target.rt),
+        target.before,
         "the runtime binary was rewritten ({result}, {protection})"
     );
     assert_ne!(result, "wrote");
-    if installed_read_only {
+    if protection == "read-only install" {
         // rt ran from the read-only mount itself: no re-execution.
-        assert_eq!(cat("/tmp/exe"), rt_copy.to_str().unwrap(), "{result}");
+        assert_eq!(cat("/tmp/exe"), target.rt.to_str().unwrap(), "{result}");
     }
     root.ok(&["delete", "--force", &id]);
+}
+
+/// What the attacker of [`cve_2019_5736_runtime_mount_cannot_be_made_writable`]
+/// got: mount_setattr's result, and the O_PATH descriptor it kept.
+fn unwrap_attempt(pid: i32) -> (nix::Result<()>, std::os::fd::OwnedFd) {
+    // A thread of its own: unshare(CLONE_NEWNS) moves only the calling
+    // thread into the new mount namespace.
+    std::thread::spawn(move || {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).unwrap();
+        let exe = format!("/proc/{pid}/exe");
+        let attr = [0u64, rt_sys::MOUNT_ATTR_RDONLY, 0, 0];
+        let path = std::ffi::CString::new(exe.clone()).unwrap();
+        // SAFETY: a C string path and a live mount_attr of the size passed,
+        // which the kernel only reads.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                libc::AT_FDCWD,
+                path.as_ptr(),
+                0,
+                attr.as_ptr(),
+                std::mem::size_of_val(&attr),
+            )
+        };
+        let cleared = nix::errno::Errno::result(rc).map(drop);
+        use std::os::unix::fs::OpenOptionsExt;
+        let held = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH)
+            .open(&exe)
+            .unwrap();
+        (cleared, held.into())
+    })
+    .join()
+    .unwrap()
+}
+
+fn unwrap_runtime_mount(protection: &str) {
+    let target = Target::new(protection);
+    let root = Root::new();
+    let rt = |args: &[&str]| output_via_files(target.cmd(protection, &root).args(args));
+    let b = Bundle::new(&["sleep", "1000"]);
+    let bundle = b.path().to_str().unwrap();
+    // Two rt processes to attack: a created container's init, waiting for
+    // `start`, and the `rt run` that waits for its container.
+    let created = unique_id("cve5736m");
+    let out = rt(&["create", "--bundle", bundle, &created]);
+    assert!(out.status.success(), "{out:?}");
+    let state: Value = serde_json::from_str(&root.ok(&["state", &created])).unwrap();
+    let init = state["pid"].as_i64().unwrap() as i32;
+    let running = unique_id("cve5736r");
+    let mut run = target.cmd(protection, &root);
+    run.args(["run", "--bundle", bundle, &running])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut run = run.spawn().unwrap();
+    assert!(eventually(10, || {
+        let out = root.rt(&["state", &running]);
+        String::from_utf8_lossy(&out.stdout).contains("\"running\"")
+    }));
+    let attempts = [init, run.id() as i32].map(unwrap_attempt);
+    let out = rt(&["start", &created]);
+    assert!(out.status.success(), "{out:?}");
+    root.ok(&["kill", &running, "KILL"]);
+    assert!(run.wait().is_ok());
+    // Once the init runs sleep and `rt run` is gone, no process runs the
+    // file any more (a write to a running executable fails with ETXTBSY
+    // whatever the mount).
+    let exe = format!("/proc/{init}/exe");
+    assert!(eventually(10, || std::fs::read_link(&exe)
+        .is_ok_and(|l| l.ends_with("busybox"))));
+    for (who, (cleared, held)) in ["the init", "rt run"].iter().zip(attempts) {
+        let write = std::fs::OpenOptions::new()
+            .append(true)
+            .open(format!(
+                "/proc/self/fd/{}",
+                std::os::fd::AsRawFd::as_raw_fd(&held)
+            ))
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b"#!/bin/sh\necho pwned\n"));
+        assert_eq!(
+            sha(&target.rt),
+            target.before,
+            "the runtime binary was rewritten through {who} ({protection}; mount_setattr: {cleared:?})"
+        );
+        assert!(write.is_err(), "{who}, {protection}");
+        // EINVAL for each: rt's mount is dissolved, the overlay's root is
+        // not the file, a memfd's mount is the kernel's own, and the
+        // read-only install's is a mount of another namespace.
+        assert_eq!(
+            cleared,
+            Err(nix::errno::Errno::EINVAL),
+            "{who}, {protection}"
+        );
+    }
+    root.ok(&["delete", "--force", &created]);
+    root.ok(&["delete", "--force", &running]);
 }
 
 /// CVE-2024-21626: a working directory of /proc/self/fd/N would be a host

@@ -208,9 +208,6 @@ fn process_start() {
 
 #[cfg_attr(test, allow(dead_code))]
 fn rt_main() -> ! {
-    // The early start's hand-over (early.rs, adopt_overlay): read there,
-    // and no business of anything rt starts.
-    std::env::remove_var("RT_OVERLAY_FD");
     let args = argv::normalise(std::env::args().skip(1).collect());
     // Processes of these commands become visible inside the container: they
     // re-execute from a protected binary first. Before the parse, so that

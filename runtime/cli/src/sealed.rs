@@ -4,24 +4,29 @@
 //! whose processes enter a container (`create`, `run`, `exec`) therefore
 //! re-execute themselves from a file no one can write first:
 //!
-//! - a read-only overlayfs of the binary's own directory, mounted nowhere
-//!   (`rt_sys::mountapi::readonly_overlay_of`, as runc 1.2 does): nothing is
-//!   copied, and `/proc/<pid>/exe` opened for writing gives EROFS;
-//! - where that mount cannot be made (rootless without CAP_SYS_ADMIN, a
-//!   kernel without overlayfs or the new mount API), a sealed memfd copy
-//!   (F_SEAL_WRITE and friends), which costs a copy of the whole binary.
+//! - a private read-only mount of the binary alone, cloned from the one it
+//!   is on and attached nowhere (`rt_sys::mountapi::readonly_bind_of`), and
+//!   dissolved by the exec itself, so that nothing can make it writable
+//!   again: nothing is copied, and `/proc/<pid>/exe` opened for writing
+//!   gives EROFS;
+//! - where that cannot be made (a kernel before 5.12), a read-only overlayfs
+//!   of the binary's directory, mounted nowhere
+//!   (`rt_sys::mountapi::readonly_overlay_of`, as runc 1.2 does);
+//! - where neither can (rootless without CAP_SYS_ADMIN, a kernel without
+//!   the new mount API), a sealed memfd copy (F_SEAL_WRITE and friends),
+//!   which costs a copy of the whole binary.
 //!
 //! A binary that is already on a read-only mount (installed so, as on
 //! distributions with a read-only `/usr`, or rt's recommended bind mount; a
-//! sealed memfd; the overlay after the re-exec) is protected as it is and
+//! sealed memfd; rt's own mount after the re-exec) is protected as it is and
 //! does not re-execute: `/proc/<pid>/exe` opened for writing gives EROFS,
 //! and no process in a container can remount a mount of another mount
 //! namespace. That saves an exec and glibc's start-up (about 0.7 ms here,
 //! most of it CPUID trapping to the hypervisor) on every command.
 //!
-//! `RT_SELF_PROTECTION=overlay|memfd` forces one of the two (the escape
-//! tests attack both, and the read-only install); `overlay` then fails
-//! instead of falling back.
+//! `RT_SELF_PROTECTION=bind|overlay|memfd` forces one of the three (the
+//! escape tests attack each, and the read-only install); `bind` and
+//! `overlay` then fail instead of falling back.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -40,7 +45,7 @@ fn is_sealed(file: &File) -> bool {
 }
 
 /// Whether `file` lives on a read-only mount (or a read-only file system):
-/// the overlay rt re-executes through, or a read-only install. `fstatvfs`
+/// the mount rt re-executes through, or a read-only install. `fstatvfs`
 /// reports the flags of the mount the file was opened through, which for
 /// `/proc/self/exe` is the one the binary was executed from.
 fn on_readonly_mount(file: &File) -> bool {
@@ -72,14 +77,22 @@ pub fn reexec_protected() -> anyhow::Result<()> {
     let protected = match forced.as_str() {
         "memfd" => sealed_copy(exe)?,
         "overlay" => overlay_view()?,
-        "" => match overlay_view() {
+        "bind" => bind_view(&exe)?,
+        "" => match bind_view(&exe).or_else(|_| overlay_view()) {
             Ok(fd) => fd,
             Err(_) => sealed_copy(exe)?,
         },
-        other => anyhow::bail!("RT_SELF_PROTECTION={other:?}: use overlay or memfd"),
+        other => anyhow::bail!("RT_SELF_PROTECTION={other:?}: use bind, overlay or memfd"),
     };
+    // The descriptor is close-on-exec: for `bind`, the exec's closing it
+    // dissolves the mount before the new program runs.
     let err = nix::unistd::fexecve(protected.as_raw_fd(), &args()?, &env()?).unwrap_err();
     Err(err).context("re-executing from the protected binary")
+}
+
+/// The binary's private read-only mount (its descriptor, which execs).
+fn bind_view(exe: &File) -> anyhow::Result<OwnedFd> {
+    rt_sys::mountapi::readonly_bind_of(exe.as_fd()).context("a read-only mount of /proc/self/exe")
 }
 
 /// The binary, opened through a read-only overlay of its directory.
@@ -220,6 +233,18 @@ mod tests {
         assert_eq!(seal(memfd.as_fd()), Err(nix::errno::Errno::EBUSY));
         // SAFETY: as above.
         assert_eq!(unsafe { libc::munmap(kept as *mut libc::c_void, 4096) }, 0);
+    }
+
+    #[test]
+    fn a_file_on_its_read_only_mount_is_protected() {
+        let exe = File::open("/proc/self/exe").unwrap();
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: mounting needs root");
+            return;
+        }
+        let mount = bind_view(&exe).unwrap();
+        let file = File::open(format!("/proc/self/fd/{}", mount.as_raw_fd())).unwrap();
+        assert!(on_readonly_mount(&file));
     }
 
     #[test]

@@ -4,7 +4,6 @@
 //! stating why it holds. Callers get safe functions with typed errors.
 
 pub mod bpf;
-pub mod deferred;
 pub mod mountapi;
 pub mod netns_helper;
 pub mod raw;
@@ -575,11 +574,12 @@ pub fn fsetxattr(fd: BorrowedFd<'_>, name: &str, value: &[u8]) -> std::result::R
 
 /// `struct mount_attr` of mount_setattr(2).
 #[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
+#[derive(Debug)]
+pub struct MountAttr {
+    pub attr_set: u64,
+    pub attr_clr: u64,
+    pub propagation: u64,
+    pub userns_fd: u64,
 }
 
 pub const MOUNT_ATTR_RDONLY: u64 = 0x1;

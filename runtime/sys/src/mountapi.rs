@@ -1,7 +1,8 @@
-//! The new mount API (fsopen, fsconfig, fsmount): detached mounts, attached
-//! nowhere in any mount namespace and alive as long as a descriptor (or a
-//! process's executable) refers to them. rt uses one to run itself from a
-//! read-only view of its own directory (CVE-2019-5736, without a copy).
+//! The new mount API (open_tree, mount_setattr, fsopen, fsconfig, fsmount):
+//! detached mounts, attached nowhere in any mount namespace and alive as
+//! long as a descriptor (or a process's executable) refers to them. rt uses
+//! one to run itself from a read-only view of its own file (CVE-2019-5736,
+//! without a copy).
 
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -67,6 +68,34 @@ fn fsmount(fs: BorrowedFd<'_>, attrs: u64) -> Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
+/// A private, read-only, nosuid, nodev mount of the file `file` alone:
+/// open_tree(OPEN_TREE_CLONE) of the mount it is on, rooted at the file,
+/// then mount_setattr. Returns the mount's descriptor (O_PATH,
+/// close-on-exec), which execveat can run. Needs CAP_SYS_ADMIN in the
+/// user namespace of the caller's mount namespace, `file` on a mount of
+/// that namespace, and Linux 5.12.
+///
+/// Closing the last descriptor dissolves the mount (unmounts it); a
+/// process executing the file keeps it alive, unmounted. An unmounted
+/// mount can be neither cloned (open_tree), nor changed (mount_setattr),
+/// nor remounted: EINVAL even for root. While the descriptor is open,
+/// root in the initial user namespace could clear its read-only flag, so
+/// the caller closes it before anything untrusted can see the file: the
+/// re-execution lets the exec close it.
+pub fn readonly_bind_of(file: BorrowedFd<'_>) -> Result<OwnedFd> {
+    let flags =
+        libc::AT_EMPTY_PATH as libc::c_uint | libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC;
+    // SAFETY: an empty C string with AT_EMPTY_PATH names `file`; the kernel
+    // only reads it.
+    let rc = unsafe { libc::syscall(libc::SYS_open_tree, file.as_raw_fd(), c"".as_ptr(), flags) };
+    let fd = Errno::result(rc).map_err(|e| Error::Syscall("open_tree", e))?;
+    // SAFETY: open_tree returned a new descriptor that nothing else owns.
+    let mount = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    let ro = crate::MOUNT_ATTR_RDONLY | crate::MOUNT_ATTR_NOSUID | crate::MOUNT_ATTR_NODEV;
+    crate::mount_setattr_recursive(mount.as_fd(), ro, 0)?;
+    Ok(mount)
+}
+
 /// Where [`readonly_overlay_of`] finds an empty directory when the kernel
 /// refuses a detached layer: created once (root-owned, mode 0555), and
 /// never written to.
@@ -121,6 +150,46 @@ fn overlay_with(dir: &Path, empty: &[u8], attrs: u64) -> Result<OwnedFd> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The private mount of a file is read-only, and once its descriptor
+    /// is closed (the mount dissolved) the file opened through it can be
+    /// neither reopened for writing nor its mount cloned or changed.
+    #[test]
+    fn a_dissolved_read_only_bind_cannot_be_unwrapped() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"x").unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let mount = readonly_bind_of(file.as_fd()).unwrap();
+        let through = |m: &OwnedFd, flags| {
+            std::fs::OpenOptions::new()
+                .custom_flags(flags)
+                .read(flags & libc::O_WRONLY == 0)
+                .write(flags & libc::O_WRONLY != 0)
+                .open(format!("/proc/self/fd/{}", m.as_raw_fd()))
+        };
+        use std::os::unix::fs::OpenOptionsExt;
+        let err = through(&mount, libc::O_WRONLY).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+        let held = through(&mount, libc::O_PATH).unwrap();
+        drop(mount);
+        let held = OwnedFd::from(held);
+        let err = through(&held, libc::O_WRONLY).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+        assert!(matches!(
+            crate::mount_setattr_recursive(held.as_fd(), 0, crate::MOUNT_ATTR_RDONLY),
+            Err(Error::Syscall("mount_setattr", Errno::EINVAL))
+        ));
+        assert!(matches!(
+            readonly_bind_of(held.as_fd()),
+            Err(Error::Syscall("open_tree", Errno::EINVAL))
+        ));
+        assert_eq!(std::fs::read(&path).unwrap(), b"x");
+    }
 
     #[test]
     fn the_empty_directory_layer_works_too() {

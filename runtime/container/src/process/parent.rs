@@ -180,7 +180,7 @@ pub fn create(sandbox: Sandbox<'_>, state: &mut State) -> Result<Created> {
             })
             .and_then(|tasks| {
                 // First: the init needs it in about 1 ms, and record_init
-                // may wait on a grace period (the deferred close).
+                // writes the state file.
                 if profile_from_parent {
                     send_profile(linux, &chan);
                 }
@@ -362,9 +362,6 @@ fn record_init(
     state.pid = pid.as_raw();
     state.start_time = state::proc_stat(pid).map_or(0, |(_, t)| t);
     dir.save(state)?;
-    // The init works on its own for a while now (its mounts, then its
-    // report): the time to pay for closing what rt's start left open.
-    rt_sys::deferred::close_deferred();
     if let Some(adj) = bundle
         .spec
         .process()
