@@ -70,6 +70,54 @@ fn pid_uts_ipc_net_namespaces() {
     assert_eq!(out.trim(), host_net);
 }
 
+/// A new network namespace gets `lo` up, as runc and crun give it: made
+/// ahead by the helper (the default spec), or by the init itself (in a user
+/// namespace). One joined by path is left as it is. The host-scope route to
+/// 127.0.0.1 (in /proc/net/fib_trie) exists only while `lo` is up.
+#[test]
+fn a_new_network_namespace_has_loopback_up() {
+    need_root!();
+    let lo_up = "grep -c '127.0.0.1' /proc/net/fib_trie || true";
+    let up = |out: String| out.trim().parse::<u32>().unwrap() > 0;
+    assert!(up(run_ok(lo_up, |_| {})), "helper's namespace");
+    let in_user_ns = run_ok(lo_up, |c| {
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"type": "user"}));
+        c["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
+        c["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
+    });
+    assert!(up(in_user_ns), "the init's namespace");
+    // A namespace of the test's own, `lo` down, joined by path.
+    let name = unique_id("rt-lo");
+    let ip = |args: &[&str]| {
+        let st = std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(st.success(), "ip {args:?}");
+    };
+    ip(&["netns", "add", &name]);
+    struct Del(String);
+    impl Drop for Del {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &self.0])
+                .status();
+        }
+    }
+    let _del = Del(name.clone());
+    let joined = run_ok(lo_up, |c| {
+        for n in c["linux"]["namespaces"].as_array_mut().unwrap() {
+            if n["type"] == "network" {
+                n["path"] = json!(format!("/run/netns/{name}"));
+            }
+        }
+    });
+    assert!(!up(joined), "a joined namespace's lo was set up");
+}
+
 #[test]
 fn join_namespace_by_path() {
     need_root!();

@@ -62,6 +62,23 @@ pub fn init_side(spec: &Spec) -> Result<(), rt_netns::Error> {
     }
 }
 
+/// Whether the container gets a new network namespace that rt's own
+/// networking does not handle: its init then sets `lo` up, as runc and
+/// crun do (`rt_sys::netns_helper::loopback_up`; a namespace the helper
+/// made has it up already). A namespace joined by path is left as it is.
+pub fn plain_new_netns(spec: &Spec) -> bool {
+    let new_netns = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|ns| {
+            ns.iter().any(|n| {
+                n.typ() == oci_spec::runtime::LinuxNamespaceType::Network && n.path().is_none()
+            })
+        });
+    new_netns && matches!(config_of(spec), Ok(None))
+}
+
 /// The network config of a container's annotations (None: rt does no
 /// networking).
 pub fn config_of(spec: &Spec) -> Result<Option<Config>, Error> {

@@ -117,6 +117,9 @@ fn init(launch: &Launch<'_>, chan: &ChildEnd, mut fifo: File) -> Result<Infallib
         .unwrap_or(0);
     nix::unistd::setsid().map_err(|e| Error::Sys("setsid", e))?;
     crate::network::init_side(spec)?;
+    if crate::network::plain_new_netns(spec) {
+        rt_sys::netns_helper::loopback_up()?;
+    }
 
     let ctx = rootfs::Context {
         spec,
