@@ -199,7 +199,7 @@ unsafe extern "C" fn early(sp: *const usize) {
     }
 }
 
-/// The part of [`early`] that clones, seals and execs. Returns true when
+/// The part of [`early`] that mounts and execs. Returns true when
 /// the binary is protected already (this process will not re-execute),
 /// false when it could not re-execute (main will, its slower way).
 ///

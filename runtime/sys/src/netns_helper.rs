@@ -510,8 +510,9 @@ extern "C" {
 }
 
 /// [`crate::raw::syscall`] for the calls made here (unshare, openat, mmap
-/// and munmap of our own mapping, the affinity calls with our own buffers),
-/// which touch no memory but what they are given.
+/// and munmap of our own mapping, the affinity calls with our own buffers,
+/// and `lo`'s socket, ioctls and close with our own `ifreq`), which touch
+/// no memory but what they are given.
 #[inline(always)]
 fn raw(nr: i64, a: [i64; 6]) -> i64 {
     // SAFETY: as above: every call site passes arguments valid for `nr`,
