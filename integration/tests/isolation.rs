@@ -80,42 +80,46 @@ fn a_new_network_namespace_has_loopback_up() {
     let lo_up = "grep -c '127.0.0.1' /proc/net/fib_trie || true";
     let up = |out: String| out.trim().parse::<u32>().unwrap() > 0;
     assert!(up(run_ok(lo_up, |_| {})), "helper's namespace");
-    let in_user_ns = run_ok(lo_up, |c| {
-        c["linux"]["namespaces"]
-            .as_array_mut()
-            .unwrap()
-            .push(json!({"type": "user"}));
-        c["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
-        c["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
-    });
-    assert!(up(in_user_ns), "the init's namespace");
-    // A namespace of the test's own, `lo` down, joined by path.
-    let name = unique_id("rt-lo");
-    let ip = |args: &[&str]| {
-        let st = std::process::Command::new("ip")
-            .args(args)
-            .status()
-            .unwrap();
-        assert!(st.success(), "ip {args:?}");
-    };
-    ip(&["netns", "add", &name]);
-    struct Del(String);
-    impl Drop for Del {
+    assert!(up(run_ok(lo_up, in_user_ns)), "the init's namespace");
+    // A namespace of the test's own, `lo` down, joined by path: a process's
+    // (`ip netns add` would leave its /run/netns mount behind).
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
         fn drop(&mut self) {
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "del", &self.0])
-                .status();
+            let _ = self.0.kill();
+            let _ = self.0.wait();
         }
     }
-    let _del = Del(name.clone());
+    let holder = Kill(
+        std::process::Command::new("unshare")
+            .args(["-n", "sleep", "1000"])
+            .spawn()
+            .unwrap(),
+    );
+    let pid = holder.0.id().to_string();
+    let host_net = ns_link("self", "net");
+    assert!(rt_testsupport::eventually(5, || {
+        std::fs::read_link(format!("/proc/{pid}/ns/net"))
+            .is_ok_and(|l| l.to_string_lossy() != host_net)
+    }));
     let joined = run_ok(lo_up, |c| {
         for n in c["linux"]["namespaces"].as_array_mut().unwrap() {
             if n["type"] == "network" {
-                n["path"] = json!(format!("/run/netns/{name}"));
+                n["path"] = json!(format!("/proc/{pid}/ns/net"));
             }
         }
     });
     assert!(!up(joined), "a joined namespace's lo was set up");
+}
+
+/// A user namespace with the host's 200000.. as its 0..
+fn in_user_ns(c: &mut Value) {
+    c["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "user"}));
+    c["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
+    c["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
 }
 
 #[test]
@@ -142,16 +146,12 @@ fn join_namespace_by_path() {
 #[test]
 fn user_namespace_mappings() {
     need_root!();
-    let out = run_ok("cat /proc/self/uid_map /proc/self/gid_map; id -u", |c| {
-        c["linux"]["namespaces"]
-            .as_array_mut()
-            .unwrap()
-            .push(json!({"type": "user"}));
-        c["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
-        c["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
-        // A user namespace may not mount sysfs of the host's network...
-        // rt binds /sys then; cgroup bind mounts and devices work via binds.
-    });
+    // A user namespace may not mount sysfs of the host's network...
+    // rt binds /sys then; cgroup bind mounts and devices work via binds.
+    let out = run_ok(
+        "cat /proc/self/uid_map /proc/self/gid_map; id -u",
+        in_user_ns,
+    );
     let words: Vec<&str> = out.split_whitespace().collect();
     assert_eq!(
         words,
