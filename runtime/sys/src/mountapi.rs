@@ -147,6 +147,52 @@ fn overlay_with(dir: &Path, empty: &[u8], attrs: u64) -> Result<OwnedFd> {
     fsmount(overlay.as_fd(), attrs)
 }
 
+/// `struct mount_attr` of mount_setattr(2).
+#[repr(C)]
+#[derive(Debug)]
+pub struct MountAttr {
+    pub attr_set: u64,
+    pub attr_clr: u64,
+    pub propagation: u64,
+    pub userns_fd: u64,
+}
+
+pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
+pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
+pub const MOUNT_ATTR_NODEV: u64 = 0x4;
+pub const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+pub const MOUNT_ATTR_NOATIME: u64 = 0x10;
+pub const MOUNT_ATTR_STRICTATIME: u64 = 0x20;
+pub const MOUNT_ATTR_NODIRATIME: u64 = 0x80;
+pub const MOUNT_ATTR_NOSYMFOLLOW: u64 = 0x200000;
+
+/// Sets (and clears) mount attributes on the mount at `fd` and every mount below
+/// it (mount_setattr with AT_RECURSIVE): the `rro`, `rnosuid`, ... options.
+pub fn mount_setattr_recursive(fd: BorrowedFd<'_>, set: u64, clear: u64) -> Result<()> {
+    let attr = MountAttr {
+        attr_set: set,
+        attr_clr: clear,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let empty = c"";
+    // SAFETY: `empty` is a valid NUL-terminated string and `attr` a live,
+    // initialised struct whose size we pass; the kernel only reads both.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_RECURSIVE,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    Errno::result(rc)
+        .map(drop)
+        .map_err(|e| Error::Syscall("mount_setattr", e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,6 +13,7 @@
 pub mod checkpoint;
 mod console;
 mod create;
+mod launch;
 mod memory;
 pub mod net;
 pub mod relay;
