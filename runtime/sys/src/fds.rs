@@ -51,7 +51,8 @@ fn cloexec_by_listing(first: u32) -> Result<()> {
     Ok(())
 }
 
-fn io_errno(e: &std::io::Error) -> Errno {
+/// The errno of an I/O error (EIO for one that carries none).
+pub(crate) fn io_errno(e: &std::io::Error) -> Errno {
     Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
 }
 

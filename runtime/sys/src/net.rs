@@ -65,12 +65,7 @@ pub fn open_tap(name: &str) -> Result<OwnedFd> {
         .read(true)
         .write(true)
         .open("/dev/net/tun")
-        .map_err(|e| {
-            Error::Syscall(
-                "open(/dev/net/tun)",
-                Errno::from_raw(e.raw_os_error().unwrap_or(0)),
-            )
-        })?;
+        .map_err(|e| Error::Syscall("open(/dev/net/tun)", crate::fds::io_errno(&e)))?;
     let fd = OwnedFd::from(tun);
     if name.len() >= libc::IFNAMSIZ {
         return Err(Error::Syscall("TUNSETIFF", Errno::ENAMETOOLONG));

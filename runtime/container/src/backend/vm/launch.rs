@@ -8,8 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::supervisor::Config;
-use super::supervisor::Transport;
+use super::supervisor::{Config, Transport};
 use super::{files, VmError};
 
 fn log_file(path: &Path) -> Result<File, VmError> {
